@@ -1,0 +1,91 @@
+"""The resolver, its collaborators (built once per container) and the one place where domain
+errors become HTTP responses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from http import HTTPStatus
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from botocore.config import Config
+
+from core import errors
+from core.auth import Caller, Unauthenticated, caller_from_claims
+from core.clock import Clock, SystemClock
+from core.models import bind_tables
+from core.settings import Settings, load_settings
+
+logger = Logger()
+app = APIGatewayRestResolver(enable_validation=True)
+app.enable_swagger(path="/swagger", title="EDM queue scheduler API", version="1.0.0")
+
+
+@dataclass
+class ApiDeps:
+    settings: Settings
+    clock: Clock
+    sqs: Any
+
+
+@lru_cache(maxsize=1)
+def deps() -> ApiDeps:
+    settings = load_settings()
+    bind_tables(settings)
+    retries = Config(retries={"mode": "standard", "max_attempts": 3})
+    return ApiDeps(settings=settings, clock=SystemClock(), sqs=boto3.client("sqs", config=retries))
+
+
+def current_caller(router: Router | APIGatewayRestResolver) -> Caller:
+    authorizer = router.current_event.request_context.authorizer
+    claims = authorizer.claims if authorizer else None
+    return caller_from_claims(claims)
+
+
+_STATUS_BY_ERROR: list[tuple[type[errors.DomainError], HTTPStatus]] = [
+    (Unauthenticated, HTTPStatus.UNAUTHORIZED),
+    (errors.Forbidden, HTTPStatus.FORBIDDEN),
+    (errors.NotFound, HTTPStatus.NOT_FOUND),
+    (errors.InvalidInput, HTTPStatus.UNPROCESSABLE_ENTITY),
+    (errors.Conflict, HTTPStatus.CONFLICT),
+]
+
+
+def error_response(status: HTTPStatus, code: str, message: str, details: list[Any]) -> Response:
+    body = {"error": code, "message": message, "details": details}
+    return Response(status_code=status, content_type="application/json", body=json.dumps(body))
+
+
+@app.exception_handler(errors.DomainError)
+def handle_domain_error(error: errors.DomainError) -> Response:
+    status = next(
+        (status for kind, status in _STATUS_BY_ERROR if isinstance(error, kind)),
+        HTTPStatus.BAD_REQUEST,
+    )
+    return error_response(status, error.code, error.message, error.details)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+@app.exception_handler(RequestValidationError)
+def handle_validation_error(error: RequestValidationError) -> Response:
+    details = [
+        {"field": _field_name(tuple(item.get("loc", ()))), "reason": item.get("msg", "invalid")}
+        for item in error.errors()
+    ]
+    message = "; ".join(f"{item['field']}: {item['reason']}" for item in details) or "invalid request"
+    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_error", message, details)

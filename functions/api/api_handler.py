@@ -1,0 +1,18 @@
+"""API Lambda: parse, call one core function, shape the reply. Routes live in api_routes/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api_context import app, logger
+from api_routes import contacts, senders, services, tasks, templates, users
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+for module in (users, services, senders, contacts, templates, tasks):
+    app.include_router(module.router)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

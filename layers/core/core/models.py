@@ -1,0 +1,254 @@
+"""PynamoDB models: one class per table of template.yaml. docs/data-model.md explains the keys,
+the indexes and which component's query uses each.
+
+Table names are bound at cold start by `bind_tables(settings)`; the names here are placeholders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.connection import Connection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from core.settings import Settings
+
+
+class _Base(Model):
+    class Meta:
+        table_name = "unbound"
+        max_retry_attempts = 5
+
+
+class UserModel(_Base):
+    """A tenant. `remaining_quota` is only ever changed by conditional updates."""
+
+    class Meta(_Base.Meta):
+        table_name = "UsersTable"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    email = UnicodeAttribute()
+    quota = NumberAttribute()
+    remaining_quota = NumberAttribute()
+    service_ids = ListAttribute(of=UnicodeAttribute, default=list)
+    created_at = NumberAttribute()
+
+
+class ContactModel(_Base):
+    class Meta(_Base.Meta):
+        table_name = "ContactsTable"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    contact_id = UnicodeAttribute(range_key=True)
+    email = UnicodeAttribute()
+    name = UnicodeAttribute(null=True)
+    tags = ListAttribute(of=UnicodeAttribute, default=list)
+    attributes = MapAttribute[str, Any](default=dict)
+    timezone = UnicodeAttribute(null=True)
+    # subscribed | unsubscribed | bounced | complained
+    status = UnicodeAttribute(default="subscribed")
+    created_at = NumberAttribute()
+    updated_at = NumberAttribute()
+
+
+class TemplateModel(_Base):
+    class Meta(_Base.Meta):
+        table_name = "TemplatesTable"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    template_id = UnicodeAttribute(range_key=True)
+    name = UnicodeAttribute()
+    subject = UnicodeAttribute()
+    html = UnicodeAttribute()
+    text = UnicodeAttribute(null=True)
+    created_at = NumberAttribute()
+
+
+class SenderModel(_Base):
+    class Meta(_Base.Meta):
+        table_name = "SendersTable"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    sender_id = UnicodeAttribute(range_key=True)
+    email = UnicodeAttribute()
+    name = UnicodeAttribute()
+    created_at = NumberAttribute()
+
+
+class EmailServiceModel(_Base):
+    """A sending account. Usage per UTC day lives in ServiceUsageModel, one item per day."""
+
+    class Meta(_Base.Meta):
+        table_name = "ServicesTable"
+
+    service_id = UnicodeAttribute(hash_key=True)
+    name = UnicodeAttribute()
+    region = UnicodeAttribute()
+    sending_rate = NumberAttribute()  # minimum seconds between two sends; float > 0
+    daily_quota = NumberAttribute()
+    from_domain = UnicodeAttribute(null=True)
+    configuration_set = UnicodeAttribute(null=True)
+    enabled = BooleanAttribute(default=True)
+    is_healthy = BooleanAttribute(default=True)
+    health_reason = UnicodeAttribute(null=True)
+    last_health_check = NumberAttribute(null=True)
+    last_sent = NumberAttribute(null=True)
+    created_at = NumberAttribute()
+
+
+class ServiceUsageModel(_Base):
+    """Emails a service has reserved on one UTC day; capped by a conditional ADD."""
+
+    class Meta(_Base.Meta):
+        table_name = "ServiceUsageTable"
+
+    service_id = UnicodeAttribute(hash_key=True)
+    day = UnicodeAttribute(range_key=True)  # YYYY-MM-DD, UTC
+    used = NumberAttribute(default=0)
+    expires_at = NumberAttribute(null=True)  # TTL: old days clean themselves up
+
+
+class TaskCounts(MapAttribute[str, Any]):
+    total = NumberAttribute(default=0)
+    queued = NumberAttribute(default=0)
+    sending = NumberAttribute(default=0)
+    sent = NumberAttribute(default=0)
+    failed = NumberAttribute(default=0)
+    suppressed = NumberAttribute(default=0)
+    unknown = NumberAttribute(default=0)
+    bounced = NumberAttribute(default=0)
+    complained = NumberAttribute(default=0)
+    cancelled = NumberAttribute(default=0)
+
+
+class PlanState(MapAttribute[str, Any]):
+    """Where the chunked planner stands; advanced only by a conditional write on `cursor`."""
+
+    phase = UnicodeAttribute(default="count")  # count | write
+    cursor = UnicodeAttribute(default="")  # last contact id (or explicit-id position) handled
+    counted = NumberAttribute(default=0)
+    written = NumberAttribute(default=0)
+    routing = ListAttribute(of=UnicodeAttribute, default=list)  # frozen service cycle
+    chunks = NumberAttribute(default=0)
+    invocations = NumberAttribute(default=0)
+
+
+class TasksByUserIndex(GlobalSecondaryIndex["TaskModel"]):
+    class Meta:
+        index_name = "by-user"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True)
+    task_id = UnicodeAttribute(range_key=True)
+
+
+class ActiveTasksIndex(GlobalSecondaryIndex["TaskModel"]):
+    """Sparse: only tasks a dispatcher may send for carry `active_partition`."""
+
+    class Meta:
+        index_name = "active"
+        projection = AllProjection()
+
+    active_partition = UnicodeAttribute(hash_key=True)
+    active_sort = UnicodeAttribute(range_key=True)  # user_id#task_id: users, then their tasks
+
+
+class TaskModel(_Base):
+    class Meta(_Base.Meta):
+        table_name = "TasksTable"
+
+    task_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    sender_id = UnicodeAttribute()
+    template_ids = ListAttribute(of=UnicodeAttribute)
+    contact_ids = ListAttribute(of=UnicodeAttribute, default=list)
+    include_tags = ListAttribute(of=UnicodeAttribute, default=list)
+    exclude_tags = ListAttribute(of=UnicodeAttribute, default=list)
+    has_rule = BooleanAttribute(default=False)
+    scheduled_at = NumberAttribute(null=True)
+    status = UnicodeAttribute()
+    reason = UnicodeAttribute(null=True)
+    counts = TaskCounts(default=TaskCounts)
+    quota_reserved = NumberAttribute(null=True)
+    quota_refunded = NumberAttribute(default=0)
+    plan = PlanState(default=PlanState)
+    planner_lease_owner = UnicodeAttribute(null=True)
+    planner_lease_until = NumberAttribute(null=True)
+    active_partition = UnicodeAttribute(null=True)
+    active_sort = UnicodeAttribute(null=True)
+    created_at = NumberAttribute()
+    updated_at = NumberAttribute()
+
+    by_user = TasksByUserIndex()
+    active = ActiveTasksIndex()
+
+
+class QueueIndex(GlobalSecondaryIndex["SubtaskModel"]):
+    """Sparse: a subtask is in this index exactly while it is `queued`. The dispatcher's pick,
+    "next queued subtasks of task T on service S in contact-id order", is one Query here."""
+
+    class Meta:
+        index_name = "queue"
+        projection = AllProjection()
+
+    queue_key = UnicodeAttribute(hash_key=True)  # service_id#task_id
+    contact_id = UnicodeAttribute(range_key=True)
+
+
+class SubtaskModel(_Base):
+    """One recipient of one task. Partitioned by task shard, sorted by contact id."""
+
+    class Meta(_Base.Meta):
+        table_name = "SubtasksTable"
+
+    partition = UnicodeAttribute(hash_key=True)  # task_id#shard
+    contact_id = UnicodeAttribute(range_key=True)
+    task_id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    seq = NumberAttribute()  # position in the plan: contact-id order
+    email = UnicodeAttribute()
+    name = UnicodeAttribute(null=True)
+    attributes = MapAttribute[str, Any](default=dict)  # snapshot for rendering, no extra read
+    template_id = UnicodeAttribute()
+    service_id = UnicodeAttribute()
+    status = UnicodeAttribute()
+    queue_key = UnicodeAttribute(null=True)
+    attempts = NumberAttribute(default=0)
+    next_attempt_at = NumberAttribute(default=0)
+    message_id = UnicodeAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    created_at = NumberAttribute()
+
+    queue = QueueIndex()
+
+
+ALL_MODELS: dict[str, type[Model]] = {
+    "users_table": UserModel,
+    "contacts_table": ContactModel,
+    "templates_table": TemplateModel,
+    "senders_table": SenderModel,
+    "services_table": EmailServiceModel,
+    "service_usage_table": ServiceUsageModel,
+    "tasks_table": TaskModel,
+    "subtasks_table": SubtaskModel,
+}
+
+
+def bind_tables(settings: Settings) -> None:
+    """Point every model at the table named in settings (once per container, or per test)."""
+    for setting_name, model in ALL_MODELS.items():
+        model.Meta.table_name = getattr(settings, setting_name)
+        model._connection = None
+
+
+def transaction_connection() -> Connection:
+    """TransactWrite needs its own Connection; endpoint and region come from standard config."""
+    return Connection(max_retry_attempts=5)

@@ -1,0 +1,39 @@
+"""Settings read once, at cold start, from the environment the template gives each function."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob the functions read. Names match the template's environment variables."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    users_table: str = Field(default="UsersTable")
+    contacts_table: str = Field(default="ContactsTable")
+    templates_table: str = Field(default="TemplatesTable")
+    senders_table: str = Field(default="SendersTable")
+    services_table: str = Field(default="ServicesTable")
+    service_usage_table: str = Field(default="ServiceUsageTable")
+    tasks_table: str = Field(default="TasksTable")
+    subtasks_table: str = Field(default="SubtasksTable")
+    planner_queue_url: str = Field(default="")
+
+    max_retries: int = Field(default=3, ge=0)
+    retry_delay_seconds: int = Field(default=60, ge=0)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    health_check_interval_minutes: int = Field(default=60, ge=1)
+
+    # The planner stops starting new chunks this many seconds before Lambda's deadline.
+    planner_safety_margin_seconds: float = Field(default=20.0, ge=0)
+    # A planner lease outlives the longest possible invocation, so a stale holder is surely dead.
+    planner_lease_seconds: float = Field(default=330.0, gt=0)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    return Settings()

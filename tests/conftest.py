@@ -1,0 +1,139 @@
+"""Shared fixtures: AWS is in-process moto with every table and queue built from template.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_SERVICE_NAME": "edm-scheduler-tests",
+    }
+)
+for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+    os.environ.pop(_variable, None)
+
+from moto import mock_aws  # noqa: E402
+
+from core.models import bind_tables  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from local_runner.apigw import claims_for, rest_event  # noqa: E402
+from local_runner.template import create_resources, environment_for  # noqa: E402
+
+
+@dataclass
+class FakeClock:
+    """Deterministic clock: `sleep` advances time instantly."""
+
+    current: float = 1_796_000_000.0  # a fixed instant (2026-11-30 UTC)
+    slept: list[float] = field(default_factory=list)
+
+    def now(self) -> float:
+        return self.current
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.current += max(seconds, 0.0)
+
+    def advance(self, seconds: float) -> None:
+        self.current += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """A fresh in-process AWS with the template's resources; yields the functions' settings."""
+    with mock_aws():
+        created = create_resources(boto3.Session())
+        for key, value in environment_for(created).items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()
+        bind_tables(settings)
+        yield settings
+
+
+@dataclass
+class ApiReply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+class ApiClient:
+    """Calls the API Lambda handler in-process with API Gateway REST proxy events."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        import api_context
+        import api_handler
+
+        api_context.deps.cache_clear()
+        self._deps = api_context.deps()
+        self._deps.clock = clock
+        self._handler = api_handler.lambda_handler
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        user: str | None = "admin",
+        groups: list[str] | None = None,
+        query: str = "",
+        claims: dict[str, str] | None = None,
+    ) -> ApiReply:
+        if claims is None and user is not None:
+            claims = claims_for(user, groups if groups is not None else (["admins"] if user == "admin" else []))
+        event = rest_event(method, path, body=body, claims=claims, query=query)
+        reply = self._handler(event, _LambdaContext())
+        text = reply.get("body") or ""
+        try:
+            parsed = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            parsed = text
+        return ApiReply(status=reply["statusCode"], body=parsed, headers=reply.get("headers") or {})
+
+    def get(self, path: str, **kwargs: Any) -> ApiReply:
+        return self.call("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> ApiReply:
+        return self.call("POST", path, body, **kwargs)
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> ApiReply:
+        return self.call("PUT", path, body, **kwargs)
+
+    def patch(self, path: str, body: Any = None, **kwargs: Any) -> ApiReply:
+        return self.call("PATCH", path, body, **kwargs)
+
+
+class _LambdaContext:
+    function_name = "ApiFunction"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
+    aws_request_id = "test-request"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+@pytest.fixture
+def api(aws: Settings, clock: FakeClock) -> ApiClient:
+    return ApiClient(clock)
