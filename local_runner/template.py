@@ -4,6 +4,7 @@ and the local runner cannot drift from the template."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,11 @@ def create_queues(sqs: Any, template: dict[str, Any]) -> dict[str, str]:
         if redrive:
             target = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
             target_arn = sqs.get_queue_attributes(QueueUrl=urls[target], AttributeNames=["QueueArn"])
-            attributes["RedrivePolicy"] = (
-                '{"deadLetterTargetArn": "%s", "maxReceiveCount": "%s"}'
-                % (target_arn["Attributes"]["QueueArn"], redrive["maxReceiveCount"])
+            attributes["RedrivePolicy"] = json.dumps(
+                {
+                    "deadLetterTargetArn": target_arn["Attributes"]["QueueArn"],
+                    "maxReceiveCount": str(redrive["maxReceiveCount"]),
+                }
             )
         urls[logical_id] = sqs.create_queue(QueueName=logical_id, Attributes=attributes)["QueueUrl"]
     return urls
@@ -113,9 +116,7 @@ def environment_for(created: CreatedResources) -> dict[str, str]:
     """The environment variables the template's Globals give every function, resolved."""
     template = load_template()
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    parameters = {
-        name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()
-    }
+    parameters = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
     resolved = {}
     for key, value in variables.items():
         if isinstance(value, dict) and "Ref" in value:

@@ -100,7 +100,8 @@ class ApiClient:
         claims: dict[str, str] | None = None,
     ) -> ApiReply:
         if claims is None and user is not None:
-            claims = claims_for(user, groups if groups is not None else (["admins"] if user == "admin" else []))
+            default_groups = ["admins"] if user == "admin" else []
+            claims = claims_for(user, groups if groups is not None else default_groups)
         event = rest_event(method, path, body=body, claims=claims, query=query)
         reply = self._handler(event, _LambdaContext())
         text = reply.get("body") or ""

@@ -3,9 +3,9 @@ validation before anything is written."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 MAX_CONTACTS_PER_IMPORT = 1000
 MAX_TAGS_PER_CONTACT = 50
@@ -63,3 +63,61 @@ class UserOut(BaseModel):
     remaining_quota: int
     service_ids: list[str]
     created_at: str
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class RecipientRule(StrictModel):
+    type: Literal["tag_based"]
+    include_tags: list[Tag] = Field(min_length=1, max_length=MAX_TAGS_PER_RULE)
+    exclude_tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS_PER_RULE)
+
+
+class TaskIn(StrictModel):
+    name: Name
+    sender_id: Identifier
+    templates: list[Identifier] = Field(min_length=1, max_length=MAX_TEMPLATES_PER_TASK)
+    contacts: list[Identifier] | None = Field(default=None, max_length=MAX_EXPLICIT_CONTACTS_PER_TASK)
+    recipient_rule: RecipientRule | None = None
+    scheduled_at: AwareDatetime | None = None
+
+
+class TaskCountsOut(BaseModel):
+    total: int = 0
+    queued: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    unknown: int = 0
+    bounced: int = 0
+    complained: int = 0
+    cancelled: int = 0
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    user_id: str
+    name: str
+    status: str
+    reason: str | None = None
+    sender_id: str
+    templates: list[str]
+    contacts: int  # how many explicit contact ids the task named
+    recipient_rule: RecipientRule | None = None
+    scheduled_at: str | None = None
+    quota_reserved: int | None = None
+    counts: TaskCountsOut
+    created_at: str
+    updated_at: str
+
+
+class TaskCreated(BaseModel):
+    task_id: str
+    status: str
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskOut]
+    cursor: str | None = None
