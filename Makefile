@@ -1,0 +1,92 @@
+# Build, lint, test and SAM tooling. Needs only Python 3.11, make and network access to PyPI.
+#
+#   make test          virtualenv + ruff + mypy + cfn-lint + pytest   (the test command)
+#   make lint          the linters only
+#   make sam-validate  sam validate --lint (SAM CLI in its own virtualenv, throwaway HOME)
+#   make sam-build     sam build (no container: uses python3.11 from PATH)
+#   make clean         remove virtualenvs, build output and caches
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+# python3.11, or python3 when that is 3.11.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+
+VENV     := .venv
+VENV_SAM := .venv-sam
+BIN      := $(VENV)/bin
+SAM_BIN  := $(VENV_SAM)/bin
+SAM_HOME := $(CURDIR)/.sam-home
+
+# The SAM CLI runs with telemetry off, a throwaway HOME (nothing is written to the real one) and a
+# region plus dummy credentials so it never goes looking for an AWS profile. Neither validate nor
+# build calls AWS.
+SAM_ENV := SAM_CLI_TELEMETRY=0 SAM_CLI_CONTACT_TELEMETRY=0 HOME=$(SAM_HOME) \
+	AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 \
+	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing \
+	AWS_CONFIG_FILE=$(SAM_HOME)/.aws/config AWS_SHARED_CREDENTIALS_FILE=$(SAM_HOME)/.aws/credentials
+SAM := $(SAM_ENV) $(SAM_BIN)/sam
+
+# -qq: errors only (pip's warnings about this machine's extra local indexes would drown the log).
+PIP_FLAGS := --disable-pip-version-check -qq
+
+say = @printf '\n==> %s\n' "$(1)"
+
+.PHONY: venv venv-sam lint test sam-validate sam-build clean check-python
+
+check-python:
+	@test -n "$(PYTHON)" || { echo "python3.11 not found on PATH" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+		|| { echo "$(PYTHON) is not Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+# ------------------------------------------------------------------ virtualenvs
+# The stamp files make the install re-run only when a requirements file changes.
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements-dev.txt layers/core/requirements.txt | check-python
+	$(call say,creating $(VENV) from requirements-dev.txt)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -r requirements-dev.txt
+	@touch $@
+
+venv-sam: $(VENV_SAM)/.stamp
+
+$(VENV_SAM)/.stamp: requirements-sam.txt | check-python
+	$(call say,creating $(VENV_SAM) from requirements-sam.txt)
+	@test -x $(SAM_BIN)/python || $(PYTHON) -m venv $(VENV_SAM)
+	$(SAM_BIN)/python -m pip install $(PIP_FLAGS) -r requirements-sam.txt
+	@touch $@
+
+# ------------------------------------------------------------------ lint and test
+lint: venv
+	$(call say,ruff check)
+	$(BIN)/ruff check .
+	$(call say,ruff format --check)
+	$(BIN)/ruff format --check .
+	$(call say,mypy)
+	$(BIN)/mypy
+	$(call say,cfn-lint template.yaml)
+	$(BIN)/cfn-lint template.yaml && echo "cfn-lint: no problems"
+
+test: venv lint
+	$(call say,pytest)
+	$(BIN)/python -m pytest
+
+# ------------------------------------------------------------------ SAM
+sam-validate: venv-sam
+	$(call say,sam validate --lint)
+	@mkdir -p $(SAM_HOME)
+	@echo 'sam validate --lint --template-file template.yaml'
+	@$(SAM) validate --lint --template-file template.yaml
+
+sam-build: venv-sam
+	$(call say,sam build)
+	@mkdir -p $(SAM_HOME)
+	@echo 'sam build --template-file template.yaml'
+	@$(SAM) build --template-file template.yaml
+
+# ------------------------------------------------------------------ housekeeping
+clean:
+	rm -rf $(VENV) $(VENV_SAM) .aws-sam .sam-home .mypy_cache .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
