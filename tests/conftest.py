@@ -138,3 +138,15 @@ class _LambdaContext:
 @pytest.fixture
 def api(aws: Settings, clock: FakeClock) -> ApiClient:
     return ApiClient(clock)
+
+
+@pytest.fixture
+def planner(aws: Settings, clock: FakeClock) -> Any:
+    """Drives the planner Lambda through its SQS queue, with the test's clock injected."""
+    import planner_handler
+
+    from tests.support.planning import PlannerDriver
+
+    planner_handler.runtime.cache_clear()
+    planner_handler.runtime().clock = clock
+    return PlannerDriver(aws)

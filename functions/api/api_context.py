@@ -54,6 +54,7 @@ _STATUS_BY_ERROR: list[tuple[type[errors.DomainError], HTTPStatus]] = [
     (errors.NotFound, HTTPStatus.NOT_FOUND),
     (errors.InvalidInput, HTTPStatus.UNPROCESSABLE_ENTITY),
     (errors.Conflict, HTTPStatus.CONFLICT),
+    (errors.ServiceUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
 ]
 
 
@@ -84,8 +85,19 @@ def _field_name(location: tuple[Any, ...]) -> str:
 @app.exception_handler(RequestValidationError)
 def handle_validation_error(error: RequestValidationError) -> Response:
     details = [
-        {"field": _field_name(tuple(item.get("loc", ()))), "reason": item.get("msg", "invalid")}
+        {
+            # A JSON syntax error's location is a character offset, not a field.
+            "field": "body" if item.get("type") == "json_invalid" else _field_name(tuple(item.get("loc", ()))),
+            "reason": item.get("msg", "invalid"),
+        }
         for item in error.errors()
     ]
     message = "; ".join(f"{item['field']}: {item['reason']}" for item in details) or "invalid request"
     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_error", message, details)
+
+
+@app.exception_handler(RecursionError)
+def handle_nesting_too_deep(error: RecursionError) -> Response:
+    # The JSON parser (and pydantic) give up on bodies nested thousands deep: the input's fault.
+    details = [{"field": "body", "reason": "nested too deeply"}]
+    return error_response(HTTPStatus.BAD_REQUEST, "invalid_request", "body: nested too deeply", details)

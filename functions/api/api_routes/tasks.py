@@ -1,3 +1,40 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from api_context import current_caller, deps
 from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from core import tasks
+from core.schemas import TaskCreated, TaskIn, TaskOut, TaskPage
 
 router = Router()
+
+
+def _task_deps() -> tasks.TaskDeps:
+    api = deps()
+    return tasks.TaskDeps(clock=api.clock, sqs=api.sqs, planner_queue_url=api.settings.planner_queue_url)
+
+
+@router.post("/api/tasks")
+def create_task(request: TaskIn) -> tuple[TaskCreated, int]:
+    return tasks.create_task(current_caller(router), request, _task_deps()), 201
+
+
+@router.get("/api/tasks")
+def list_tasks(
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> TaskPage:
+    return tasks.list_tasks(current_caller(router), cursor, limit)
+
+
+@router.get("/api/tasks/<task_id>")
+def get_task(task_id: str) -> TaskOut:
+    return tasks.get_task(current_caller(router), task_id)
+
+
+@router.post("/api/tasks/<task_id>/cancel")
+def cancel_task(task_id: str) -> TaskOut:
+    return tasks.cancel_task(current_caller(router), task_id, _task_deps())

@@ -53,3 +53,9 @@ class InvalidInput(DomainError):
 
 class InvalidState(Conflict):
     code = "invalid_state"
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (queue, table) refused the request; the caller may retry."""
+
+    code = "service_unavailable"

@@ -37,7 +37,7 @@ class UserModel(_Base):
     email = UnicodeAttribute()
     quota = NumberAttribute()
     remaining_quota = NumberAttribute()
-    service_ids = ListAttribute(of=UnicodeAttribute, default=list)
+    service_ids = ListAttribute[Any](of=UnicodeAttribute, default=list)
     created_at = NumberAttribute()
 
 
@@ -49,7 +49,7 @@ class ContactModel(_Base):
     contact_id = UnicodeAttribute(range_key=True)
     email = UnicodeAttribute()
     name = UnicodeAttribute(null=True)
-    tags = ListAttribute(of=UnicodeAttribute, default=list)
+    tags = ListAttribute[Any](of=UnicodeAttribute, default=list)
     attributes = MapAttribute[str, Any](default=dict)
     timezone = UnicodeAttribute(null=True)
     # subscribed | unsubscribed | bounced | complained
@@ -135,7 +135,7 @@ class PlanState(MapAttribute[str, Any]):
     cursor = UnicodeAttribute(default="")  # last contact id (or explicit-id position) handled
     counted = NumberAttribute(default=0)
     written = NumberAttribute(default=0)
-    routing = ListAttribute(of=UnicodeAttribute, default=list)  # frozen service cycle
+    routing = ListAttribute[Any](of=UnicodeAttribute, default=list)  # frozen service cycle
     chunks = NumberAttribute(default=0)
     invocations = NumberAttribute(default=0)
 
@@ -168,10 +168,10 @@ class TaskModel(_Base):
     user_id = UnicodeAttribute()
     name = UnicodeAttribute()
     sender_id = UnicodeAttribute()
-    template_ids = ListAttribute(of=UnicodeAttribute)
-    contact_ids = ListAttribute(of=UnicodeAttribute, default=list)
-    include_tags = ListAttribute(of=UnicodeAttribute, default=list)
-    exclude_tags = ListAttribute(of=UnicodeAttribute, default=list)
+    template_ids = ListAttribute[Any](of=UnicodeAttribute)
+    contact_ids = ListAttribute[Any](of=UnicodeAttribute, default=list)
+    include_tags = ListAttribute[Any](of=UnicodeAttribute, default=list)
+    exclude_tags = ListAttribute[Any](of=UnicodeAttribute, default=list)
     has_rule = BooleanAttribute(default=False)
     scheduled_at = NumberAttribute(null=True)
     status = UnicodeAttribute()
@@ -252,3 +252,9 @@ def bind_tables(settings: Settings) -> None:
 def transaction_connection() -> Connection:
     """TransactWrite needs its own Connection; endpoint and region come from standard config."""
     return Connection(max_retry_attempts=5)
+
+
+# Typed access to nested attribute paths for update actions and conditions
+# (PynamoDB types `TaskModel.plan.cursor` as the value, not as a path).
+TASK_PLAN: Any = TaskModel.plan
+TASK_COUNTS: Any = TaskModel.counts

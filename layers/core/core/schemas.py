@@ -3,9 +3,26 @@ validation before anything is written."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+)
 
 MAX_CONTACTS_PER_IMPORT = 1000
 MAX_TAGS_PER_CONTACT = 50
@@ -27,9 +44,7 @@ def _no_line_breaks(value: str) -> str:
     return value
 
 
-HeaderText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_no_line_breaks)
-]
+HeaderText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_no_line_breaks)]
 Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -63,6 +78,282 @@ class UserOut(BaseModel):
     remaining_quota: int
     service_ids: list[str]
     created_at: str
+
+
+# ---------------------------------------------------------------- email services
+
+
+def is_identifier(value: str) -> bool:
+    """Whether a path id can name anything; ids that cannot are a 404 without a read."""
+    return re.fullmatch(_ID_PATTERN, value) is not None
+
+
+MIN_SENDING_RATE = 0.0001  # seconds between sends: 10,000/s, above any SES account's rate
+MAX_SENDING_RATE = 86_400.0  # one email a day
+MAX_DAILY_QUOTA = 1_000_000_000
+
+Region = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$")]
+DomainName = Annotated[
+    str,
+    StringConstraints(max_length=253, pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"),
+]
+ConfigurationSetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+SendingRate = Annotated[StrictFloat, Field(ge=MIN_SENDING_RATE, le=MAX_SENDING_RATE, allow_inf_nan=False)]
+DailyQuota = Annotated[StrictInt, Field(ge=0, le=MAX_DAILY_QUOTA)]
+
+
+class ServiceIn(StrictModel):
+    name: Name
+    region: Region
+    sending_rate: SendingRate  # minimum seconds between two sends (fractions allowed)
+    daily_quota: DailyQuota  # emails per UTC day
+    from_domain: DomainName | None = None
+    configuration_set: ConfigurationSetName | None = None
+
+
+class ServicePatch(StrictModel):
+    """Only the fields given change. `from_domain` / `configuration_set` may be set to null to clear
+    them; the other fields cannot be null."""
+
+    name: Name | None = None
+    region: Region | None = None
+    sending_rate: SendingRate | None = None
+    daily_quota: DailyQuota | None = None
+    from_domain: DomainName | None = None
+    configuration_set: ConfigurationSetName | None = None
+    enabled: StrictBool | None = None
+
+    @field_validator("name", "region", "sending_rate", "daily_quota", "enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for fields the caller sent (defaults are not validated): an explicit null.
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+
+class ServiceOut(BaseModel):
+    service_id: str
+    name: str
+    region: str
+    sending_rate: float
+    daily_quota: int
+    from_domain: str | None = None
+    configuration_set: str | None = None
+    enabled: bool
+    is_healthy: bool
+    health_reason: str | None = None
+    last_health_check: str | None = None
+    used_today: int
+    remaining_quota: int
+    usage_percentage: float
+    last_sent: str | None = None
+    created_at: str
+
+
+class ServiceList(BaseModel):
+    services: list[ServiceOut]
+
+
+class ServiceAssignment(StrictModel):
+    service_ids: list[Identifier] = Field(max_length=MAX_SERVICES_PER_USER)
+
+
+# ---------------------------------------------------------------- senders
+
+# HeaderText with a length cap (written out: a constraint after HeaderText's validator reads badly).
+SenderName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_line_breaks)
+]
+
+
+class SenderIn(StrictModel):
+    email: EmailStr
+    name: SenderName
+
+
+class SenderOut(BaseModel):
+    sender_id: str
+    email: str
+    name: str
+    created_at: str
+
+
+class SenderPage(BaseModel):
+    senders: list[SenderOut]
+    cursor: str | None = None
+
+
+# ---------------------------------------------------------------- contacts
+
+MAX_ATTRIBUTES_BYTES = 4096  # attributes of one contact, serialized as compact JSON
+MAX_ATTRIBUTE_NUMBER = 1e100  # DynamoDB numbers span 1e-130..1e126; keep well inside
+DEFAULT_PAGE_SIZE = 100
+# A contact is at most ~8 KB (4 KB attributes + 50 tags); 500 keep a page under Lambda's 6 MB reply.
+MAX_CONTACTS_PAGE = 500
+
+AttributeKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+MAX_ATTRIBUTE_INT = 2**53  # exact in JSON clients and in DynamoDB
+
+
+def _attribute_value(value: Any) -> str | int | float | bool:
+    """One check with one clear reason (a pydantic union would report four)."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_ATTRIBUTE_INT:
+            raise ValueError("integer out of range (|x| <= 2**53)")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or (
+            value != 0 and not 1 / MAX_ATTRIBUTE_NUMBER <= abs(value) <= MAX_ATTRIBUTE_NUMBER
+        ):
+            raise ValueError("number out of range (0 or 1e-100 <= |x| <= 1e100)")
+        return value
+    raise ValueError("must be a string, number or boolean")
+
+
+AttributeValue = Annotated[
+    str | int | float | bool,
+    PlainValidator(_attribute_value, json_schema_input_type=str | int | float | bool),
+]
+
+
+def _attributes_fit(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise ValueError(f"attributes take {size} bytes serialized; at most {MAX_ATTRIBUTES_BYTES}")
+    return value
+
+
+Attributes = Annotated[
+    dict[AttributeKey, AttributeValue],
+    Field(max_length=MAX_ATTRIBUTES_PER_CONTACT),
+    AfterValidator(_attributes_fit),
+]
+
+
+def _iana_timezone(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", value) or len(value) > 64:
+        raise ValueError("not an IANA time zone name (e.g. Europe/Paris)")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+        raise ValueError("not an IANA time zone name (e.g. Europe/Paris)") from error
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_iana_timezone)]
+ContactName = SenderName
+
+
+class ContactIn(StrictModel):
+    """On re-import of an address, only the fields given replace the stored ones (null clears
+    `name` / `timezone`); `status` and `created_at` never change through import."""
+
+    email: EmailStr
+    name: ContactName | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS_PER_CONTACT)
+    attributes: Attributes = Field(default_factory=dict)
+    timezone: TimeZoneName | None = None
+
+    @field_validator("tags", "attributes", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null (send [] or {} to clear)")
+        return value
+
+
+class ContactImport(StrictModel):
+    contacts: list[ContactIn] = Field(min_length=1, max_length=MAX_CONTACTS_PER_IMPORT)
+
+
+class ContactImported(BaseModel):
+    contact_ids: list[str]  # one per distinct address, in first-seen order
+
+
+class ContactOut(BaseModel):
+    contact_id: str
+    email: str
+    name: str | None = None
+    tags: list[str]
+    attributes: dict[str, Any]
+    timezone: str | None = None
+    status: str
+    created_at: str
+    updated_at: str
+
+
+class ContactPage(BaseModel):
+    contacts: list[ContactOut]
+    cursor: str | None = None
+
+
+# ---------------------------------------------------------------- templates
+
+# A template is one DynamoDB item (at most 400 KB): subject, html and text together, in UTF-8.
+MAX_TEMPLATE_BYTES = 380_000
+
+Subject = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_SUBJECT_CHARS),
+    AfterValidator(_no_line_breaks),
+]
+TemplateBody = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_BODY_CHARS)]
+
+
+class TemplateIn(StrictModel):
+    name: Name
+    subject: Subject
+    html: TemplateBody
+    text: TemplateBody | None = None
+
+
+class TemplateOut(BaseModel):
+    template_id: str
+    name: str
+    subject: str
+    html: str
+    text: str | None = None
+    created_at: str
+
+
+class TemplateSummary(BaseModel):
+    """List entries leave the bodies out: 512 KB each would overflow a reply."""
+
+    template_id: str
+    name: str
+    subject: str
+    html_chars: int
+    text_chars: int | None = None
+    created_at: str
+
+
+class TemplatePage(BaseModel):
+    templates: list[TemplateSummary]
+    cursor: str | None = None
+
+
+class SampleContact(StrictModel):
+    email: EmailStr
+    name: ContactName | None = None
+    attributes: Attributes = Field(default_factory=dict)
+
+
+class PreviewIn(StrictModel):
+    """Exactly one of `contact_id` (one of the caller's contacts) or `sample`."""
+
+    contact_id: Identifier | None = None
+    sample: SampleContact | None = None
+
+
+class RenderedOut(BaseModel):
+    subject: str
+    html: str
+    text: str | None = None
 
 
 # ---------------------------------------------------------------- tasks

@@ -1,0 +1,101 @@
+"""The refund sweep of a cancelled task, run by the planner function (job "cancel").
+
+Quota reserved for a task comes back exactly once per email that will never be sent:
+  - the part the planner reserved but never wrote as subtasks (cancelled mid-planning), once;
+  - each queued subtask this sweep moves to `cancelled`. The move is a conditional write
+    (`status = queued`), so it races safely with a dispatcher's claim: exactly one wins.
+Subtasks written by a planner chunk that was never committed are covered by the first part, so
+only subtasks with `seq < plan.written` are refunded individually. A crash between moving a page
+of subtasks and recording their refund loses that page's refund (never refunds twice)."""
+
+from __future__ import annotations
+
+from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
+
+from core.ids import SUBTASK_SHARDS
+from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, UserModel, transaction_connection
+from core.planner import PlannerDeps, PlanOutcome, acquire_lease, release_lease
+from core.states import SubtaskStatus, TaskStatus
+
+SWEEP_PAGE = 100
+
+
+def _owns(deps: PlannerDeps) -> object:
+    return (TaskModel.planner_lease_owner == deps.owner) & (TaskModel.status == TaskStatus.CANCELLED)
+
+
+def _refund_unplanned(task: TaskModel, deps: PlannerDeps) -> None:
+    reserved = int(task.quota_reserved or 0)
+    unplanned = 0 if task.plan.phase == "done" else reserved - int(task.plan.written)
+    with TransactWrite(connection=transaction_connection()) as transaction:
+        transaction.update(
+            TaskModel(task.task_id),
+            actions=[
+                TASK_PLAN.phase.set("swept-unplanned"),
+                TASK_PLAN.cursor.set("00:"),
+                TaskModel.quota_refunded.add(max(unplanned, 0)),
+            ],
+            condition=_owns(deps) & (TASK_PLAN.phase != "swept-unplanned"),
+        )
+        if unplanned > 0:
+            transaction.update(UserModel(task.user_id), actions=[UserModel.remaining_quota.add(unplanned)])
+
+
+def _cancel_queued(subtask: SubtaskModel) -> bool:
+    try:
+        subtask.update(
+            actions=[SubtaskModel.status.set(SubtaskStatus.CANCELLED), SubtaskModel.queue_key.remove()],
+            condition=SubtaskModel.status == SubtaskStatus.QUEUED,
+        )
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            return False  # a dispatcher claimed it first
+        raise
+    return True
+
+
+def sweep_cancelled_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
+    task = acquire_lease(task_id, deps, TaskStatus.CANCELLED)
+    if task is None:
+        return PlanOutcome.SKIPPED
+    if task.plan.phase != "swept-unplanned":
+        try:
+            _refund_unplanned(task, deps)
+        except TransactWriteError:
+            return PlanOutcome.SKIPPED  # lease lost; its holder finishes the sweep
+        task.refresh(consistent_read=True)
+    committed = int(task.plan.written)
+    # The sweep position is "<shard>:<contact id>", kept in plan.cursor (planning is over).
+    while True:
+        shard_text, _, after = (task.plan.cursor or "00:").partition(":")
+        shard = int(shard_text or 0)
+        if shard >= SUBTASK_SHARDS:
+            release_lease(task, deps)
+            return PlanOutcome.DONE
+        if deps.seconds_left() <= 0:
+            release_lease(task, deps)
+            return PlanOutcome.CONTINUE
+        partition = f"{task_id}#{shard:02d}"
+        condition = SubtaskModel.contact_id > after if after else None
+        page = list(SubtaskModel.query(partition, condition, limit=SWEEP_PAGE, consistent_read=True))
+        cancelled = [s for s in page if s.status == SubtaskStatus.QUEUED and _cancel_queued(s)]
+        refund = sum(1 for s in cancelled if int(s.seq) < committed)
+        next_cursor = f"{shard:02d}:{page[-1].contact_id}" if len(page) == SWEEP_PAGE else f"{shard + 1:02d}:"
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                transaction.update(
+                    TaskModel(task_id),
+                    actions=[
+                        TASK_PLAN.cursor.set(next_cursor),
+                        TASK_COUNTS.cancelled.add(len(cancelled)),
+                        TASK_COUNTS.queued.add(-len(cancelled)),
+                        TaskModel.quota_refunded.add(refund),
+                    ],
+                    condition=_owns(deps) & (TASK_PLAN.cursor == task.plan.cursor),
+                )
+                if refund:
+                    transaction.update(UserModel(task.user_id), actions=[UserModel.remaining_quota.add(refund)])
+        except TransactWriteError:
+            return PlanOutcome.SKIPPED
+        task.refresh(consistent_read=True)

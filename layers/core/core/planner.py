@@ -1,0 +1,393 @@
+"""The planner: turns a task in `planning` into one queued subtask per eligible recipient.
+
+Two passes over the recipients, both in contact-id order and both chunked:
+  1. count  - how many recipients are eligible; then reserve exactly that much of the user's quota
+              in one transaction (insufficient: the task is rejected, nothing written or reserved);
+  2. write  - write the subtasks with BatchWriteItem, assigning service and template by position.
+Progress lives on the task (`plan.cursor`), advanced only by a conditional write that also checks
+the caller still holds the planner lease, so a repeated or overlapping run changes nothing twice.
+The lease outlives any invocation (settings.planner_lease_seconds > Lambda timeout): a run that
+stalls past it is dead, never a second writer. When time runs out the run returns CONTINUE and the
+handler enqueues a continuation; a crashed run's message comes back after the visibility timeout.
+
+Recipients are frozen at task creation: contacts created later are not recipients, and at most the
+reserved count is written even if tags change meanwhile (fewer is refunded at the end)."""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
+
+from core.clock import Clock, utc_day
+from core.errors import DomainError
+from core.ids import queue_key, subtask_partition
+from core.models import (
+    TASK_COUNTS,
+    TASK_PLAN,
+    ContactModel,
+    EmailServiceModel,
+    ServiceUsageModel,
+    SubtaskModel,
+    TaskModel,
+    UserModel,
+    transaction_connection,
+)
+from core.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
+from core.states import ContactStatus, SubtaskStatus, TaskStatus
+
+PAGE_SIZE = 500  # contacts read per chunk
+BATCH_WRITE_LIMIT = 25  # DynamoDB's BatchWriteItem maximum
+MAX_WRITE_ATTEMPTS = 8
+
+
+class PlanOutcome(StrEnum):
+    DONE = "done"  # the task left `planning` (queued, scheduled or rejected)
+    CONTINUE = "continue"  # out of time; enqueue a continuation
+    SKIPPED = "skipped"  # nothing to do here: not planning, or another run holds the lease
+
+
+class LeaseLost(DomainError):
+    code = "lease_lost"
+
+
+@dataclass
+class PlannerDeps:
+    clock: Clock
+    dynamodb: Any  # boto3 DynamoDB client, for BatchWriteItem with our own backoff
+    subtasks_table: str
+    seconds_left: Callable[[], float]  # time budget left in this invocation
+    owner: str  # this run's lease token
+    lease_seconds: float
+
+
+# ---------------------------------------------------------------- recipients
+
+
+def _is_recipient(contact: ContactModel, task: TaskModel, explicit: set[str]) -> bool:
+    """Named by the task (explicit id or included tag) and not excluded by tag."""
+    if contact.created_at > task.created_at:
+        return False
+    tags = set(contact.tags or [])
+    if tags & set(task.exclude_tags or []):
+        return False
+    return contact.contact_id in explicit or (task.has_rule and bool(tags & set(task.include_tags or [])))
+
+
+def _is_deliverable(contact: ContactModel) -> bool:
+    return contact.status == ContactStatus.SUBSCRIBED
+
+
+def _candidate_page(task: TaskModel, cursor: str) -> tuple[list[ContactModel], str, bool]:
+    """The next contacts after `cursor` in contact-id order: (contacts, new cursor, exhausted)."""
+    if task.has_rule:
+        condition = ContactModel.contact_id > cursor if cursor else None
+        page = list(
+            ContactModel.query(task.user_id, condition, limit=PAGE_SIZE, page_size=PAGE_SIZE, consistent_read=True)
+        )
+        exhausted = len(page) < PAGE_SIZE
+        return page, (page[-1].contact_id if page else cursor), exhausted
+    explicit = sorted(set(task.contact_ids or []))
+    start = bisect.bisect_right(explicit, cursor) if cursor else 0
+    ids = explicit[start : start + 100]
+    found = {
+        contact.contact_id: contact
+        for contact in ContactModel.batch_get([(task.user_id, contact_id) for contact_id in ids])
+    }
+    exhausted = start + len(ids) >= len(explicit)
+    return [found[i] for i in ids if i in found], (ids[-1] if ids else cursor), exhausted
+
+
+# ---------------------------------------------------------------- lease
+
+
+def acquire_lease(task_id: str, deps: PlannerDeps, expected: TaskStatus) -> TaskModel | None:
+    now = deps.clock.now()
+    task = TaskModel(task_id)
+    try:
+        task.update(
+            actions=[
+                TaskModel.planner_lease_owner.set(deps.owner),
+                TaskModel.planner_lease_until.set(now + deps.lease_seconds),
+                TASK_PLAN.invocations.add(1),
+            ],
+            condition=(TaskModel.status == expected)
+            & (
+                TaskModel.planner_lease_until.does_not_exist()
+                | (TaskModel.planner_lease_until < now)
+                | (TaskModel.planner_lease_owner == deps.owner)
+            ),
+        )
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            return None
+        raise
+    return TaskModel.get(task_id, consistent_read=True)
+
+
+def release_lease(task: TaskModel, deps: PlannerDeps) -> None:
+    try:
+        task.update(
+            actions=[TaskModel.planner_lease_until.set(0)],
+            condition=TaskModel.planner_lease_owner == deps.owner,
+        )
+    except UpdateError as error:
+        if error.cause_response_code != "ConditionalCheckFailedException":
+            raise
+
+
+def _holding(deps: PlannerDeps) -> Any:
+    return (TaskModel.planner_lease_owner == deps.owner) & (TaskModel.status == TaskStatus.PLANNING)
+
+
+def _commit(task: TaskModel, deps: PlannerDeps, old_cursor: str, actions: list[Any]) -> None:
+    try:
+        task.update(actions=actions, condition=_holding(deps) & (TASK_PLAN.cursor == old_cursor))
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            raise LeaseLost("planner lease lost or task left planning") from error
+        raise
+
+
+# ---------------------------------------------------------------- phases
+
+
+def _count_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
+    """Counts one page; returns True when the count pass is complete."""
+    cursor = task.plan.cursor
+    page, new_cursor, exhausted = _candidate_page(task, cursor)
+    explicit = set(task.contact_ids or [])
+    named = [contact for contact in page if _is_recipient(contact, task, explicit)]
+    eligible = sum(1 for contact in named if _is_deliverable(contact))
+    actions = [
+        TASK_PLAN.cursor.set("" if exhausted else new_cursor),
+        TASK_PLAN.counted.add(eligible),
+        TASK_COUNTS.suppressed.add(len(named) - eligible),
+        TASK_PLAN.chunks.add(1),
+        TaskModel.updated_at.set(deps.clock.now()),
+    ]
+    if exhausted:
+        actions.append(TASK_PLAN.phase.set("reserve"))
+    _commit(task, deps, cursor, actions)
+    task.refresh(consistent_read=True)
+    return exhausted
+
+
+def _service_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
+    service_ids = list(user.service_ids or [])
+    services = list(EmailServiceModel.batch_get(service_ids)) if service_ids else []
+    day = utc_day(now)
+    used = {
+        usage.service_id: int(usage.used)
+        for usage in ServiceUsageModel.batch_get([(s.service_id, day) for s in services])
+    }
+    return [
+        ServiceCapacity(
+            service_id=s.service_id,
+            enabled=bool(s.enabled),
+            healthy=bool(s.is_healthy),
+            sending_rate=float(s.sending_rate),
+            remaining_today=max(0, int(s.daily_quota) - used.get(s.service_id, 0)),
+        )
+        for s in services
+    ]
+
+
+def _reject(task: TaskModel, deps: PlannerDeps, reason: str) -> PlanOutcome:
+    task.update(
+        actions=[
+            TaskModel.status.set(TaskStatus.REJECTED),
+            TaskModel.reason.set(reason),
+            TaskModel.planner_lease_until.set(0),
+            TaskModel.updated_at.set(deps.clock.now()),
+        ],
+        condition=_holding(deps) & TaskModel.quota_reserved.does_not_exist(),
+    )
+    return PlanOutcome.DONE
+
+
+def _reserve(task: TaskModel, deps: PlannerDeps) -> PlanOutcome | None:
+    """Reserves the counted quota once. Returns an outcome when planning ends here."""
+    needed = int(task.plan.counted)
+    if needed == 0:
+        return _reject(task, deps, "no_eligible_recipients")
+    user = UserModel.get(task.user_id, consistent_read=True)
+    try:
+        cycle = routing_cycle(service_weights(_service_capacities(user, deps.clock.now())))
+    except NoServiceAvailable:
+        return _reject(task, deps, "no_service")
+    try:
+        with TransactWrite(connection=transaction_connection()) as transaction:
+            transaction.update(
+                UserModel(task.user_id),
+                actions=[UserModel.remaining_quota.add(-needed)],
+                condition=UserModel.remaining_quota >= needed,
+            )
+            transaction.update(
+                TaskModel(task.task_id),
+                actions=[
+                    TaskModel.quota_reserved.set(needed),
+                    TASK_PLAN.phase.set("write"),
+                    TASK_PLAN.routing.set(cycle),
+                    TaskModel.updated_at.set(deps.clock.now()),
+                ],
+                condition=_holding(deps) & TaskModel.quota_reserved.does_not_exist() & (TASK_PLAN.phase == "reserve"),
+            )
+    except TransactWriteError:
+        task.refresh(consistent_read=True)
+        if task.planner_lease_owner != deps.owner or task.status != TaskStatus.PLANNING:
+            raise LeaseLost("planner lease lost during reservation") from None
+        if task.quota_reserved is not None:
+            return None
+        if int(UserModel.get(task.user_id, consistent_read=True).remaining_quota) < needed:
+            return _reject(task, deps, "insufficient_quota")
+        raise  # a conflict we cannot explain: let the message be retried
+    task.refresh(consistent_read=True)
+    return None
+
+
+def _batch_write(deps: PlannerDeps, items: list[SubtaskModel]) -> None:
+    """BatchWriteItem in groups of 25, retrying unprocessed items with jittered backoff."""
+    for start in range(0, len(items), BATCH_WRITE_LIMIT):
+        group = items[start : start + BATCH_WRITE_LIMIT]
+        requests = [{"PutRequest": {"Item": item.serialize()}} for item in group]
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            reply = deps.dynamodb.batch_write_item(RequestItems={deps.subtasks_table: requests})
+            requests = reply.get("UnprocessedItems", {}).get(deps.subtasks_table, [])
+            if not requests:
+                break
+            deps.clock.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+        else:
+            raise RuntimeError(f"{len(requests)} subtasks stayed unprocessed; the chunk will be retried")
+
+
+def _subtasks_for(
+    task: TaskModel, recipients: Iterable[ContactModel], first_seq: int, now: float
+) -> list[SubtaskModel]:
+    cycle = list(task.plan.routing)
+    templates = list(task.template_ids)
+    subtasks = []
+    for offset, contact in enumerate(recipients):
+        seq = first_seq + offset
+        service_id = cycle[seq % len(cycle)]
+        subtasks.append(
+            SubtaskModel(
+                subtask_partition(task.task_id, contact.contact_id),
+                contact.contact_id,
+                task_id=task.task_id,
+                user_id=task.user_id,
+                seq=seq,
+                email=contact.email,
+                name=contact.name,
+                attributes=contact.attributes.as_dict() if contact.attributes else {},
+                template_id=templates[seq % len(templates)],
+                service_id=service_id,
+                status=SubtaskStatus.QUEUED,
+                queue_key=queue_key(service_id, task.task_id),
+                attempts=0,
+                next_attempt_at=0,
+                created_at=now,
+            )
+        )
+    return subtasks
+
+
+def _write_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
+    """Writes one page of subtasks; returns True when the write pass is complete."""
+    cursor = task.plan.cursor
+    page, new_cursor, exhausted = _candidate_page(task, cursor)
+    explicit = set(task.contact_ids or [])
+    recipients = [c for c in page if _is_recipient(c, task, explicit) and _is_deliverable(c)]
+    written = int(task.plan.written)
+    room = int(task.quota_reserved or 0) - written
+    recipients = recipients[: max(room, 0)]
+    now = deps.clock.now()
+    _batch_write(deps, _subtasks_for(task, recipients, written, now))
+    actions = [
+        TASK_PLAN.cursor.set(new_cursor),
+        TASK_PLAN.written.add(len(recipients)),
+        TASK_COUNTS.queued.add(len(recipients)),
+        TASK_PLAN.chunks.add(1),
+        TaskModel.updated_at.set(now),
+    ]
+    if exhausted or len(recipients) == room:
+        actions.append(TASK_PLAN.phase.set("finish"))
+    _commit(task, deps, cursor, actions)
+    task.refresh(consistent_read=True)
+    return task.plan.phase == "finish"
+
+
+def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
+    """Leaves `planning`: queued (or scheduled), totals set, unused reservation refunded."""
+    now = deps.clock.now()
+    written = int(task.plan.written)
+    unused = int(task.quota_reserved or 0) - written
+    if written == 0:
+        status, reason = TaskStatus.REJECTED, "no_eligible_recipients"
+    elif task.scheduled_at is not None and task.scheduled_at > now:
+        status, reason = TaskStatus.SCHEDULED, None
+    else:
+        status, reason = TaskStatus.QUEUED, None
+    task_actions = [
+        TaskModel.status.set(status),
+        TASK_COUNTS.total.set(written),
+        TaskModel.quota_refunded.add(unused),
+        TaskModel.planner_lease_until.set(0),
+        TASK_PLAN.phase.set("done"),
+        TaskModel.updated_at.set(now),
+    ]
+    if reason:
+        task_actions.append(TaskModel.reason.set(reason))
+    else:
+        task_actions += [
+            TaskModel.active_partition.set("active"),
+            TaskModel.active_sort.set(f"{task.user_id}#{task.task_id}"),
+        ]
+    condition = _holding(deps) & (TASK_PLAN.phase == "finish")
+    try:
+        with TransactWrite(connection=transaction_connection()) as transaction:
+            transaction.update(TaskModel(task.task_id), actions=task_actions, condition=condition)
+            if unused > 0:
+                transaction.update(UserModel(task.user_id), actions=[UserModel.remaining_quota.add(unused)])
+    except TransactWriteError as error:
+        task.refresh(consistent_read=True)
+        if task.planner_lease_owner != deps.owner or task.status != TaskStatus.PLANNING:
+            raise LeaseLost("planner lease lost while finishing") from error
+        raise
+    return PlanOutcome.DONE
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def plan_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
+    """Advances the planning of one task as far as the time budget allows."""
+    task = acquire_lease(task_id, deps, TaskStatus.PLANNING)
+    if task is None:
+        return PlanOutcome.SKIPPED
+    try:
+        while True:
+            phase = task.plan.phase
+            if phase == "finish":
+                return _finish(task, deps)
+            if deps.seconds_left() <= 0:
+                release_lease(task, deps)
+                return PlanOutcome.CONTINUE
+            if phase == "count":
+                _count_chunk(task, deps)
+            elif phase == "reserve":
+                outcome = _reserve(task, deps)
+                if outcome is not None:
+                    return outcome
+            elif phase == "write":
+                _write_chunk(task, deps)
+            else:
+                return PlanOutcome.SKIPPED
+    except LeaseLost:
+        return PlanOutcome.SKIPPED

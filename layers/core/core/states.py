@@ -1,0 +1,55 @@
+"""Task and subtask states, and the moves allowed between them, named in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    PLANNING = "planning"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+class SubtaskStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+
+
+class ContactStatus(StrEnum):
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PLANNING: frozenset(
+        {TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.REJECTED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.SCHEDULED: frozenset({TaskStatus.QUEUED, TaskStatus.PAUSED, TaskStatus.CANCELLED}),
+    TaskStatus.QUEUED: frozenset({TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
+    TaskStatus.SENDING: frozenset({TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
+    TaskStatus.PAUSED: frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.CANCELLED}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+    TaskStatus.REJECTED: frozenset(),
+}
+
+# Tasks a dispatcher may send for; they carry the sparse `active` index attributes.
+DISPATCHABLE = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING})
+
+
+def sources_of(target: TaskStatus) -> list[TaskStatus]:
+    """Every status from which `target` may be reached (for conditional writes)."""
+    return [source for source, targets in TASK_TRANSITIONS.items() if target in targets]

@@ -1,0 +1,202 @@
+"""Tasks (campaigns): creation with every reference checked, reading, listing, cancelling."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import UpdateError
+
+from core.auth import Caller
+from core.clock import Clock, iso
+from core.contacts import load_contacts
+from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
+from core.ids import new_id
+from core.models import EmailServiceModel, TaskModel
+from core.planner_jobs import PlannerJob, enqueue
+from core.rendering import load_template
+from core.routing import NoServiceAvailable
+from core.schemas import RecipientRule, TaskCountsOut, TaskCreated, TaskIn, TaskOut, TaskPage, unique
+from core.senders import load_sender
+from core.states import ContactStatus, TaskStatus, sources_of
+from core.users import load_user
+
+
+@dataclass(frozen=True)
+class TaskDeps:
+    clock: Clock
+    sqs: Any
+    planner_queue_url: str
+
+
+def task_out(task: TaskModel) -> TaskOut:
+    counts = task.counts.as_dict() if task.counts else {}
+    rule = (
+        RecipientRule(
+            type="tag_based",
+            include_tags=list(task.include_tags or []),
+            exclude_tags=list(task.exclude_tags or []),
+        )
+        if task.has_rule
+        else None
+    )
+    return TaskOut(
+        task_id=task.task_id,
+        user_id=task.user_id,
+        name=task.name,
+        status=task.status,
+        reason=task.reason,
+        sender_id=task.sender_id,
+        templates=list(task.template_ids),
+        contacts=len(task.contact_ids or []),
+        recipient_rule=rule,
+        scheduled_at=iso(task.scheduled_at) if task.scheduled_at is not None else None,
+        quota_reserved=int(task.quota_reserved) if task.quota_reserved is not None else None,
+        counts=TaskCountsOut(**{key: int(value) for key, value in counts.items()}),
+        created_at=iso(task.created_at),
+        updated_at=iso(task.updated_at),
+    )
+
+
+def _check_references(caller: Caller, request: TaskIn) -> int | None:
+    """Checks everything the task names belongs to the caller. Returns the number of deliverable
+    recipients when it is known now (explicit contacts only), else None."""
+    if not request.contacts and request.recipient_rule is None:
+        raise InvalidInput("recipient_rule", "give contacts, a recipient_rule, or both")
+    load_sender(caller.user_id, request.sender_id)
+    for position, template_id in enumerate(request.templates):
+        try:
+            load_template(caller.user_id, template_id)
+        except NotFound as error:
+            raise NotFound("template", template_id, field=f"templates[{position}]") from error
+    contact_ids = unique(request.contacts or [])
+    if not contact_ids:
+        return None
+    found = load_contacts(caller.user_id, contact_ids)
+    for position, contact_id in enumerate(request.contacts or []):
+        if contact_id not in found:
+            raise NotFound("contact", contact_id, field=f"contacts[{position}]")
+    if request.recipient_rule is not None:
+        return None
+    return sum(1 for contact in found.values() if contact.status == ContactStatus.SUBSCRIBED)
+
+
+def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:
+    user = load_user(caller.user_id)
+    known_recipients = _check_references(caller, request)
+    services = list(EmailServiceModel.batch_get(list(user.service_ids or []))) if user.service_ids else []
+    if not any(service.enabled for service in services):
+        raise NoServiceAvailable("no enabled email service is assigned to you; ask an administrator")
+    if known_recipients is not None:
+        if known_recipients == 0:
+            raise InvalidInput("contacts", "none of these contacts can receive email (unsubscribed or bounced)")
+        if known_recipients > int(user.remaining_quota):
+            raise InsufficientQuota(
+                f"task needs {known_recipients} emails but only {int(user.remaining_quota)} remain in your quota",
+                [{"field": "contacts", "reason": "insufficient_quota"}],
+            )
+    now = deps.clock.now()
+    rule = request.recipient_rule
+    task = TaskModel(
+        new_id("task"),
+        user_id=caller.user_id,
+        name=request.name,
+        sender_id=request.sender_id,
+        template_ids=unique(request.templates),
+        contact_ids=unique(request.contacts or []),
+        include_tags=unique(rule.include_tags) if rule else [],
+        exclude_tags=unique(rule.exclude_tags) if rule else [],
+        has_rule=rule is not None,
+        scheduled_at=request.scheduled_at.timestamp() if request.scheduled_at else None,
+        status=TaskStatus.PLANNING,
+        created_at=now,
+        updated_at=now,
+    )
+    task.save(condition=TaskModel.task_id.does_not_exist())
+    try:
+        enqueue(deps.sqs, deps.planner_queue_url, PlannerJob(task_id=task.task_id))
+    except (BotoCoreError, ClientError) as error:
+        task.update(actions=[TaskModel.status.set(TaskStatus.REJECTED), TaskModel.reason.set("planner_unavailable")])
+        raise ServiceUnavailable("the planner queue is unavailable; try again shortly") from error
+    return TaskCreated(task_id=task.task_id, status=task.status)
+
+
+def load_task(caller: Caller, task_id: str) -> TaskModel:
+    try:
+        task = TaskModel.get(task_id, consistent_read=True)
+    except TaskModel.DoesNotExist as error:
+        raise NotFound("task", task_id) from error
+    if not (caller.is_admin or task.user_id == caller.user_id):
+        raise NotFound("task", task_id)
+    return task
+
+
+def get_task(caller: Caller, task_id: str) -> TaskOut:
+    return task_out(load_task(caller, task_id))
+
+
+def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+    if not cursor:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as error:
+        raise InvalidInput("cursor", "not a cursor this API returned") from error
+    if not isinstance(decoded, dict):
+        raise InvalidInput("cursor", "not a cursor this API returned")
+    return decoded
+
+
+def _encode_cursor(key: dict[str, Any] | None) -> str | None:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode() if key else None
+
+
+def list_tasks(caller: Caller, cursor: str | None, limit: int) -> TaskPage:
+    """The caller's tasks, newest first (admins: everyone's, in no particular order)."""
+    start = _decode_cursor(cursor)
+    if caller.is_admin:
+        result = TaskModel.scan(limit=limit, last_evaluated_key=start)
+    else:
+        result = TaskModel.by_user.query(
+            caller.user_id, scan_index_forward=False, limit=limit, last_evaluated_key=start
+        )
+    try:
+        tasks = [task_out(task) for task in result]
+    except (ClientError, ValueError) as error:
+        raise InvalidInput("cursor", "not a cursor this API returned") from error
+    return TaskPage(tasks=tasks, cursor=_encode_cursor(result.last_evaluated_key))
+
+
+def cancel_task(caller: Caller, task_id: str, deps: TaskDeps) -> TaskOut:
+    """Stops the task at once; a planner job then cancels its queued subtasks and refunds them.
+    Idempotent: cancelling a cancelled task schedules its refund sweep again (harmless)."""
+    task = load_task(caller, task_id)
+    cancellable = sources_of(TaskStatus.CANCELLED)
+    if task.status != TaskStatus.CANCELLED and TaskStatus(task.status) not in cancellable:
+        raise InvalidState(f"a {task.status} task cannot be cancelled")
+    try:
+        task.update(
+            actions=[
+                TaskModel.status.set(TaskStatus.CANCELLED),
+                TaskModel.reason.set("cancelled_by_user"),
+                TaskModel.active_partition.remove(),
+                TaskModel.active_sort.remove(),
+                TaskModel.updated_at.set(deps.clock.now()),
+            ],
+            condition=TaskModel.status.is_in(TaskStatus.CANCELLED, *cancellable),
+        )
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            raise InvalidState("the task finished or changed state meanwhile; read it again") from error
+        raise
+    try:
+        enqueue(deps.sqs, deps.planner_queue_url, PlannerJob(task_id=task_id, job="cancel"))
+    except (BotoCoreError, ClientError) as error:
+        # The task is cancelled (nothing more is sent); its refund sweep waits for a retry.
+        raise ServiceUnavailable("task cancelled, but its refund could not be scheduled; retry") from error
+    task.refresh(consistent_read=True)
+    return task_out(task)

@@ -1,0 +1,234 @@
+"""The planner: recipients resolved, quota reserved once, subtasks written once, in order."""
+
+from __future__ import annotations
+
+from core.models import SubtaskModel, TaskModel, UserModel
+from core.states import TaskStatus
+from tests.conftest import FakeClock
+from tests.support.planning import (
+    PlannerDriver,
+    seed_contacts,
+    seed_service,
+    seed_task,
+    seed_user,
+    subtasks_of,
+)
+
+
+def _snapshot(task_id: str) -> list[tuple[object, ...]]:
+    return sorted(
+        (s.contact_id, s.seq, s.service_id, s.template_id, s.status, s.email) for s in subtasks_of(task_id)
+    )
+
+
+def test_tag_rule_plans_one_subtask_per_eligible_recipient_in_contact_order(
+    planner: PlannerDriver, clock: FakeClock
+) -> None:
+    # Given a user with 30 newsletter contacts, 7 of them also tagged unsubscribed, and 2 services
+    now = clock.now()
+    seed_service("svc_a", now, sending_rate=1.0)
+    seed_service("svc_b", now, sending_rate=0.5)
+    seed_user("alice", 1000, ["svc_a", "svc_b"], now)
+    seed_contacts("alice", 23, now, tags=["newsletter"])
+    seed_contacts("alice", 7, now, tags=["newsletter", "unsubscribed"], start=100)
+    seed_contacts("alice", 5, now, tags=["other"], start=200)
+    seed_contacts("alice", 3, now, tags=["newsletter"], start=300, status="bounced")
+    task = seed_task("alice", now, include=["newsletter"], exclude=["unsubscribed"])
+
+    # When the planner runs
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    # Then exactly the 23 eligible recipients have a queued subtask, in contact-id order
+    subtasks = sorted(subtasks_of(task.task_id), key=lambda s: s.seq)
+    assert len(subtasks) == 23
+    assert [s.seq for s in subtasks] == list(range(23))
+    assert [s.contact_id for s in subtasks] == sorted(s.contact_id for s in subtasks)
+    assert {s.service_id for s in subtasks} == {"svc_a", "svc_b"}
+    assert all(s.status == "queued" and s.queue_key == f"{s.service_id}#{task.task_id}" for s in subtasks)
+    # and the quota dropped by exactly that number, and the task is queued with its totals
+    assert UserModel.get("alice").remaining_quota == 1000 - 23
+    task.refresh()
+    assert task.status == TaskStatus.QUEUED
+    assert task.counts.total == 23 and task.counts.queued == 23
+    assert task.counts.suppressed == 3  # named by the rule but bounced
+    assert task.quota_reserved == 23
+
+    # When the planner runs again (a duplicate message), nothing changes
+    before = _snapshot(task.task_id)
+    planner.enqueue(task.task_id)
+    planner.drain()
+    assert _snapshot(task.task_id) == before
+    assert UserModel.get("alice").remaining_quota == 1000 - 23
+
+
+def test_faster_service_gets_the_larger_share(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("slow", now, sending_rate=4.0, daily_quota=1_000_000)  # 21,600/day
+    seed_service("fast", now, sending_rate=1.0, daily_quota=1_000_000)  # 86,400/day
+    seed_user("alice", 1000, ["slow", "fast"], now)
+    seed_contacts("alice", 200, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2"])
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    subtasks = subtasks_of(task.task_id)
+    fast = sum(1 for s in subtasks if s.service_id == "fast")
+    assert fast == 160  # 4:1, interleaved by position
+    by_seq = {int(s.seq): s for s in subtasks}
+    assert [by_seq[i].template_id for i in range(4)] == ["tpl_1", "tpl_2", "tpl_1", "tpl_2"]
+    assert sum(1 for s in subtasks if s.template_id == "tpl_1") == 100
+
+
+def test_unhealthy_and_exhausted_services_get_no_work(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("sick", now, healthy=False)
+    seed_service("off", now, enabled=False)
+    seed_service("ok", now)
+    seed_user("alice", 1000, ["sick", "off", "ok"], now)
+    seed_contacts("alice", 20, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"])
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    assert {s.service_id for s in subtasks_of(task.task_id)} == {"ok"}
+
+
+def test_explicit_contacts_union_tag_rule_minus_exclude_tags(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 1000, ["svc"], now)
+    tagged = seed_contacts("alice", 5, now, tags=["vip"])
+    plain = seed_contacts("alice", 4, now, tags=[], start=50)
+    excluded = seed_contacts("alice", 2, now, tags=["blocked"], start=90)
+    task = seed_task(
+        "alice", now, include=["vip"], exclude=["blocked"], contacts=[*plain[:2], excluded[0], tagged[0]]
+    )
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    assert {s.contact_id for s in subtasks_of(task.task_id)} == set(tagged) | set(plain[:2])
+
+
+def test_insufficient_quota_rejects_without_writing_or_reserving(planner: PlannerDriver, clock: FakeClock) -> None:
+    # Given a user whose remaining quota is one short of the audience
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 9, ["svc"], now)
+    seed_contacts("alice", 10, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"])
+
+    # When the planner runs
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    # Then the task is rejected with a clear reason, nothing written, nothing reserved
+    task.refresh()
+    assert task.status == TaskStatus.REJECTED
+    assert task.reason == "insufficient_quota"
+    assert task.quota_reserved is None
+    assert subtasks_of(task.task_id) == []
+    assert UserModel.get("alice").remaining_quota == 9
+
+
+def test_future_schedule_ends_scheduled(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 100, ["svc"], now)
+    seed_contacts("alice", 3, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"], scheduled_at=now + 3600)
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    task.refresh()
+    assert task.status == TaskStatus.SCHEDULED
+    assert task.active_partition == "active"
+
+
+def test_no_eligible_recipient_rejects_the_task(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 100, ["svc"], now)
+    seed_contacts("alice", 3, now, tags=["all"], status="unsubscribed")
+    task = seed_task("alice", now, include=["all"])
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    task.refresh()
+    assert (task.status, task.reason) == (TaskStatus.REJECTED, "no_eligible_recipients")
+    assert UserModel.get("alice").remaining_quota == 100
+
+
+def test_contacts_added_after_creation_are_not_recipients(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 100, ["svc"], now)
+    seed_contacts("alice", 3, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"])
+    seed_contacts("alice", 2, now + 5, tags=["all"], start=10)
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    assert len(subtasks_of(task.task_id)) == 3
+    assert UserModel.get("alice").remaining_quota == 97
+
+
+def test_a_run_that_does_not_hold_the_lease_changes_nothing(planner: PlannerDriver, clock: FakeClock) -> None:
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 100, ["svc"], now)
+    seed_contacts("alice", 3, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"])
+    # Another live run holds the lease
+    task.update(actions=[TaskModel.planner_lease_owner.set("other"), TaskModel.planner_lease_until.set(now + 60)])
+
+    planner.enqueue(task.task_id)
+    planner.drain()
+
+    task.refresh()
+    assert task.status == TaskStatus.PLANNING
+    assert subtasks_of(task.task_id) == []
+    assert UserModel.get("alice").remaining_quota == 100
+
+    # Once the holder's lease has expired (it died), a new run takes over and finishes
+    clock.advance(61)
+    planner.enqueue(task.task_id)
+    planner.drain()
+    task.refresh()
+    assert task.status == TaskStatus.QUEUED
+    assert len(subtasks_of(task.task_id)) == 3
+
+
+def test_chunked_plan_over_many_invocations_equals_one_shot_plan(planner: PlannerDriver, clock: FakeClock) -> None:
+    # Given 20,000 tagged contacts and two identical tasks
+    now = clock.now()
+    seed_service("svc_a", now, sending_rate=0.5)
+    seed_service("svc_b", now, sending_rate=1.0)
+    seed_user("alice", 50_000, ["svc_a", "svc_b"], now)
+    seed_contacts("alice", 20_000, now, tags=["all"])
+    one_shot = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2", "tpl_3"])
+    chunked = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2", "tpl_3"])
+
+    # When one is planned in a single invocation and the other with a budget of 3 chunks each
+    planner.enqueue(one_shot.task_id)
+    assert planner.drain() == 1
+    planner.enqueue(chunked.task_id)
+    invocations = planner.drain(chunks_per_invocation=3)
+
+    # Then the chunked plan took many invocations and produced the same subtasks
+    assert invocations >= 20
+    def plan(task_id: str) -> list[tuple[object, ...]]:
+        return sorted((s.contact_id, s.seq, s.service_id, s.template_id, s.status) for s in subtasks_of(task_id))
+    assert len(plan(one_shot.task_id)) == 20_000
+    assert plan(chunked.task_id) == plan(one_shot.task_id)
+    one_shot.refresh()
+    chunked.refresh()
+    assert chunked.counts.as_dict() == one_shot.counts.as_dict()
+    assert UserModel.get("alice").remaining_quota == 50_000 - 40_000
+    assert SubtaskModel.count() == 40_000
