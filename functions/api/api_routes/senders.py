@@ -1,3 +1,25 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from api_context import current_caller, deps
 from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from core import senders
+from core.schemas import SenderIn, SenderOut, SenderPage
 
 router = Router()
+
+
+@router.post("/api/senders")
+def create_sender(request: SenderIn) -> tuple[SenderOut, int]:
+    return senders.create_sender(current_caller(router), request, deps().clock), 201
+
+
+@router.get("/api/senders")
+def list_senders(
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=senders.MAX_SENDERS_PAGE)] = senders.MAX_SENDERS_PAGE,
+) -> SenderPage:
+    return senders.list_senders(current_caller(router), cursor, limit)

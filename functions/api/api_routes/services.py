@@ -1,3 +1,24 @@
+from __future__ import annotations
+
+from api_context import current_caller, deps
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from core import email_services
+from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch
+
 router = Router()
+
+
+@router.post("/api/services")
+def create_service(request: ServiceIn) -> tuple[ServiceOut, int]:
+    return email_services.create_service(current_caller(router), request, deps().clock), 201
+
+
+@router.get("/api/services")
+def list_services() -> ServiceList:
+    return email_services.list_services(current_caller(router), deps().clock)
+
+
+@router.patch("/api/services/<service_id>")
+def update_service(service_id: str, request: ServicePatch) -> ServiceOut:
+    return email_services.update_service(current_caller(router), service_id, request, deps().clock)

@@ -1,3 +1,35 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from api_context import current_caller, deps
 from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from core import templates
+from core.schemas import PreviewIn, RenderedOut, TemplateIn, TemplateOut, TemplatePage
 
 router = Router()
+
+
+@router.post("/api/templates")
+def create_template(request: TemplateIn) -> tuple[TemplateOut, int]:
+    return templates.create_template(current_caller(router), request, deps().clock), 201
+
+
+@router.get("/api/templates")
+def list_templates(
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=templates.MAX_TEMPLATES_PAGE)] = templates.MAX_TEMPLATES_PAGE,
+) -> TemplatePage:
+    return templates.list_templates(current_caller(router), cursor, limit)
+
+
+@router.get("/api/templates/<template_id>")
+def get_template(template_id: str) -> TemplateOut:
+    return templates.get_template(current_caller(router), template_id)
+
+
+@router.post("/api/templates/<template_id>/preview")
+def preview_template(template_id: str, request: PreviewIn) -> RenderedOut:
+    return templates.preview_template(current_caller(router), template_id, request)

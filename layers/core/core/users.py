@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pynamodb.exceptions import PutError
+from pynamodb.exceptions import PutError, UpdateError
 
 from core.auth import Caller
 from core.clock import Clock, iso
+from core.email_services import load_services
 from core.errors import AlreadyExists, NotFound
 from core.models import UserModel
-from core.schemas import UserIn, UserOut
+from core.schemas import ServiceAssignment, UserIn, UserOut, is_identifier, unique
 
 
 def user_out(user: UserModel) -> UserOut:
@@ -52,3 +53,25 @@ def get_user(caller: Caller, user_id: str) -> UserOut:
     if not caller.can_see_user(user_id):
         raise NotFound("user", user_id)
     return user_out(load_user(user_id))
+
+
+def assign_services(caller: Caller, user_id: str, request: ServiceAssignment) -> UserOut:
+    """Replace the set of email services a user may send through (admin only). Every id must name
+    an existing service; duplicates collapse, first-seen order is kept."""
+    caller.require_admin()
+    if not is_identifier(user_id):
+        raise NotFound("user", user_id)
+    load_user(user_id)
+    service_ids = unique(request.service_ids)
+    existing = load_services(service_ids)
+    for position, service_id in enumerate(request.service_ids):
+        if service_id not in existing:
+            raise NotFound("email service", service_id, field=f"service_ids[{position}]")
+    user = UserModel(user_id)
+    try:
+        user.update(actions=[UserModel.service_ids.set(service_ids)], condition=UserModel.user_id.exists())
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            raise NotFound("user", user_id) from error
+        raise
+    return user_out(user)

@@ -1,0 +1,121 @@
+"""Email services (sending accounts) as administrators manage them and users see them: settings,
+health, and today's usage. Usage is read from ServiceUsageModel (one item per service and UTC day,
+written by the dispatcher's conditional ADD); this module never writes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.update import Action
+
+from core.auth import Caller
+from core.clock import Clock, iso, utc_day
+from core.errors import NotFound
+from core.ids import new_id
+from core.models import EmailServiceModel, ServiceUsageModel, UserModel
+from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
+
+_BATCH_GET_LIMIT = 100
+
+
+def create_service(caller: Caller, request: ServiceIn, clock: Clock) -> ServiceOut:
+    caller.require_admin()
+    service = EmailServiceModel(
+        new_id("svc"),
+        name=request.name,
+        region=request.region,
+        sending_rate=request.sending_rate,
+        daily_quota=request.daily_quota,
+        from_domain=request.from_domain,
+        configuration_set=request.configuration_set,
+        enabled=True,
+        is_healthy=True,
+        created_at=clock.now(),
+    )
+    service.save(condition=EmailServiceModel.service_id.does_not_exist())
+    return service_out(service, used_today=0)
+
+
+def update_service(caller: Caller, service_id: str, request: ServicePatch, clock: Clock) -> ServiceOut:
+    caller.require_admin()
+    if not is_identifier(service_id):
+        raise NotFound("email service", service_id)
+    actions: list[Action] = []
+    for field in sorted(request.model_fields_set):
+        attribute = getattr(EmailServiceModel, field)
+        value = getattr(request, field)
+        # Only the nullable fields can be None here (the schema refuses null for the others).
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    service = EmailServiceModel(service_id)
+    try:
+        if actions:
+            # One conditional UpdateItem: an unknown id is a 404 and never creates an item.
+            service.update(actions=actions, condition=EmailServiceModel.service_id.exists())
+        else:
+            service = EmailServiceModel.get(service_id, consistent_read=True)
+    except (UpdateError, EmailServiceModel.DoesNotExist) as error:
+        if isinstance(error, UpdateError) and error.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        raise NotFound("email service", service_id) from error
+    return service_out(service, used_today=_used_today([service_id], clock).get(service_id, 0))
+
+
+def list_services(caller: Caller, clock: Clock) -> ServiceList:
+    """Administrators see every service; a user sees the services assigned to them."""
+    if caller.is_admin:
+        services = sorted(EmailServiceModel.scan(), key=lambda service: service.service_id)
+    else:
+        try:
+            user = UserModel.get(caller.user_id, consistent_read=True)
+        except UserModel.DoesNotExist:
+            return ServiceList(services=[])
+        by_id = load_services(list(user.service_ids or []))
+        services = [by_id[service_id] for service_id in user.service_ids or [] if service_id in by_id]
+    used = _used_today([service.service_id for service in services], clock)
+    return ServiceList(services=[service_out(service, used.get(service.service_id, 0)) for service in services])
+
+
+def load_services(service_ids: Iterable[str]) -> dict[str, EmailServiceModel]:
+    """The services that exist among `service_ids`, by id (BatchGet, 100 keys a call)."""
+    wanted = list(dict.fromkeys(service_id for service_id in service_ids if is_identifier(service_id)))
+    found: dict[str, EmailServiceModel] = {}
+    for start in range(0, len(wanted), _BATCH_GET_LIMIT):
+        for service in EmailServiceModel.batch_get(wanted[start : start + _BATCH_GET_LIMIT]):
+            found[service.service_id] = service
+    return found
+
+
+def _used_today(service_ids: list[str], clock: Clock) -> dict[str, int]:
+    day = utc_day(clock.now())
+    used: dict[str, int] = {}
+    for start in range(0, len(service_ids), _BATCH_GET_LIMIT):
+        keys = [(service_id, day) for service_id in service_ids[start : start + _BATCH_GET_LIMIT]]
+        for usage in ServiceUsageModel.batch_get(keys):
+            used[usage.service_id] = int(usage.used or 0)
+    return used
+
+
+def service_out(service: EmailServiceModel, used_today: int) -> ServiceOut:
+    daily_quota = int(service.daily_quota)
+    remaining = max(daily_quota - used_today, 0)
+    # A service with a zero quota can send nothing today: it reads as fully used.
+    percentage = round(100.0 * used_today / daily_quota, 2) if daily_quota else 100.0
+    return ServiceOut(
+        service_id=service.service_id,
+        name=service.name,
+        region=service.region,
+        sending_rate=float(service.sending_rate),
+        daily_quota=daily_quota,
+        from_domain=service.from_domain,
+        configuration_set=service.configuration_set,
+        enabled=bool(service.enabled),
+        is_healthy=bool(service.is_healthy),
+        health_reason=service.health_reason,
+        last_health_check=iso(service.last_health_check) if service.last_health_check else None,
+        used_today=used_today,
+        remaining_quota=remaining,
+        usage_percentage=min(percentage, 100.0),
+        last_sent=iso(service.last_sent) if service.last_sent else None,
+        created_at=iso(service.created_at),
+    )
