@@ -1,0 +1,240 @@
+"""Contacts: bulk import is an upsert by address that never resurrects a suppressed contact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.contacts import load_contacts
+from core.ids import contact_id_for
+from core.models import ContactModel
+from core.schemas import MAX_CONTACTS_PER_IMPORT
+from tests.conftest import ApiClient, FakeClock
+from tests.integration.given import assert_rejected, given_contacts
+
+
+def stored(user_id: str) -> dict[str, ContactModel]:
+    return {contact.contact_id: contact for contact in ContactModel.query(user_id)}
+
+
+def test_import_creates_contacts_with_ids_derived_from_the_address(api: ApiClient) -> None:
+    # When
+    reply = api.post(
+        "/api/contacts",
+        {
+            "contacts": [
+                {
+                    "email": "Ann@Example.com",
+                    "name": "Ann",
+                    "tags": ["newsletter", "vip", "vip"],
+                    "attributes": {"first_name": "Ann", "orders": 3, "score": 1.5, "member": True},
+                    "timezone": "Europe/Paris",
+                },
+                {"email": "bob@example.com"},
+            ]
+        },
+        user="alice",
+    )
+    # Then
+    assert reply.status == 200, reply.body
+    ann_id, bob_id = contact_id_for("ann@example.com"), contact_id_for("bob@example.com")
+    assert reply.body == {"contact_ids": [ann_id, bob_id]}
+    contacts = stored("alice")
+    ann = contacts[ann_id]
+    assert (ann.email, ann.name, ann.tags, ann.timezone, ann.status) == (
+        "Ann@example.com",
+        "Ann",
+        ["newsletter", "vip"],
+        "Europe/Paris",
+        "subscribed",
+    )
+    assert ann.attributes.as_dict() == {"first_name": "Ann", "orders": 3, "score": 1.5, "member": True}
+    assert (contacts[bob_id].tags, contacts[bob_id].attributes.as_dict(), contacts[bob_id].name) == ([], {}, None)
+
+
+def test_reimport_updates_fields_but_keeps_status_and_created_at(api: ApiClient, clock: FakeClock) -> None:
+    # Given a contact that has since unsubscribed
+    (contact_id,) = given_contacts(api, "alice", {"email": "ann@example.com", "name": "Ann", "tags": ["a"]})
+    ContactModel("alice", contact_id).update(actions=[ContactModel.status.set("unsubscribed")])
+    created_at = ContactModel.get("alice", contact_id).created_at
+    clock.advance(3600)
+    # When the same address is imported again
+    reply = api.post(
+        "/api/contacts",
+        {"contacts": [{"email": "ANN@example.com", "name": "Ann B", "tags": ["b"], "timezone": "Asia/Tokyo"}]},
+        user="alice",
+    )
+    # Then
+    assert reply.body == {"contact_ids": [contact_id]}
+    contact = ContactModel.get("alice", contact_id)
+    assert (contact.name, contact.tags, contact.timezone) == ("Ann B", ["b"], "Asia/Tokyo")
+    assert contact.status == "unsubscribed"
+    assert contact.created_at == created_at
+    assert contact.updated_at == created_at + 3600
+    assert len(stored("alice")) == 1
+
+
+def test_reimport_keeps_fields_the_row_omits_and_clears_those_set_to_null(api: ApiClient) -> None:
+    # Given
+    (contact_id,) = given_contacts(
+        api, "alice", {"email": "ann@example.com", "name": "Ann", "tags": ["a"], "attributes": {"x": 1}}
+    )
+    # When
+    api.post("/api/contacts", {"contacts": [{"email": "ann@example.com", "name": None}]}, user="alice")
+    # Then
+    contact = ContactModel.get("alice", contact_id)
+    assert (contact.name, contact.tags, contact.attributes.as_dict()) == (None, ["a"], {"x": 1})
+
+
+def test_duplicate_addresses_in_one_request_collapse_and_the_last_row_wins(api: ApiClient) -> None:
+    # When
+    reply = api.post(
+        "/api/contacts",
+        {"contacts": [{"email": "ann@example.com", "name": "First"}, {"email": "Ann@example.com", "name": "Last"}]},
+        user="alice",
+    )
+    # Then
+    contact_id = contact_id_for("ann@example.com")
+    assert reply.body == {"contact_ids": [contact_id]}
+    assert [contact.name for contact in stored("alice").values()] == ["Last"]
+
+
+def test_import_of_the_maximum_batch_succeeds(api: ApiClient) -> None:
+    # When
+    rows = [{"email": f"c{index}@example.com"} for index in range(MAX_CONTACTS_PER_IMPORT)]
+    reply = api.post("/api/contacts", {"contacts": rows}, user="alice")
+    # Then
+    assert reply.status == 200
+    assert len(reply.body["contact_ids"]) == MAX_CONTACTS_PER_IMPORT
+    assert len(stored("alice")) == MAX_CONTACTS_PER_IMPORT
+
+
+def _rows(*overrides: dict[str, Any]) -> dict[str, Any]:
+    return {"contacts": [{"email": "ok@example.com"}, *overrides]}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"contacts": [{"email": f"c{i}@example.com"} for i in range(MAX_CONTACTS_PER_IMPORT + 1)]}, "contacts"),
+        ({"contacts": []}, "contacts"),
+        ({}, "contacts"),
+        ({"contacts": None}, "contacts"),
+        ({"contacts": "ann@example.com"}, "contacts"),
+        (_rows({"email": "not-an-address"}), "contacts[1].email"),
+        (_rows({"name": "no address"}), "contacts[1].email"),
+        (_rows({"email": "a@example.com", "timezone": "Mars/Olympus_Mons"}), "contacts[1].timezone"),
+        (_rows({"email": "a@example.com", "timezone": "../../etc/passwd"}), "contacts[1].timezone"),
+        (_rows({"email": "a@example.com", "tags": ["has space"]}), "contacts[1].tags[0]"),
+        (_rows({"email": "a@example.com", "tags": [f"t{i}" for i in range(51)]}), "contacts[1].tags"),
+        (_rows({"email": "a@example.com", "tags": None}), "contacts[1].tags"),
+        (_rows({"email": "a@example.com", "attributes": {"1st": "x"}}), "contacts[1].attributes.1st.[key]"),
+        (_rows({"email": "a@example.com", "attributes": {"nested": {"a": 1}}}), "contacts[1].attributes.nested"),
+        (_rows({"email": "a@example.com", "attributes": {"none": None}}), "contacts[1].attributes.none"),
+        (_rows({"email": "a@example.com", "attributes": {"big": 10**40}}), "contacts[1].attributes.big"),
+        (_rows({"email": "a@example.com", "attributes": {f"k{i}": i for i in range(51)}}), "contacts[1].attributes"),
+        (_rows({"email": "a@example.com", "attributes": {"blob": "x" * 5000}}), "contacts[1].attributes"),
+        (_rows({"email": "a@example.com", "name": "Ann\r\nBcc: x@example.com"}), "contacts[1].name"),
+        (_rows({"email": "a@example.com", "status": "subscribed"}), "contacts[1].status"),
+        (_rows("a@example.com"), "contacts[1]"),
+    ],
+)
+def test_bad_contact_input_is_rejected_and_nothing_written(api: ApiClient, body: dict[str, Any], field: str) -> None:
+    # When
+    reply = api.post("/api/contacts", body, user="alice")
+    # Then
+    assert_rejected(reply, field)
+    assert stored("alice") == {}
+
+
+def test_nan_attribute_is_rejected(api: ApiClient) -> None:
+    # When (Python's JSON parser accepts NaN; DynamoDB does not)
+    reply = api.post("/api/contacts", '{"contacts": [{"email": "a@example.com", "attributes": {"x": NaN}}]}', user="alice")
+    # Then
+    assert_rejected(reply, "contacts[0].attributes.x")
+    assert stored("alice") == {}
+
+
+def test_contact_list_holds_only_the_callers_own(api: ApiClient) -> None:
+    # Given
+    given_contacts(api, "alice", {"email": "ann@example.com"})
+    given_contacts(api, "bob", {"email": "bert@example.com"})
+    # When
+    reply = api.get("/api/contacts", user="bob")
+    # Then
+    assert reply.status == 200
+    assert [contact["email"] for contact in reply.body["contacts"]] == ["bert@example.com"]
+    assert reply.body["cursor"] is None
+
+
+def test_contact_list_filters_by_tag(api: ApiClient) -> None:
+    # Given
+    given_contacts(
+        api,
+        "alice",
+        {"email": "a@example.com", "tags": ["newsletter"]},
+        {"email": "b@example.com", "tags": ["other"]},
+        {"email": "c@example.com", "tags": ["other", "newsletter"]},
+    )
+    # When
+    reply = api.get("/api/contacts", user="alice", query="tag=newsletter")
+    # Then
+    assert sorted(contact["email"] for contact in reply.body["contacts"]) == ["a@example.com", "c@example.com"]
+
+
+def test_contact_list_pages_with_a_cursor_until_the_end(api: ApiClient) -> None:
+    # Given five contacts
+    ids = given_contacts(api, "alice", *({"email": f"c{index}@example.com"} for index in range(5)))
+    # When paging two at a time
+    seen: list[str] = []
+    cursor = ""
+    pages = 0
+    while True:
+        reply = api.get("/api/contacts", user="alice", query=f"limit=2&cursor={cursor}")
+        assert reply.status == 200, reply.body
+        seen += [contact["contact_id"] for contact in reply.body["contacts"]]
+        pages += 1
+        if reply.body["cursor"] is None:
+            break
+        cursor = reply.body["cursor"]
+    # Then every contact comes once, in id order, over three pages
+    assert seen == sorted(ids)
+    assert pages == 3
+
+
+def test_contact_reply_times_are_iso_utc(api: ApiClient) -> None:
+    # Given
+    given_contacts(api, "alice", {"email": "a@example.com"})
+    # When
+    (contact,) = api.get("/api/contacts", user="alice").body["contacts"]
+    # Then
+    assert contact["created_at"] == contact["updated_at"] == "2026-11-30T00:53:20Z"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("cursor=not-a-cursor!", "cursor"),
+        ("cursor=aGVsbG8", "cursor"),  # base64 of "hello": well-formed, but not a contact id
+        ("limit=0", "limit"),
+        ("limit=100000", "limit"),
+        ("limit=ten", "limit"),
+        ("tag=has%20space", "tag"),
+    ],
+)
+def test_bad_list_query_is_rejected_naming_the_parameter(api: ApiClient, query: str, field: str) -> None:
+    # When
+    reply = api.get("/api/contacts", user="alice", query=query)
+    # Then
+    assert_rejected(reply, field)
+
+
+def test_load_contacts_returns_only_the_users_own(api: ApiClient) -> None:
+    # Given
+    (ann,) = given_contacts(api, "alice", {"email": "ann@example.com"})
+    (bert,) = given_contacts(api, "bob", {"email": "bert@example.com"})
+    # When
+    found = load_contacts("alice", [ann, bert, "ct_000000000000000000000000"])
+    # Then
+    assert list(found) == [ann]

@@ -1,0 +1,91 @@
+"""Senders: a user's from-addresses; names go into a header, so no line breaks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.errors import NotFound
+from core.models import SenderModel
+from core.senders import load_sender
+from tests.conftest import ApiClient
+from tests.integration.given import assert_rejected
+
+
+def test_user_creates_a_sender(api: ApiClient) -> None:
+    # When
+    reply = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop News"}, user="alice")
+    # Then
+    assert reply.status == 201, reply.body
+    assert reply.body["sender_id"].startswith("snd_")
+    assert (reply.body["email"], reply.body["name"]) == ("news@shop.example", "Shop News")
+    stored = SenderModel.get("alice", reply.body["sender_id"])
+    assert (stored.email, stored.name) == ("news@shop.example", "Shop News")
+
+
+def test_sender_list_holds_only_the_callers_own(api: ApiClient) -> None:
+    # Given
+    mine = api.post("/api/senders", {"email": "a@shop.example", "name": "A"}, user="alice").body["sender_id"]
+    api.post("/api/senders", {"email": "b@shop.example", "name": "B"}, user="bob")
+    # When
+    reply = api.get("/api/senders", user="alice")
+    # Then
+    assert reply.status == 200
+    assert [sender["sender_id"] for sender in reply.body["senders"]] == [mine]
+
+
+def test_another_users_sender_is_not_found(api: ApiClient) -> None:
+    # Given alice's sender
+    sender_id = api.post("/api/senders", {"email": "a@shop.example", "name": "A"}, user="alice").body["sender_id"]
+    # When bob's task creation looks it up / Then it does not exist for him
+    assert load_sender("alice", sender_id).email == "a@shop.example"
+    with pytest.raises(NotFound) as raised:
+        load_sender("bob", sender_id)
+    assert raised.value.details == [{"field": "sender_id", "reason": "unknown sender id"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "news@shop.example", "name": "Shop\r\nBcc: victim@example.com"}, "name"),
+        ({"email": "news@shop.example", "name": "Shop\nNews"}, "name"),
+        ({"email": "news@shop.example\r\nBcc: victim@example.com", "name": "Shop"}, "email"),
+        ({"email": "not-an-address", "name": "Shop"}, "email"),
+        ({"email": "news@shop.example"}, "name"),
+        ({"name": "Shop"}, "email"),
+        ({"email": "news@shop.example", "name": 42}, "name"),
+        ({"email": "news@shop.example", "name": None}, "name"),
+        ({"email": "news@shop.example", "name": "   "}, "name"),
+        ({"email": "news@shop.example", "name": "x" * 201}, "name"),
+        ({"email": "news@shop.example", "name": "Shop", "verified": True}, "verified"),
+    ],
+)
+def test_bad_sender_input_is_rejected_and_nothing_written(api: ApiClient, body: dict[str, Any], field: str) -> None:
+    # When
+    reply = api.post("/api/senders", body, user="alice")
+    # Then
+    assert_rejected(reply, field)
+    assert list(SenderModel.query("alice")) == []
+
+
+def test_sender_list_pages_with_a_cursor(api: ApiClient) -> None:
+    # Given three senders
+    created = [
+        api.post("/api/senders", {"email": f"s{index}@shop.example", "name": "S"}, user="alice").body["sender_id"]
+        for index in range(3)
+    ]
+    # When
+    first = api.get("/api/senders", user="alice", query="limit=2")
+    second = api.get("/api/senders", user="alice", query=f"limit=2&cursor={first.body['cursor']}")
+    # Then
+    listed = [sender["sender_id"] for sender in first.body["senders"] + second.body["senders"]]
+    assert listed == sorted(created)
+    assert second.body["cursor"] is None
+
+
+def test_bad_sender_cursor_is_rejected_naming_cursor(api: ApiClient) -> None:
+    # When
+    reply = api.get("/api/senders", user="alice", query="cursor=%25%25%25")
+    # Then
+    assert_rejected(reply, "cursor")
