@@ -150,7 +150,9 @@ def test_bad_contact_input_is_rejected_and_nothing_written(api: ApiClient, body:
 
 def test_nan_attribute_is_rejected(api: ApiClient) -> None:
     # When (Python's JSON parser accepts NaN; DynamoDB does not)
-    reply = api.post("/api/contacts", '{"contacts": [{"email": "a@example.com", "attributes": {"x": NaN}}]}', user="alice")
+    reply = api.post(
+        "/api/contacts", '{"contacts": [{"email": "a@example.com", "attributes": {"x": NaN}}]}', user="alice"
+    )
     # Then
     assert_rejected(reply, "contacts[0].attributes.x")
     assert stored("alice") == {}
