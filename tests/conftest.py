@@ -30,8 +30,11 @@ from moto import mock_aws  # noqa: E402
 
 from core.models import bind_tables  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from local_runner import moto_speedups  # noqa: E402
 from local_runner.apigw import claims_for, rest_event  # noqa: E402
 from local_runner.template import create_resources, environment_for  # noqa: E402
+
+moto_speedups.install()
 
 
 @dataclass

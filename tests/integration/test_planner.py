@@ -16,9 +16,7 @@ from tests.support.planning import (
 
 
 def _snapshot(task_id: str) -> list[tuple[object, ...]]:
-    return sorted(
-        (s.contact_id, s.seq, s.service_id, s.template_id, s.status, s.email) for s in subtasks_of(task_id)
-    )
+    return sorted((s.contact_id, s.seq, s.service_id, s.template_id, s.status, s.email) for s in subtasks_of(task_id))
 
 
 def test_tag_rule_plans_one_subtask_per_eligible_recipient_in_contact_order(
@@ -103,9 +101,7 @@ def test_explicit_contacts_union_tag_rule_minus_exclude_tags(planner: PlannerDri
     tagged = seed_contacts("alice", 5, now, tags=["vip"])
     plain = seed_contacts("alice", 4, now, tags=[], start=50)
     excluded = seed_contacts("alice", 2, now, tags=["blocked"], start=90)
-    task = seed_task(
-        "alice", now, include=["vip"], exclude=["blocked"], contacts=[*plain[:2], excluded[0], tagged[0]]
-    )
+    task = seed_task("alice", now, include=["vip"], exclude=["blocked"], contacts=[*plain[:2], excluded[0], tagged[0]])
 
     planner.enqueue(task.task_id)
     planner.drain()
@@ -205,30 +201,62 @@ def test_a_run_that_does_not_hold_the_lease_changes_nothing(planner: PlannerDriv
     assert len(subtasks_of(task.task_id)) == 3
 
 
+def _plan(task_id: str) -> list[tuple[object, ...]]:
+    return sorted((s.contact_id, s.seq, s.service_id, s.template_id, s.status) for s in subtasks_of(task_id))
+
+
 def test_chunked_plan_over_many_invocations_equals_one_shot_plan(planner: PlannerDriver, clock: FakeClock) -> None:
-    # Given 20,000 tagged contacts and two identical tasks
+    # Given 2,000 tagged contacts (some excluded) and two identical tasks
     now = clock.now()
     seed_service("svc_a", now, sending_rate=0.5)
     seed_service("svc_b", now, sending_rate=1.0)
-    seed_user("alice", 50_000, ["svc_a", "svc_b"], now)
-    seed_contacts("alice", 20_000, now, tags=["all"])
-    one_shot = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2", "tpl_3"])
-    chunked = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2", "tpl_3"])
+    seed_user("alice", 10_000, ["svc_a", "svc_b"], now)
+    seed_contacts("alice", 1_900, now, tags=["all"])
+    seed_contacts("alice", 100, now, tags=["all", "skip"], start=5_000)
+    templates = ["tpl_1", "tpl_2", "tpl_3"]
+    one_shot = seed_task("alice", now, include=["all"], exclude=["skip"], templates=templates)
+    chunked = seed_task("alice", now, include=["all"], exclude=["skip"], templates=templates)
 
-    # When one is planned in a single invocation and the other with a budget of 3 chunks each
+    # When one is planned in a single invocation, the other 100 contacts per chunk, 2 chunks per invocation
     planner.enqueue(one_shot.task_id)
     assert planner.drain() == 1
     planner.enqueue(chunked.task_id)
-    invocations = planner.drain(chunks_per_invocation=3)
+    invocations = planner.drain(chunks_per_invocation=2, page_size=100)
 
-    # Then the chunked plan took many invocations and produced the same subtasks
+    # Then the chunked plan took many invocations and produced exactly the same subtasks and totals
     assert invocations >= 20
-    def plan(task_id: str) -> list[tuple[object, ...]]:
-        return sorted((s.contact_id, s.seq, s.service_id, s.template_id, s.status) for s in subtasks_of(task_id))
-    assert len(plan(one_shot.task_id)) == 20_000
-    assert plan(chunked.task_id) == plan(one_shot.task_id)
+    assert len(_plan(one_shot.task_id)) == 1_900
+    assert _plan(chunked.task_id) == _plan(one_shot.task_id)
     one_shot.refresh()
     chunked.refresh()
     assert chunked.counts.as_dict() == one_shot.counts.as_dict()
-    assert UserModel.get("alice").remaining_quota == 50_000 - 40_000
-    assert SubtaskModel.count() == 40_000
+    assert chunked.plan.invocations == invocations
+    assert UserModel.get("alice").remaining_quota == 10_000 - 2 * 1_900
+
+
+def test_twenty_thousand_recipients_plan_across_invocations(planner: PlannerDriver, clock: FakeClock) -> None:
+    # Given 20,000 tagged contacts and a task for all of them
+    now = clock.now()
+    seed_service("svc_a", now, sending_rate=0.5)
+    seed_service("svc_b", now, sending_rate=1.0)
+    seed_user("alice", 25_000, ["svc_a", "svc_b"], now)
+    contact_ids = seed_contacts("alice", 20_000, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2"])
+
+    # When it is planned with a budget of two chunks per invocation
+    planner.enqueue(task.task_id)
+    invocations = planner.drain(chunks_per_invocation=2)
+
+    # Then it spans several invocations and equals the one-shot plan: every contact once, in
+    # contact-id order, services interleaved by the routing cycle, templates alternating
+    assert invocations >= 5
+    task.refresh()
+    cycle = list(task.plan.routing)
+    expected = [
+        (contact_id, seq, cycle[seq % len(cycle)], ["tpl_1", "tpl_2"][seq % 2], "queued")
+        for seq, contact_id in enumerate(sorted(contact_ids))
+    ]
+    assert _plan(task.task_id) == expected
+    assert (task.status, task.counts.total, task.counts.queued) == (TaskStatus.QUEUED, 20_000, 20_000)
+    assert UserModel.get("alice").remaining_quota == 5_000
+    assert SubtaskModel.count() == 20_000

@@ -137,9 +137,13 @@ class PlannerDriver:
         body = json.dumps({"task_id": task_id, "job": job})
         self.sqs.send_message(QueueUrl=self.settings.planner_queue_url, MessageBody=body)
 
-    def drain(self, *, chunks_per_invocation: int | None = None, max_invocations: int = 1000) -> int:
+    def drain(
+        self, *, chunks_per_invocation: int | None = None, page_size: int = 2000, max_invocations: int = 1000
+    ) -> int:
         import planner_handler
 
+        runtime = planner_handler.runtime()
+        runtime.settings = runtime.settings.model_copy(update={"planner_page_size": page_size})
         started = self.invocations
         while self.invocations - started < max_invocations:
             reply = self.sqs.receive_message(QueueUrl=self.settings.planner_queue_url, MaxNumberOfMessages=1)

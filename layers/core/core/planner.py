@@ -42,7 +42,6 @@ from core.models import (
 from core.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
 
-PAGE_SIZE = 500  # contacts read per chunk
 BATCH_WRITE_LIMIT = 25  # DynamoDB's BatchWriteItem maximum
 MAX_WRITE_ATTEMPTS = 8
 
@@ -65,6 +64,7 @@ class PlannerDeps:
     seconds_left: Callable[[], float]  # time budget left in this invocation
     owner: str  # this run's lease token
     lease_seconds: float
+    page_size: int = 2000  # contacts read per chunk (one Query, well under its 1 MB page)
 
 
 # ---------------------------------------------------------------- recipients
@@ -84,18 +84,18 @@ def _is_deliverable(contact: ContactModel) -> bool:
     return contact.status == ContactStatus.SUBSCRIBED
 
 
-def _candidate_page(task: TaskModel, cursor: str) -> tuple[list[ContactModel], str, bool]:
+def _candidate_page(task: TaskModel, cursor: str, page_size: int) -> tuple[list[ContactModel], str, bool]:
     """The next contacts after `cursor` in contact-id order: (contacts, new cursor, exhausted)."""
     if task.has_rule:
         condition = ContactModel.contact_id > cursor if cursor else None
         page = list(
-            ContactModel.query(task.user_id, condition, limit=PAGE_SIZE, page_size=PAGE_SIZE, consistent_read=True)
+            ContactModel.query(task.user_id, condition, limit=page_size, page_size=page_size, consistent_read=True)
         )
-        exhausted = len(page) < PAGE_SIZE
+        exhausted = len(page) < page_size
         return page, (page[-1].contact_id if page else cursor), exhausted
     explicit = sorted(set(task.contact_ids or []))
     start = bisect.bisect_right(explicit, cursor) if cursor else 0
-    ids = explicit[start : start + 100]
+    ids = explicit[start : start + min(page_size, 100)]  # BatchGetItem takes 100 keys
     found = {
         contact.contact_id: contact
         for contact in ContactModel.batch_get([(task.user_id, contact_id) for contact_id in ids])
@@ -161,7 +161,7 @@ def _commit(task: TaskModel, deps: PlannerDeps, old_cursor: str, actions: list[A
 def _count_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
     """Counts one page; returns True when the count pass is complete."""
     cursor = task.plan.cursor
-    page, new_cursor, exhausted = _candidate_page(task, cursor)
+    page, new_cursor, exhausted = _candidate_page(task, cursor, deps.page_size)
     explicit = set(task.contact_ids or [])
     named = [contact for contact in page if _is_recipient(contact, task, explicit)]
     eligible = sum(1 for contact in named if _is_deliverable(contact))
@@ -301,7 +301,7 @@ def _subtasks_for(
 def _write_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
     """Writes one page of subtasks; returns True when the write pass is complete."""
     cursor = task.plan.cursor
-    page, new_cursor, exhausted = _candidate_page(task, cursor)
+    page, new_cursor, exhausted = _candidate_page(task, cursor, deps.page_size)
     explicit = set(task.contact_ids or [])
     recipients = [c for c in page if _is_recipient(c, task, explicit) and _is_deliverable(c)]
     written = int(task.plan.written)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
 
     # The planner stops starting new chunks this many seconds before Lambda's deadline.
     planner_safety_margin_seconds: float = Field(default=20.0, ge=0)
+    # Contacts the planner reads per chunk (one Query each).
+    planner_page_size: int = Field(default=2000, ge=1, le=5000)
     # A planner lease outlives the longest possible invocation, so a stale holder is surely dead.
     planner_lease_seconds: float = Field(default=330.0, gt=0)
 
