@@ -213,6 +213,10 @@ def serve(host: str, port: int, *, exit_with_parent: bool = False) -> None:
     )
     from werkzeug.serving import make_server
 
+    from local_runner import moto_speedups
+
+    moto_speedups.install()
+
     class Handler(MotoRequestHandler):
         # One request per connection, so a client keeping a connection alive cannot hold the only
         # thread (werkzeug picks HTTP/1.0 for unthreaded servers too, unless a class says otherwise).
