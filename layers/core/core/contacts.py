@@ -32,9 +32,9 @@ from core.schemas import (
     is_identifier,
     unique,
 )
+from core.states import ContactStatus
 
 CONTACT_ID_PATTERN = r"ct_[0-9a-f]{24}"
-SUBSCRIBED = "subscribed"
 _BATCH_GET_LIMIT = 100
 
 
@@ -56,7 +56,7 @@ def _upsert(user_id: str, contact_id: str, row: ContactIn, now: float) -> None:
         ContactModel.email.set(str(row.email)),
         ContactModel.updated_at.set(now),
         # Never changed by an import: a suppressed contact stays suppressed.
-        ContactModel.status.set(ContactModel.status | SUBSCRIBED),
+        ContactModel.status.set(ContactModel.status | ContactStatus.SUBSCRIBED.value),
         ContactModel.created_at.set(ContactModel.created_at | now),
     ]
     # A field the row gives replaces the stored one; a field it omits is kept (or defaulted).

@@ -50,7 +50,8 @@ def load_user(user_id: str) -> UserModel:
 
 
 def get_user(caller: Caller, user_id: str) -> UserOut:
-    if not caller.can_see_user(user_id):
+    # An id no user can have is not read at all (DynamoDB would refuse an over-long key).
+    if not is_identifier(user_id) or not caller.can_see_user(user_id):
         raise NotFound("user", user_id)
     return user_out(load_user(user_id))
 
