@@ -63,6 +63,8 @@ def run_job(job: PlannerJob, context: LambdaContext) -> PlanOutcome:
     logger.info("planner job finished", extra={"task_id": job.task_id, "job": job.job, "outcome": outcome})
     if outcome is PlanOutcome.CONTINUE:
         enqueue(rt.sqs, rt.settings.planner_queue_url, job)
+    elif outcome is PlanOutcome.CANCELLED:
+        enqueue(rt.sqs, rt.settings.planner_queue_url, PlannerJob(task_id=job.task_id, job="cancel"))
     return outcome
 
 

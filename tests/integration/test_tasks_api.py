@@ -232,3 +232,46 @@ def test_tasks_list_shows_own_tasks_newest_first(api: ApiClient, alice: dict[str
     rest = api.get("/api/tasks", user="alice", query=f"limit=1&cursor={page['cursor']}").body
     assert [t["task_id"] for t in rest["tasks"]] == [first]
     assert_rejected(api.get("/api/tasks", user="alice", query="cursor=%%%"), "cursor")
+
+
+def test_cancel_while_a_planner_run_holds_the_lease_still_refunds_everything(
+    api: ApiClient, aws: Settings, alice: dict[str, Any], clock: Any
+) -> None:
+    import uuid
+
+    from core.cancellation import SweepBusy, sweep_cancelled_task
+    from core.planner import PlannerDeps, PlanOutcome, plan_task
+
+    more = [{"email": f"extra{n}@example.org", "tags": ["newsletter"]} for n in range(30)]
+    given_contacts(api, "alice", *more)
+    task_id = api.post("/api/tasks", _tag_task(alice), user="alice").body["task_id"]
+    cancelled = []
+
+    def seconds_left() -> float:
+        # The user cancels while this run is writing (after count, reserve and a write chunk)
+        if not cancelled and TaskModel.get(task_id).plan.written:
+            cancelled.append(True)
+            assert api.post(f"/api/tasks/{task_id}/cancel", user="alice").status == 200
+            with pytest.raises(SweepBusy):  # the sweep cannot start while the planner holds the lease
+                sweep_cancelled_task(task_id, deps_for("sweep-early"))
+        return 10.0
+
+    def deps_for(owner: str) -> PlannerDeps:
+        return PlannerDeps(
+            clock=clock,
+            dynamodb=boto3.client("dynamodb"),
+            subtasks_table=aws.subtasks_table,
+            seconds_left=seconds_left,
+            owner=owner,
+            lease_seconds=300.0,
+            page_size=3,
+        )
+
+    outcome = plan_task(task_id, deps_for(uuid.uuid4().hex))
+
+    assert outcome is PlanOutcome.CANCELLED
+    task = TaskModel.get(task_id)
+    assert task.quota_reserved == 39 and 0 < task.plan.written < 39
+    assert sweep_cancelled_task(task_id, deps_for("sweep")) is PlanOutcome.DONE
+    assert api.get("/api/users/alice", user="alice").body["remaining_quota"] == 100
+    assert {s.status for s in subtasks_of(task_id)} <= {"cancelled"}

@@ -13,12 +13,21 @@ from __future__ import annotations
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
+from core.errors import DomainError
 from core.ids import SUBTASK_SHARDS
 from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, UserModel, transaction_connection
 from core.planner import PlannerDeps, PlanOutcome, acquire_lease, release_lease
 from core.states import SubtaskStatus, TaskStatus
 
 SWEEP_PAGE = 100
+
+
+class SweepBusy(DomainError):
+    """Another run holds the task's lease. The job must come back later (SQS redelivers it after
+    the visibility timeout, which outlasts any lease), because a planner that died holding the
+    lease would otherwise leave the task unrefunded."""
+
+    code = "sweep_busy"
 
 
 def _owns(deps: PlannerDeps) -> object:
@@ -58,6 +67,12 @@ def _cancel_queued(subtask: SubtaskModel) -> bool:
 def sweep_cancelled_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
     task = acquire_lease(task_id, deps, TaskStatus.CANCELLED)
     if task is None:
+        try:
+            current = TaskModel.get(task_id, consistent_read=True)
+        except TaskModel.DoesNotExist:
+            return PlanOutcome.SKIPPED
+        if current.status == TaskStatus.CANCELLED:
+            raise SweepBusy(f"task {task_id} is leased by another run; retry after its lease")
         return PlanOutcome.SKIPPED
     if task.plan.phase != "swept-unplanned":
         try:

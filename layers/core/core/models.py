@@ -131,7 +131,8 @@ class TaskCounts(MapAttribute[str, Any]):
 class PlanState(MapAttribute[str, Any]):
     """Where the chunked planner stands; advanced only by a conditional write on `cursor`."""
 
-    phase = UnicodeAttribute(default="count")  # count | write
+    # count -> reserve -> write -> finish -> done; a cancel sweep adds swept-unplanned
+    phase = UnicodeAttribute(default="count")
     cursor = UnicodeAttribute(default="")  # last contact id (or explicit-id position) handled
     counted = NumberAttribute(default=0)
     written = NumberAttribute(default=0)

@@ -50,6 +50,7 @@ class PlanOutcome(StrEnum):
     DONE = "done"  # the task left `planning` (queued, scheduled or rejected)
     CONTINUE = "continue"  # out of time; enqueue a continuation
     SKIPPED = "skipped"  # nothing to do here: not planning, or another run holds the lease
+    CANCELLED = "cancelled"  # the task was cancelled mid-planning; enqueue its refund sweep
 
 
 class LeaseLost(DomainError):
@@ -390,4 +391,9 @@ def plan_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
             else:
                 return PlanOutcome.SKIPPED
     except LeaseLost:
+        task.refresh(consistent_read=True)
+        if task.status == TaskStatus.CANCELLED and task.planner_lease_owner == deps.owner:
+            # Hand the task to its refund sweep now rather than when our lease expires.
+            release_lease(task, deps)
+            return PlanOutcome.CANCELLED
         return PlanOutcome.SKIPPED

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +14,7 @@ from core.contacts import load_contacts
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
 from core.ids import new_id
 from core.models import EmailServiceModel, TaskModel
+from core.paging import decode_cursor, encode_cursor
 from core.planner_jobs import PlannerJob, enqueue
 from core.rendering import load_template
 from core.routing import NoServiceAvailable
@@ -24,6 +22,8 @@ from core.schemas import RecipientRule, TaskCountsOut, TaskCreated, TaskIn, Task
 from core.senders import load_sender
 from core.states import ContactStatus, TaskStatus, sources_of
 from core.users import load_user
+
+TASK_ID_PATTERN = r"task_[0-9a-f]{24}"
 
 
 @dataclass(frozen=True)
@@ -139,36 +139,18 @@ def get_task(caller: Caller, task_id: str) -> TaskOut:
     return task_out(load_task(caller, task_id))
 
 
-def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
-    if not cursor:
-        return None
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as error:
-        raise InvalidInput("cursor", "not a cursor this API returned") from error
-    if not isinstance(decoded, dict):
-        raise InvalidInput("cursor", "not a cursor this API returned")
-    return decoded
-
-
-def _encode_cursor(key: dict[str, Any] | None) -> str | None:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode() if key else None
-
-
 def list_tasks(caller: Caller, cursor: str | None, limit: int) -> TaskPage:
-    """The caller's tasks, newest first (admins: everyone's, in no particular order)."""
-    start = _decode_cursor(cursor)
+    """The caller's tasks, newest first (admins: everyone's, in task-id order per partition)."""
+    after = decode_cursor(cursor, TASK_ID_PATTERN)
+    tasks: list[TaskModel]
     if caller.is_admin:
-        result = TaskModel.scan(limit=limit, last_evaluated_key=start)
+        start = {"task_id": {"S": after}} if after else None
+        tasks = list(TaskModel.scan(limit=limit, last_evaluated_key=start))
     else:
-        result = TaskModel.by_user.query(
-            caller.user_id, scan_index_forward=False, limit=limit, last_evaluated_key=start
-        )
-    try:
-        tasks = [task_out(task) for task in result]
-    except (ClientError, ValueError) as error:
-        raise InvalidInput("cursor", "not a cursor this API returned") from error
-    return TaskPage(tasks=tasks, cursor=_encode_cursor(result.last_evaluated_key))
+        condition = TaskModel.task_id < after if after else None
+        tasks = list(TaskModel.by_user.query(caller.user_id, condition, scan_index_forward=False, limit=limit))
+    next_cursor = encode_cursor(tasks[-1].task_id) if len(tasks) == limit else None
+    return TaskPage(tasks=[task_out(task) for task in tasks], cursor=next_cursor)
 
 
 def cancel_task(caller: Caller, task_id: str, deps: TaskDeps) -> TaskOut:
