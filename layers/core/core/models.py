@@ -15,7 +15,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from core.settings import Settings
@@ -204,6 +204,18 @@ class QueueIndex(GlobalSecondaryIndex["SubtaskModel"]):
     contact_id = UnicodeAttribute(range_key=True)
 
 
+class InflightIndex(GlobalSecondaryIndex["SubtaskModel"]):
+    """Sparse: subtasks claimed (`sending`) on a service. A dispatcher that takes over a service
+    finds here what a dead predecessor left in flight and marks it `unknown`."""
+
+    class Meta:
+        index_name = "inflight"
+        projection = IncludeProjection(["task_id", "claim_owner"])
+
+    inflight_key = UnicodeAttribute(hash_key=True)  # service_id
+    contact_id = UnicodeAttribute(range_key=True)
+
+
 class SubtaskModel(_Base):
     """One recipient of one task. Partitioned by task shard, sorted by contact id."""
 
@@ -226,9 +238,33 @@ class SubtaskModel(_Base):
     next_attempt_at = NumberAttribute(default=0)
     message_id = UnicodeAttribute(null=True)
     error = UnicodeAttribute(null=True)
+    error_class = UnicodeAttribute(null=True)
+    claim_owner = UnicodeAttribute(null=True)  # the dispatcher invocation that claimed it
+    inflight_key = UnicodeAttribute(null=True)  # service_id while `sending` (sparse index)
+    sent_at = NumberAttribute(null=True)
     created_at = NumberAttribute()
 
     queue = QueueIndex()
+    inflight = InflightIndex()
+
+
+class SchedulerStateModel(_Base):
+    """Control-plane state. Key "scheduler": the running flag. Key "service#<id>": that service's
+    dispatcher lease, pacing (last send time) and round-robin pointer."""
+
+    class Meta(_Base.Meta):
+        table_name = "SchedulerStateTable"
+
+    state_key = UnicodeAttribute(hash_key=True)
+    running = BooleanAttribute(null=True)
+    lease_owner = UnicodeAttribute(null=True)
+    lease_until = NumberAttribute(null=True)
+    last_send_at = NumberAttribute(null=True)
+    pointer_user = UnicodeAttribute(null=True)
+    pointer_tasks = MapAttribute[str, Any](null=True)  # user_id -> last task served
+    paused_reason = UnicodeAttribute(null=True)  # e.g. daily quota exhausted until a UTC day
+    updated_at = NumberAttribute(null=True)
+    last_health_check = NumberAttribute(null=True)
 
 
 ALL_MODELS: dict[str, type[Model]] = {
@@ -240,6 +276,7 @@ ALL_MODELS: dict[str, type[Model]] = {
     "service_usage_table": ServiceUsageModel,
     "tasks_table": TaskModel,
     "subtasks_table": SubtaskModel,
+    "scheduler_state_table": SchedulerStateModel,
 }
 
 

@@ -21,7 +21,19 @@ class Settings(BaseSettings):
     service_usage_table: str = Field(default="ServiceUsageTable")
     tasks_table: str = Field(default="TasksTable")
     subtasks_table: str = Field(default="SubtasksTable")
+    scheduler_state_table: str = Field(default="SchedulerStateTable")
     planner_queue_url: str = Field(default="")
+
+    # EventBridge Scheduler: one schedule per email service invokes the dispatcher.
+    dispatcher_function_arn: str = Field(default="")
+    scheduler_role_arn: str = Field(default="")
+    schedule_group: str = Field(default="default")
+    dispatch_dead_letter_queue_arn: str = Field(default="")
+    dispatcher_budget_seconds: float = Field(default=50.0, gt=0, le=55)
+
+    # One-click unsubscribe links (RFC 8058) carried in every campaign email.
+    unsubscribe_base_url: str = Field(default="http://127.0.0.1:3000/unsubscribe")
+    unsubscribe_signing_key: str = Field(default="local-development-signing-key-change-me")
 
     max_retries: int = Field(default=3, ge=0)
     retry_delay_seconds: int = Field(default=60, ge=0)
