@@ -1,0 +1,92 @@
+"""Dispatcher Lambda: one EventBridge Scheduler tick for one email service (`{"service_id": …}`)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+from pydantic import BaseModel, ConfigDict
+
+from core.clock import Clock, SystemClock
+from core.dispatcher import DispatcherDeps, dispatch_service
+from core.models import bind_tables
+from core.schemas import Identifier
+from core.settings import Settings, load_settings
+
+logger = Logger()
+
+# The lease must outlive this invocation: Lambda kills it at its timeout, so a lease that has
+# expired can only belong to a dead invocation.
+LEASE_MARGIN_SECONDS = 5.0
+# Stop this long before Lambda's own deadline even if the configured budget is longer.
+DEADLINE_MARGIN_SECONDS = 10.0
+
+
+class DispatchRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    service_id: Identifier
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    ses: Any
+    dynamodb: Any
+
+
+@lru_cache(maxsize=1)
+def runtime() -> Runtime:
+    settings = load_settings()
+    bind_tables(settings)
+    return Runtime(
+        settings=settings,
+        clock=SystemClock(),
+        # SES errors are classified and retried by the dispatcher itself (throttling backs off,
+        # transient errors are retried after retry_delay): botocore must not retry them silently.
+        ses=boto3.client("sesv2", config=Config(retries={"mode": "standard", "max_attempts": 1})),
+        dynamodb=boto3.client("dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 5})),
+    )
+
+
+def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
+    seconds_to_kill = context.get_remaining_time_in_millis() / 1000
+    settings = rt.settings
+    return DispatcherDeps(
+        clock=rt.clock,
+        ses=rt.ses,
+        dynamodb=rt.dynamodb,
+        subtasks_table=settings.subtasks_table,
+        owner=f"{context.aws_request_id}:{uuid.uuid4().hex[:8]}",
+        budget_seconds=min(settings.dispatcher_budget_seconds, seconds_to_kill - DEADLINE_MARGIN_SECONDS),
+        lease_seconds=seconds_to_kill + LEASE_MARGIN_SECONDS,
+        max_retries=settings.max_retries,
+        retry_delay=settings.retry_delay_seconds,
+        batch_size=settings.batch_size,
+        unsubscribe_base_url=settings.unsubscribe_base_url,
+        unsubscribe_signing_key=settings.unsubscribe_signing_key,
+    )
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = DispatchRequest.model_validate(event)
+    rt = runtime()
+    report = dispatch_service(request.service_id, deps_for(context, rt))
+    summary = {
+        "service_id": report.service_id,
+        "stop_reason": report.stop_reason.value,
+        "sent": report.sent,
+        "failed": report.failed,
+        "requeued": report.requeued,
+        "recovered_unknown": report.recovered_unknown,
+    }
+    logger.info("dispatcher tick finished", extra=summary)
+    return summary

@@ -1,0 +1,652 @@
+"""One dispatcher invocation for one email service: paced, fair, quota-safe, at most once.
+
+The invocation
+  1. takes the service's lease (a conditional write; an overlapping invocation exits at once) and
+     stops at once while the scheduler is stopped or the service is disabled or unhealthy;
+  2. marks `unknown` whatever a dead predecessor left `sending` (never re-sent automatically);
+  3. until its time budget is spent, picks work round robin user -> task -> subtask from a pointer
+     persisted in DynamoDB, one email per user per round, tasks of a user in turn;
+  4. for each email: waits for the service's pace (`sending_rate` seconds since the last send,
+     also across invocations), claims the subtask (`queued -> sending`, conditional, with this
+     invocation's token), takes one unit of a service-quota block (reserved with a conditional
+     ADD), renders and sends through SES v2, and buffers the outcome;
+  5. flushes outcomes in batches: subtask items (BatchWriteItem; the claim makes this invocation
+     their only writer), task counters, user refunds; completes tasks with nothing left queued.
+
+`attempts` counts failed tries: throttling and account-level errors spend none, a transient
+error spends one and is retried after `retry_delay` while attempts < max_retries.
+
+Requests per sent email at steady state: one claim (UpdateItem) plus amortised shares of the
+queue Query, the batched record, the counters and the quota block."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.update import Action
+
+from core import service_quota
+from core.clock import Clock, utc_day
+from core.errors import DomainError
+from core.ids import queue_key
+from core.mime import build_campaign_message
+from core.models import (
+    TASK_COUNTS,
+    EmailServiceModel,
+    SchedulerStateModel,
+    SenderModel,
+    SubtaskModel,
+    TaskModel,
+    TemplateModel,
+    UserModel,
+)
+from core.rendering import render_template
+from core.send_errors import SendErrorClass, classify_send_error
+from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
+from core.unsubscribe import sign_unsubscribe, unsubscribe_url
+
+SCHEDULER_KEY = "scheduler"
+RECORD_BATCH = 25  # BatchWriteItem maximum
+CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
+THROTTLE_BACKOFF_SECONDS = 1.0
+
+
+def service_state_key(service_id: str) -> str:
+    return f"service#{service_id}"
+
+
+class StopReason(StrEnum):
+    BUDGET_SPENT = "budget_spent"
+    NO_WORK = "no_work"
+    LEASE_BUSY = "lease_busy"
+    SCHEDULER_STOPPED = "scheduler_stopped"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    DAILY_QUOTA = "daily_quota_exhausted"
+    ACCOUNT_PROBLEM = "account_problem"
+
+
+FaultHook = Callable[[str, SubtaskModel], None]
+
+
+def _no_fault(point: str, subtask: SubtaskModel) -> None:
+    return None
+
+
+@dataclass
+class DispatcherDeps:
+    clock: Clock
+    ses: Any  # boto3 sesv2 client
+    dynamodb: Any  # boto3 DynamoDB client (BatchWriteItem)
+    subtasks_table: str
+    owner: str  # this invocation's token
+    budget_seconds: float
+    lease_seconds: float  # > the Lambda timeout: a lease that expired belongs to a dead invocation
+    max_retries: int
+    retry_delay: float
+    batch_size: int
+    unsubscribe_base_url: str
+    unsubscribe_signing_key: str
+    max_in_flight: int = 8
+    # Test seam: called at "before_claim", "after_claim", "after_send", "after_record".
+    fault: FaultHook = _no_fault
+
+
+@dataclass
+class DispatchReport:
+    service_id: str
+    stop_reason: StopReason = StopReason.NO_WORK
+    sent: int = 0
+    failed: int = 0
+    requeued: int = 0
+    recovered_unknown: int = 0
+    send_times: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- lease and control state
+
+
+def _acquire_lease(service_id: str, deps: DispatcherDeps, now: float) -> SchedulerStateModel | None:
+    state = SchedulerStateModel(service_state_key(service_id))
+    try:
+        state.update(
+            actions=[
+                SchedulerStateModel.lease_owner.set(deps.owner),
+                SchedulerStateModel.lease_until.set(now + deps.lease_seconds),
+            ],
+            condition=SchedulerStateModel.lease_until.does_not_exist() | (SchedulerStateModel.lease_until < now),
+        )
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            return None
+        raise
+    return state
+
+
+def _save_and_release(
+    state: SchedulerStateModel, deps: DispatcherDeps, last_send_at: float | None, pointer: Pointer
+) -> None:
+    actions: list[Action] = [
+        SchedulerStateModel.lease_until.set(0),
+        SchedulerStateModel.pointer_user.set(pointer.user),
+        SchedulerStateModel.pointer_tasks.set(dict(pointer.tasks)),
+        SchedulerStateModel.updated_at.set(deps.clock.now()),
+    ]
+    if last_send_at is not None:
+        actions.append(SchedulerStateModel.last_send_at.set(last_send_at))
+    try:
+        state.update(actions=actions, condition=SchedulerStateModel.lease_owner == deps.owner)
+    except UpdateError as error:
+        if error.cause_response_code != "ConditionalCheckFailedException":
+            raise
+
+
+def scheduler_running() -> bool:
+    try:
+        return bool(SchedulerStateModel.get(SCHEDULER_KEY, consistent_read=True).running)
+    except SchedulerStateModel.DoesNotExist:
+        return False
+
+
+def _load_service(service_id: str) -> EmailServiceModel | None:
+    try:
+        return EmailServiceModel.get(service_id, consistent_read=True)
+    except EmailServiceModel.DoesNotExist:
+        return None
+
+
+# ---------------------------------------------------------------- crash recovery
+
+
+def _recover_in_flight(service_id: str, deps: DispatcherDeps) -> int:
+    """Subtasks a dead invocation left `sending` may or may not have reached SES: `unknown`."""
+    recovered: dict[str, int] = {}
+    for entry in SubtaskModel.inflight.query(service_id):
+        if entry.claim_owner == deps.owner:
+            continue
+        subtask = SubtaskModel(entry.partition, entry.contact_id)
+        try:
+            subtask.update(
+                actions=[
+                    SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
+                    SubtaskModel.inflight_key.remove(),
+                    SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
+                ],
+                condition=(SubtaskModel.status == SubtaskStatus.SENDING)
+                & (SubtaskModel.claim_owner == entry.claim_owner),
+            )
+        except UpdateError as error:
+            if error.cause_response_code == "ConditionalCheckFailedException":
+                continue
+            raise
+        recovered[entry.task_id] = recovered.get(entry.task_id, 0) + 1
+    for task_id, count in recovered.items():
+        TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
+        _complete_if_done(task_id, deps.clock.now())
+    return sum(recovered.values())
+
+
+# ---------------------------------------------------------------- fairness
+
+
+@dataclass
+class Pointer:
+    """Round-robin position: the last user served, and per user the last task served."""
+
+    user: str = ""
+    tasks: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TaskWork:
+    task: TaskModel
+    template: dict[str, TemplateModel]
+    sender: SenderModel
+    candidates: deque[SubtaskModel] = field(default_factory=deque)
+    dry: bool = False  # its queue on this service had nothing ready at the last look
+
+
+def _next_after(ordered: list[str], last: str) -> list[str]:
+    """`ordered` rotated to start just after `last` (round robin)."""
+    later = [item for item in ordered if item > last]
+    return later + [item for item in ordered if item <= last]
+
+
+class Fairness:
+    """Users in turn, one email per user per round; a user's tasks in turn."""
+
+    def __init__(self, pointer: Pointer) -> None:
+        self.pointer = pointer
+        self.by_user: dict[str, dict[str, TaskWork]] = {}
+
+    def replace_tasks(self, works: dict[str, TaskWork]) -> None:
+        by_user: dict[str, dict[str, TaskWork]] = {}
+        for work in works.values():
+            by_user.setdefault(work.task.user_id, {})[work.task.task_id] = work
+        self.by_user = by_user
+
+    def next_work(self, has_ready: Callable[[TaskWork], bool]) -> TaskWork | None:
+        for user_id in _next_after(sorted(self.by_user), self.pointer.user):
+            tasks = self.by_user[user_id]
+            for task_id in _next_after(sorted(tasks), self.pointer.tasks.get(user_id, "")):
+                if has_ready(tasks[task_id]):
+                    self.pointer.user = user_id
+                    self.pointer.tasks[user_id] = task_id
+                    return tasks[task_id]
+        return None
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+@dataclass
+class TaskTally:
+    sent: int = 0
+    failed: int = 0
+    refund: int = 0
+    started: bool = False
+
+
+class Recorder:
+    """Buffers subtask outcomes and writes them in batches, with the task counters they move."""
+
+    def __init__(self, deps: DispatcherDeps) -> None:
+        self.deps = deps
+        self.items: list[SubtaskModel] = []
+        self.tallies: dict[str, TaskTally] = {}
+        self.user_of: dict[str, str] = {}
+
+    def add(self, subtask: SubtaskModel, tally: Callable[[TaskTally], None] | None = None) -> None:
+        self.items.append(subtask)
+        if tally:
+            tally(self.tallies.setdefault(subtask.task_id, TaskTally()))
+            self.user_of[subtask.task_id] = subtask.user_id
+        if len(self.items) >= RECORD_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        requests = [{"PutRequest": {"Item": item.serialize()}} for item in items]
+        attempt = 0
+        while requests:
+            reply = self.deps.dynamodb.batch_write_item(RequestItems={self.deps.subtasks_table: requests})
+            requests = reply.get("UnprocessedItems", {}).get(self.deps.subtasks_table, [])
+            attempt += 1
+            if requests:
+                self.deps.clock.sleep(min(1.0, 0.05 * 2**attempt))
+        for item in items:
+            self.deps.fault("after_record", item)
+        tallies, self.tallies = self.tallies, {}
+        now = self.deps.clock.now()
+        for task_id, tally in tallies.items():
+            done = tally.sent + tally.failed
+            if done:
+                TaskModel(task_id).update(
+                    actions=[
+                        TASK_COUNTS.queued.add(-done),
+                        TASK_COUNTS.sent.add(tally.sent),
+                        TASK_COUNTS.failed.add(tally.failed),
+                        TaskModel.quota_refunded.add(tally.refund),
+                        TaskModel.updated_at.set(now),
+                    ]
+                )
+            if tally.refund:
+                UserModel(self.user_of[task_id]).update(actions=[UserModel.remaining_quota.add(tally.refund)])
+            _mark_sending(task_id)
+            _complete_if_done(task_id, now)
+
+
+def _mark_sending(task_id: str) -> None:
+    try:
+        TaskModel(task_id).update(
+            actions=[TaskModel.status.set(TaskStatus.SENDING)],
+            condition=TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SCHEDULED),
+        )
+    except UpdateError as error:
+        if error.cause_response_code != "ConditionalCheckFailedException":
+            raise
+
+
+def _complete_if_done(task_id: str, now: float) -> None:
+    """Completes the task exactly once: the condition, not a read, decides."""
+    try:
+        TaskModel(task_id).update(
+            actions=[
+                TaskModel.status.set(TaskStatus.COMPLETED),
+                TaskModel.active_partition.remove(),
+                TaskModel.active_sort.remove(),
+                TaskModel.updated_at.set(now),
+            ],
+            condition=TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.SCHEDULED)
+            & (TASK_COUNTS.queued <= 0),
+        )
+    except UpdateError as error:
+        if error.cause_response_code != "ConditionalCheckFailedException":
+            raise
+
+
+# ---------------------------------------------------------------- the invocation
+
+
+class _StopSending(DomainError):
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+class Dispatcher:
+    def __init__(self, service: EmailServiceModel, deps: DispatcherDeps, state: SchedulerStateModel) -> None:
+        self.service = service
+        self.deps = deps
+        self.state = state
+        self.report = DispatchReport(service_id=service.service_id)
+        self.recorder = Recorder(deps)
+        tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
+        self.fairness = Fairness(Pointer(state.pointer_user or "", tasks))
+        self.works: dict[str, TaskWork] = {}
+        self.last_send_at: float | None = state.last_send_at
+        self.block_left = 0
+        self.block_reserved_at = 0.0
+        self.next_refresh = 0.0
+        self.backoff_until = 0.0
+        self.latency = 0.05  # SES call latency estimate (EWMA), sizes the in-flight pool
+        self.in_flight: deque[tuple[SubtaskModel, Future[str], float]] = deque()
+        self.pool: ThreadPoolExecutor | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def refresh(self, now: float) -> None:
+        """Re-reads which tasks may send (pause, cancel, new tasks) and the service's switches."""
+        if not scheduler_running():
+            raise _StopSending(StopReason.SCHEDULER_STOPPED)
+        service = _load_service(self.service.service_id)
+        if service is None or not service.enabled or not service.is_healthy:
+            raise _StopSending(StopReason.SERVICE_UNAVAILABLE)
+        self.service = service
+        works: dict[str, TaskWork] = {}
+        for task in TaskModel.active.query("active"):
+            if task.status not in DISPATCHABLE or (task.scheduled_at or 0) > now:
+                continue
+            if self.service.service_id not in set(task.plan.routing or []):
+                continue
+            known = self.works.get(task.task_id)
+            works[task.task_id] = known if known else self._load_work(task)
+            works[task.task_id].task = task
+            works[task.task_id].dry = False
+        self.works = works
+        self.fairness.replace_tasks(works)
+        self.next_refresh = now + CONTROL_REFRESH_SECONDS
+
+    def _load_work(self, task: TaskModel) -> TaskWork:
+        templates = {t.template_id: t for t in TemplateModel.batch_get([(task.user_id, i) for i in task.template_ids])}
+        sender = SenderModel.get(task.user_id, task.sender_id)
+        return TaskWork(task=task, template=templates, sender=sender)
+
+    def has_ready(self, work: TaskWork) -> bool:
+        if work.candidates:
+            return True
+        if work.dry:
+            return False
+        now = self.deps.clock.now()
+        key = queue_key(self.service.service_id, work.task.task_id)
+        page = SubtaskModel.queue.query(
+            key, filter_condition=SubtaskModel.next_attempt_at <= now, limit=self.deps.batch_size
+        )
+        work.candidates.extend(page)
+        work.dry = not work.candidates
+        return not work.dry
+
+    # ---------------------------------------------------------------- per email
+
+    def wait_for_pace(self, deadline: float) -> bool:
+        """Sleeps until the service may send again; False when that is past the deadline."""
+        rate = float(self.service.sending_rate)
+        now = self.deps.clock.now()
+        earliest = max(self.backoff_until, (self.last_send_at + rate) if self.last_send_at is not None else now)
+        if earliest >= deadline:
+            return False
+        if earliest > now:
+            self.deps.clock.sleep(earliest - now)
+        return True
+
+    def take_quota_unit(self, now: float, deadline: float) -> None:
+        if self.block_left == 0:
+            if utc_day(self.block_reserved_at) != utc_day(now):
+                self.block_reserved_at = now
+            sends_left = max(1, math.ceil((deadline - now) / float(self.service.sending_rate)) + 1)
+            got = service_quota.reserve_block(
+                self.service.service_id, int(self.service.daily_quota), min(self.deps.batch_size, sends_left), now
+            )
+            if got == 0:
+                raise _StopSending(StopReason.DAILY_QUOTA)
+            self.block_left = got
+            self.block_reserved_at = now
+        self.block_left -= 1
+
+    def claim(self, subtask: SubtaskModel, now: float) -> bool:
+        self.deps.fault("before_claim", subtask)
+        try:
+            subtask.update(
+                actions=[
+                    SubtaskModel.status.set(SubtaskStatus.SENDING),
+                    SubtaskModel.claim_owner.set(self.deps.owner),
+                    SubtaskModel.inflight_key.set(self.service.service_id),
+                    SubtaskModel.queue_key.remove(),
+                ],
+                condition=(SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now),
+            )
+        except UpdateError as error:
+            if error.cause_response_code == "ConditionalCheckFailedException":
+                return False  # cancelled, or taken by another dispatcher
+            raise
+        self.deps.fault("after_claim", subtask)
+        return True
+
+    def build(self, work: TaskWork, subtask: SubtaskModel) -> bytes:
+        template = work.template[subtask.template_id]
+        token = sign_unsubscribe(
+            self.deps.unsubscribe_signing_key, subtask.user_id, subtask.contact_id, subtask.task_id
+        )
+        link = unsubscribe_url(self.deps.unsubscribe_base_url, token)
+        contact = {
+            "email": subtask.email,
+            "name": subtask.name,
+            "attributes": subtask.attributes.as_dict() if subtask.attributes else {},
+            "unsubscribe_url": link,
+        }
+        rendered = render_template(template, contact)
+        domain = self.service.from_domain or work.sender.email.rpartition("@")[2]
+        return build_campaign_message(
+            sender_name=work.sender.name,
+            sender_email=work.sender.email,
+            recipient_name=subtask.name,
+            recipient_email=subtask.email,
+            rendered=rendered,
+            message_id_domain=domain,
+            unsubscribe_url=link,
+        )
+
+    def _send(self, sender_email: str, subtask: SubtaskModel, raw: bytes) -> str:
+        request: dict[str, Any] = {
+            "FromEmailAddress": sender_email,
+            "Destination": {"ToAddresses": [subtask.email]},
+            "Content": {"Raw": {"Data": raw}},
+            "EmailTags": [{"Name": "task_id", "Value": subtask.task_id}],
+        }
+        if self.service.configuration_set:
+            request["ConfigurationSetName"] = self.service.configuration_set
+        reply = self.deps.ses.send_email(**request)
+        return str(reply["MessageId"])
+
+    def send_one(self, work: TaskWork, subtask: SubtaskModel, now: float) -> None:
+        try:
+            raw = self.build(work, subtask)
+        except DomainError as error:  # the template cannot render for this contact
+            self.block_left += 1
+            self.fail(subtask, "render", error.message)
+            return
+        self.last_send_at = now
+        self.report.send_times.append(now)
+        allowed = min(self.deps.max_in_flight, max(1, math.ceil(self.latency / float(self.service.sending_rate))))
+        if allowed <= 1:
+            started = time.monotonic()
+            future: Future[str] = Future()
+            try:
+                future.set_result(self._send(work.sender.email, subtask, raw))
+            except (ClientError, BotoCoreError) as error:
+                future.set_exception(error)
+            self._observe(time.monotonic() - started)
+            self.settle(subtask, future)
+            return
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=self.deps.max_in_flight, thread_name_prefix="ses")
+        self.in_flight.append(
+            (subtask, self.pool.submit(self._send, work.sender.email, subtask, raw), time.monotonic())
+        )
+        while len(self.in_flight) >= allowed:
+            self.settle_oldest()
+
+    def _observe(self, seconds: float) -> None:
+        self.latency = 0.8 * self.latency + 0.2 * seconds
+
+    def settle_oldest(self) -> None:
+        subtask, future, started = self.in_flight.popleft()
+        future.exception()  # waits
+        self._observe(time.monotonic() - started)
+        self.settle(subtask, future)
+
+    def settle(self, subtask: SubtaskModel, future: Future[str]) -> None:
+        error = future.exception()
+        if error is None:
+            self.deps.fault("after_send", subtask)
+            subtask.status = SubtaskStatus.SENT
+            subtask.message_id = future.result()
+            subtask.sent_at = self.deps.clock.now()
+            subtask.inflight_key = None
+            subtask.error = None
+            subtask.error_class = None
+            self.report.sent += 1
+            self.recorder.add(subtask, lambda tally: setattr(tally, "sent", tally.sent + 1))
+            return
+        if not isinstance(error, ClientError | BotoCoreError):
+            raise error
+        outcome = classify_send_error(error)
+        self.block_left += 1  # SES did not accept it: the quota unit was not used
+        now = self.deps.clock.now()
+        if outcome.error_class in (SendErrorClass.THROTTLED, SendErrorClass.DAILY_QUOTA, SendErrorClass.ACCOUNT):
+            self.requeue(subtask, outcome.error_class, outcome.message, retry_at=0, spend_attempt=False)
+            if outcome.error_class is SendErrorClass.THROTTLED:
+                self.backoff_until = now + THROTTLE_BACKOFF_SECONDS
+            elif outcome.error_class is SendErrorClass.DAILY_QUOTA:
+                self.block_left = 0
+                raise _StopSending(StopReason.DAILY_QUOTA)
+            else:
+                EmailServiceModel(self.service.service_id).update(
+                    actions=[
+                        EmailServiceModel.is_healthy.set(False),
+                        EmailServiceModel.health_reason.set(f"{outcome.code}: {outcome.message}"[:500]),
+                    ]
+                )
+                raise _StopSending(StopReason.ACCOUNT_PROBLEM)
+        elif outcome.error_class is SendErrorClass.TRANSIENT and int(subtask.attempts or 0) < self.deps.max_retries:
+            self.requeue(
+                subtask, outcome.error_class, outcome.message, retry_at=now + self.deps.retry_delay, spend_attempt=True
+            )
+        else:
+            subtask.attempts = int(subtask.attempts or 0) + 1
+            self.fail(subtask, outcome.error_class.value, f"{outcome.code}: {outcome.message}")
+
+    def requeue(
+        self, subtask: SubtaskModel, error_class: str, message: str, *, retry_at: float, spend_attempt: bool
+    ) -> None:
+        subtask.status = SubtaskStatus.QUEUED
+        subtask.queue_key = queue_key(subtask.service_id, subtask.task_id)
+        subtask.inflight_key = None
+        subtask.claim_owner = None
+        subtask.next_attempt_at = retry_at
+        subtask.error_class = error_class
+        subtask.error = message[:500]
+        if spend_attempt:
+            subtask.attempts = int(subtask.attempts or 0) + 1
+        self.report.requeued += 1
+        self.recorder.add(subtask)
+
+    def fail(self, subtask: SubtaskModel, error_class: str, message: str) -> None:
+        subtask.status = SubtaskStatus.FAILED
+        subtask.inflight_key = None
+        subtask.error_class = error_class
+        subtask.error = message[:500]
+        self.report.failed += 1
+
+        def tally(t: TaskTally) -> None:
+            t.failed += 1
+            t.refund += 1  # never sent: the user's quota comes back
+
+        self.recorder.add(subtask, tally)
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self, started: float) -> DispatchReport:
+        deadline = started + self.deps.budget_seconds
+        try:
+            self.report.recovered_unknown = _recover_in_flight(self.service.service_id, self.deps)
+            self.refresh(started)
+            while True:
+                if not self.wait_for_pace(deadline):
+                    self.report.stop_reason = StopReason.BUDGET_SPENT
+                    break
+                now = self.deps.clock.now()
+                if now >= self.next_refresh:
+                    self.refresh(now)
+                work = self.fairness.next_work(self.has_ready)
+                if work is None:
+                    self.report.stop_reason = StopReason.NO_WORK
+                    break
+                subtask = work.candidates.popleft()
+                self.take_quota_unit(now, deadline)  # before the claim: no claim waits on quota
+                if not self.claim(subtask, now):
+                    self.block_left += 1
+                    continue
+                self.send_one(work, subtask, now)
+        except _StopSending as stop:
+            self.report.stop_reason = stop.reason
+        finally:
+            self.finish()
+        return self.report
+
+    def finish(self) -> None:
+        try:
+            while self.in_flight:
+                try:
+                    self.settle_oldest()
+                except _StopSending as stop:
+                    self.report.stop_reason = stop.reason
+            self.recorder.flush()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+            service_quota.release(self.service.service_id, self.block_left, self.block_reserved_at)
+            self.block_left = 0
+            _save_and_release(self.state, self.deps, self.last_send_at, self.fairness.pointer)
+
+
+def dispatch_service(service_id: str, deps: DispatcherDeps) -> DispatchReport:
+    """Runs one tick of the service's dispatcher (see the module docstring)."""
+    started = deps.clock.now()
+    state = _acquire_lease(service_id, deps, started)
+    if state is None:
+        return DispatchReport(service_id=service_id, stop_reason=StopReason.LEASE_BUSY)
+    state.refresh(consistent_read=True)
+    service = _load_service(service_id)
+    if service is None:
+        _save_and_release(state, deps, state.last_send_at, Pointer(state.pointer_user or "", {}))
+        return DispatchReport(service_id=service_id, stop_reason=StopReason.SERVICE_UNAVAILABLE)
+    return Dispatcher(service, deps, state).run(started)

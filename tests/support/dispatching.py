@@ -1,0 +1,117 @@
+"""Seeds a sendable world (services, users, senders, templates, planned tasks) and runs
+dispatcher ticks in-process with an injected clock."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from core.clock import Clock
+from core.dispatcher import SCHEDULER_KEY, DispatcherDeps, DispatchReport, FaultHook, dispatch_service
+from core.models import SchedulerStateModel, SenderModel, SubtaskModel, TaskModel, TemplateModel
+from core.planner import PlannerDeps, PlanOutcome, plan_task
+from core.settings import Settings
+from tests.support.planning import seed_contacts, seed_service, seed_task, seed_user
+
+SENDER_DOMAIN = "news.example.com"
+
+
+def start_scheduler(now: float) -> None:
+    SchedulerStateModel(SCHEDULER_KEY, running=True, updated_at=now).save()
+    boto3.client("ses").verify_domain_identity(Domain=SENDER_DOMAIN)
+
+
+def seed_sender_and_template(user_id: str, now: float) -> tuple[str, str]:
+    SenderModel(user_id, "snd_1", email=f"news@{SENDER_DOMAIN}", name="Newsroom", created_at=now).save()
+    TemplateModel(
+        user_id,
+        "tpl_1",
+        name="hello",
+        subject="Hello {{ name }}",
+        html="<p>Hi {{ name }}, your number is {{ number }}. <a href='{{ unsubscribe_url }}'>Unsubscribe</a></p>",
+        text="Hi {{ name }}, your number is {{ number }}.",
+        created_at=now,
+    ).save()
+    return "snd_1", "tpl_1"
+
+
+def plan_now(task_id: str, settings: Settings, clock: Clock) -> None:
+    deps = PlannerDeps(
+        clock=clock,
+        dynamodb=boto3.client("dynamodb"),
+        subtasks_table=settings.subtasks_table,
+        seconds_left=lambda: 600.0,
+        owner=uuid.uuid4().hex,
+        lease_seconds=300.0,
+    )
+    assert plan_task(task_id, deps) is PlanOutcome.DONE
+
+
+@dataclass
+class World:
+    settings: Settings
+    clock: Any
+    tasks: dict[str, list[str]] = field(default_factory=dict)  # user -> task ids
+
+    def service(self, service_id: str, *, sending_rate: float = 1.0, daily_quota: int = 100_000) -> str:
+        seed_service(service_id, self.clock.now(), sending_rate=sending_rate, daily_quota=daily_quota)
+        return service_id
+
+    def campaign(self, user_id: str, recipients: int, services: list[str], *, quota: int = 100_000) -> str:
+        """A planned, queued task of `recipients` contacts for `user_id` (created on first use)."""
+        now = self.clock.now()
+        if user_id not in self.tasks:
+            seed_user(user_id, quota, services, now)
+            seed_sender_and_template(user_id, now)
+            self.tasks[user_id] = []
+        tag = f"list{len(self.tasks[user_id])}"
+        offset = 10_000 * len(self.tasks[user_id])
+        seed_contacts(user_id, recipients, now, tags=[tag], start=offset)
+        task = seed_task(user_id, now, include=[tag])
+        plan_now(task.task_id, self.settings, self.clock)
+        self.tasks[user_id].append(task.task_id)
+        return task.task_id
+
+    def tick(
+        self,
+        service_id: str,
+        *,
+        budget: float = 59.0,
+        ses: Any = None,
+        fault: FaultHook | None = None,
+        owner: str | None = None,
+        max_in_flight: int = 1,
+    ) -> DispatchReport:
+        deps = DispatcherDeps(
+            clock=self.clock,
+            ses=ses or boto3.client("sesv2", config=Config(retries={"max_attempts": 1})),
+            dynamodb=boto3.client("dynamodb"),
+            subtasks_table=self.settings.subtasks_table,
+            owner=owner or uuid.uuid4().hex,
+            budget_seconds=budget,
+            lease_seconds=budget + 15,
+            max_retries=self.settings.max_retries,
+            retry_delay=self.settings.retry_delay_seconds,
+            batch_size=self.settings.batch_size,
+            unsubscribe_base_url="https://api.example.com/v1/unsubscribe",
+            unsubscribe_signing_key="test-signing-key-0123456789abcdef0123",
+            max_in_flight=max_in_flight,
+        )
+        if fault is not None:
+            deps.fault = fault
+        return dispatch_service(service_id, deps)
+
+
+def sent_subtasks(task_id: str | None = None) -> list[SubtaskModel]:
+    return sorted(
+        (s for s in SubtaskModel.scan() if s.status == "sent" and (task_id is None or s.task_id == task_id)),
+        key=lambda s: float(s.sent_at or 0),
+    )
+
+
+def task(task_id: str) -> TaskModel:
+    return TaskModel.get(task_id, consistent_read=True)
