@@ -145,3 +145,22 @@ def test_transient_failures_beyond_max_retries_fail_and_refund(world: World, clo
     assert (subtask.status, int(subtask.attempts)) == ("failed", aws.max_retries + 1)
     assert UserModel.get("alice").remaining_quota == 5
     assert task(task_id).status == "completed"
+
+
+def test_read_timeout_may_have_sent_so_it_becomes_unknown_not_retried(world: World, clock: FakeClock) -> None:
+    from botocore.exceptions import ReadTimeoutError
+
+    world.service("svc", sending_rate=1.0)
+    task_id = world.campaign("alice", 1, ["svc"], quota=10)
+
+    class TimingOutSes:
+        def send_email(self, **request: object) -> dict[str, str]:
+            raise ReadTimeoutError(endpoint_url="https://email.us-east-1.amazonaws.com")
+
+    world.tick("svc", budget=0.5, ses=TimingOutSes())
+
+    subtask = _only_subtask()
+    assert subtask.status == "unknown" and subtask.queue_key is None
+    final = task(task_id)
+    assert (final.counts.unknown, final.status) == (1, "completed")
+    assert UserModel.get("alice").remaining_quota == 9  # possibly sent: not refunded

@@ -251,6 +251,7 @@ class Fairness:
 class TaskTally:
     sent: int = 0
     failed: int = 0
+    unknown: int = 0
     refund: int = 0
     started: bool = False
 
@@ -287,13 +288,14 @@ class Recorder:
         tallies, self.tallies = self.tallies, {}
         now = self.deps.clock.now()
         for task_id, tally in tallies.items():
-            done = tally.sent + tally.failed
+            done = tally.sent + tally.failed + tally.unknown
             if done:
                 TaskModel(task_id).update(
                     actions=[
                         TASK_COUNTS.queued.add(-done),
                         TASK_COUNTS.sent.add(tally.sent),
                         TASK_COUNTS.failed.add(tally.failed),
+                        TASK_COUNTS.unknown.add(tally.unknown),
                         TaskModel.quota_refunded.add(tally.refund),
                         TaskModel.updated_at.set(now),
                     ]
@@ -493,6 +495,10 @@ class Dispatcher:
             self.block_left += 1
             self.fail(subtask, "render", error.message)
             return
+        except ValueError as error:  # e.g. an address the MIME builder refuses
+            self.block_left += 1
+            self.fail(subtask, "message", str(error))
+            return
         self.last_send_at = now
         self.report.send_times.append(now)
         allowed = min(self.deps.max_in_flight, max(1, math.ceil(self.latency / float(self.service.sending_rate))))
@@ -539,6 +545,15 @@ class Dispatcher:
         if not isinstance(error, ClientError | BotoCoreError):
             raise error
         outcome = classify_send_error(error)
+        if outcome.may_have_been_sent:
+            # The request may have reached SES (e.g. a read timeout): at most once wins.
+            self.deps.fault("after_send", subtask)
+            subtask.status = SubtaskStatus.UNKNOWN
+            subtask.inflight_key = None
+            subtask.error_class = outcome.error_class.value
+            subtask.error = f"{outcome.code}: {outcome.message}"[:500]
+            self.recorder.add(subtask, lambda tally: setattr(tally, "unknown", tally.unknown + 1))
+            return
         self.block_left += 1  # SES did not accept it: the quota unit was not used
         now = self.deps.clock.now()
         if outcome.error_class in (SendErrorClass.THROTTLED, SendErrorClass.DAILY_QUOTA, SendErrorClass.ACCOUNT):
