@@ -57,3 +57,21 @@ def test_planner_event_plans_the_named_task(planner: Any, aws: Settings, clock: 
 
     assert result == {"batchItemFailures": []}
     assert TaskModel.get("task_example").status == "queued"
+
+
+def test_dispatcher_event_sends_the_named_services_queue(aws: Settings, clock: Any) -> None:
+    import dispatcher_handler
+
+    from tests.support.dispatching import World, start_scheduler
+
+    start_scheduler(clock.now())
+    world = World(aws, clock)
+    world.service("svc_example", sending_rate=0.01)
+    task_id = world.campaign("alice", 3, ["svc_example"])
+    dispatcher_handler.runtime.cache_clear()
+    dispatcher_handler.runtime().clock = clock
+
+    summary = dispatcher_handler.lambda_handler(load_event("dispatcher_tick.json"), BudgetContext(20))
+
+    assert summary["sent"] == 3 and summary["stop_reason"] == "no_work"
+    assert TaskModel.get(task_id).status == "completed"
