@@ -290,8 +290,10 @@ class Recorder:
         for task_id, tally in tallies.items():
             done = tally.sent + tally.failed + tally.unknown
             if done:
+                cleared = [TaskModel.reason.remove()] if tally.sent else []
                 TaskModel(task_id).update(
                     actions=[
+                        *cleared,
                         TASK_COUNTS.queued.add(-done),
                         TASK_COUNTS.sent.add(tally.sent),
                         TASK_COUNTS.failed.add(tally.failed),
@@ -635,7 +637,15 @@ class Dispatcher:
             self.report.stop_reason = stop.reason
         finally:
             self.finish()
+        if self.report.stop_reason is StopReason.DAILY_QUOTA:
+            self.explain_waiting(f"waiting_for_daily_quota:{self.service.service_id}")
         return self.report
+
+    def explain_waiting(self, reason: str) -> None:
+        """Tasks with work left on this service say why nothing moves (cleared by their next send)."""
+        for work in self.works.values():
+            if work.candidates or not work.dry:
+                TaskModel(work.task.task_id).update(actions=[TaskModel.reason.set(reason)])
 
     def finish(self) -> None:
         try:
