@@ -264,6 +264,7 @@ class Recorder:
         self.items: list[SubtaskModel] = []
         self.tallies: dict[str, TaskTally] = {}
         self.user_of: dict[str, str] = {}
+        self.started: set[str] = set()  # tasks already moved to `sending` by this invocation
 
     def add(self, subtask: SubtaskModel, tally: Callable[[TaskTally], None] | None = None) -> None:
         self.items.append(subtask)
@@ -288,10 +289,14 @@ class Recorder:
         tallies, self.tallies = self.tallies, {}
         now = self.deps.clock.now()
         for task_id, tally in tallies.items():
+            if task_id not in self.started:
+                _mark_sending(task_id)
+                self.started.add(task_id)
             done = tally.sent + tally.failed + tally.unknown
             if done:
                 cleared = [TaskModel.reason.remove()] if tally.sent else []
-                TaskModel(task_id).update(
+                counters = TaskModel(task_id)
+                counters.update(  # answers with the new item: completion needs no extra read
                     actions=[
                         *cleared,
                         TASK_COUNTS.queued.add(-done),
@@ -302,10 +307,10 @@ class Recorder:
                         TaskModel.updated_at.set(now),
                     ]
                 )
+                if int(counters.counts.queued) <= 0:
+                    _complete_if_done(task_id, now)
             if tally.refund:
                 UserModel(self.user_of[task_id]).update(actions=[UserModel.remaining_quota.add(tally.refund)])
-            _mark_sending(task_id)
-            _complete_if_done(task_id, now)
 
 
 def _mark_sending(task_id: str) -> None:
