@@ -27,6 +27,9 @@ TEMPLATE_ID_PATTERN = r"tpl_[0-9a-f]{24}"
 MAX_TEMPLATES_PAGE = 1000
 
 
+PREVIEW_UNSUBSCRIBE_URL = "https://example.invalid/unsubscribe?token=preview"
+
+
 def create_template(caller: Caller, request: TemplateIn, clock: Clock) -> TemplateOut:
     _check_item_size(request)
     check_template(request.subject, request.html, request.text)
@@ -95,6 +98,8 @@ def preview_template(caller: Caller, template_id: str, request: PreviewIn) -> Re
             "name": request.sample.name,
             "attributes": dict(request.sample.attributes),
         }
+    # The dispatcher passes each recipient's signed one-click link; preview shows where it goes.
+    contact.setdefault("unsubscribe_url", PREVIEW_UNSUBSCRIBE_URL)
     rendered = render_template(template, contact)
     return RenderedOut(subject=rendered.subject, html=rendered.html, text=rendered.text)
 
