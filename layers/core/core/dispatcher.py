@@ -619,8 +619,8 @@ class Dispatcher:
     def run(self, started: float) -> DispatchReport:
         deadline = started + self.deps.budget_seconds
         try:
-            self.report.recovered_unknown = _recover_in_flight(self.service.service_id, self.deps)
             self.refresh(started)
+            self.report.recovered_unknown = _recover_in_flight(self.service.service_id, self.deps)
             while True:
                 if not self.wait_for_pace(deadline):
                     self.report.stop_reason = StopReason.BUDGET_SPENT
@@ -665,6 +665,10 @@ class Dispatcher:
                 self.pool.shutdown(wait=True)
             service_quota.release(self.service.service_id, self.block_left, self.block_reserved_at)
             self.block_left = 0
+            if self.report.send_times:
+                EmailServiceModel(self.service.service_id).update(
+                    actions=[EmailServiceModel.last_sent.set(self.report.send_times[-1])]
+                )
             _save_and_release(self.state, self.deps, self.last_send_at, self.fairness.pointer)
 
 
