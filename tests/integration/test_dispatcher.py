@@ -196,3 +196,23 @@ def test_crash_after_ses_accepted_leaves_unknown_never_resent(world: World, cloc
     assert len(sent_subtasks(task_id)) == 4
     final = task(task_id)
     assert (final.counts.unknown, final.counts.sent, final.status) == (1, 4, "completed")
+
+
+def test_counters_left_behind_by_a_killed_flush_are_repaired_and_the_task_completes(
+    world: World, clock: FakeClock
+) -> None:
+    # Given a task whose subtasks were all recorded but whose counters were never flushed
+    world.service("svc", sending_rate=0.5)
+    task_id = world.campaign("alice", 4, ["svc"])
+    world.tick("svc", budget=1.2)  # sends 3, flushes them
+    TaskModel(task_id).update(actions=[TaskModel.counts.queued.set(4), TaskModel.counts.sent.set(0)])
+    clock.advance(TICK)
+
+    # When later ticks find its queue drained
+    world.tick("svc")
+    clock.advance(TICK)
+    world.tick("svc")
+
+    # Then the counters match the subtasks and the task completes
+    final = task(task_id)
+    assert (final.counts.sent, final.counts.queued, final.status) == (4, 0, "completed")

@@ -37,7 +37,7 @@ from pynamodb.expressions.update import Action
 from core import service_quota
 from core.clock import Clock, utc_day
 from core.errors import DomainError
-from core.ids import queue_key
+from core.ids import SUBTASK_SHARDS, queue_key
 from core.mime import build_campaign_message
 from core.models import (
     TASK_COUNTS,
@@ -212,6 +212,7 @@ class TaskWork:
     sender: SenderModel
     candidates: deque[SubtaskModel] = field(default_factory=deque)
     dry: bool = False  # its queue on this service had nothing ready at the last look
+    reconciled: bool = False  # counters checked against the subtasks in this invocation
 
 
 def _next_after(ordered: list[str], last: str) -> list[str]:
@@ -342,6 +343,46 @@ def _complete_if_done(task_id: str, now: float) -> None:
             raise
 
 
+# ---------------------------------------------------------------- counter repair
+
+
+def _reconcile_if_drained(task: TaskModel, now: float) -> None:
+    """Repairs the counters of a task that has nothing left to send but still counts some queued.
+
+    Counters move in a flush after the batch of records it describes; an invocation killed between
+    the two leaves `counts.queued` too high and the task would never complete. When no subtask of
+    the task is queued (now or for a retry) on any of its services, nor in flight, nothing else
+    writes its send counters, so they can be recounted from the subtasks and set."""
+    services = sorted(set(task.plan.routing or []))
+    for service_id in services:
+        if next(iter(SubtaskModel.queue.query(queue_key(service_id, task.task_id), limit=1)), None):
+            return
+        in_flight = SubtaskModel.inflight.query(service_id, filter_condition=SubtaskModel.task_id == task.task_id)
+        if next(iter(in_flight), None):
+            return
+    statuses: dict[str, int] = {}
+    for shard in range(SUBTASK_SHARDS):
+        for subtask in SubtaskModel.query(f"{task.task_id}#{shard:02d}", attributes_to_get=["status"]):
+            statuses[subtask.status] = statuses.get(subtask.status, 0) + 1
+    if statuses.get(SubtaskStatus.QUEUED) or statuses.get(SubtaskStatus.SENDING):
+        return
+    try:
+        TaskModel(task.task_id).update(
+            actions=[
+                TASK_COUNTS.queued.set(0),
+                TASK_COUNTS.sent.set(statuses.get(SubtaskStatus.SENT, 0)),
+                TASK_COUNTS.failed.set(statuses.get(SubtaskStatus.FAILED, 0)),
+                TASK_COUNTS.unknown.set(statuses.get(SubtaskStatus.UNKNOWN, 0)),
+            ],
+            condition=TaskModel.status.is_in(*DISPATCHABLE),
+        )
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            return
+        raise
+    _complete_if_done(task.task_id, now)
+
+
 # ---------------------------------------------------------------- the invocation
 
 
@@ -411,6 +452,9 @@ class Dispatcher:
         )
         work.candidates.extend(page)
         work.dry = not work.candidates
+        if work.dry and not work.reconciled and int(work.task.counts.queued or 0) > 0:
+            work.reconciled = True
+            _reconcile_if_drained(work.task, now)
         return not work.dry
 
     # ---------------------------------------------------------------- per email
