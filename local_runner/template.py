@@ -4,14 +4,21 @@ and the local runner cannot drift from the template."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "template.yaml"
+
+# Functions are not deployed locally; `!GetAtt <Function>.Arn` and `!GetAtt <Role>.Arn` resolve to
+# ARNs of this shape, which nothing calls (the local runner invokes handlers in-process).
+LOCAL_ACCOUNT = "123456789012"
+LOCAL_REGION = "us-east-1"
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -52,6 +59,8 @@ def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str,
 class CreatedResources:
     table_names: dict[str, str]  # logical id -> table name
     queue_urls: dict[str, str]  # logical id -> queue url
+    queue_arns: dict[str, str] = field(default_factory=dict)  # logical id -> queue ARN
+    schedule_groups: dict[str, str] = field(default_factory=dict)  # logical id -> group name
 
 
 def create_tables(dynamodb: Any, template: dict[str, Any]) -> dict[str, str]:
@@ -104,29 +113,69 @@ def create_queues(sqs: Any, template: dict[str, Any]) -> dict[str, str]:
     return urls
 
 
+def create_schedule_groups(scheduler: Any, template: dict[str, Any]) -> dict[str, str]:
+    """EventBridge Scheduler groups, named after their logical id (as tables and queues are)."""
+    names = {}
+    for logical_id in resources_of_type(template, "AWS::Scheduler::ScheduleGroup"):
+        with contextlib.suppress(scheduler.exceptions.ConflictException):  # a server reused between runs
+            scheduler.create_schedule_group(Name=logical_id)
+        names[logical_id] = logical_id
+    return names
+
+
 def create_resources(session: Any, template: dict[str, Any] | None = None) -> CreatedResources:
-    """Create every table and queue of the template through the given boto3 session."""
+    """Create every table, queue and schedule group of the template through the given session."""
     template = template or load_template()
     tables = create_tables(session.client("dynamodb"), template)
-    queues = create_queues(session.client("sqs"), template)
-    return CreatedResources(table_names=tables, queue_urls=queues)
+    sqs = session.client("sqs")
+    queues = create_queues(sqs, template)
+    arns = {
+        logical_id: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for logical_id, url in queues.items()
+    }
+    groups = create_schedule_groups(session.client("scheduler"), template)
+    return CreatedResources(table_names=tables, queue_urls=queues, queue_arns=arns, schedule_groups=groups)
 
 
-def environment_for(created: CreatedResources) -> dict[str, str]:
-    """The environment variables the template's Globals give every function, resolved."""
+def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) -> str | None:
+    """An environment value with its Ref / GetAtt resolved locally; None when it has no local
+    meaning (a parameter without a default, a !Sub), so the settings' own default applies."""
+    if not isinstance(value, dict):
+        return str(value)
+    if "Ref" in value:
+        ref = value["Ref"]
+        parameter = template.get("Parameters", {}).get(ref)
+        for names in (created.table_names, created.queue_urls, created.schedule_groups):
+            if ref in names:
+                return names[ref]
+        if parameter is not None and "Default" in parameter:
+            return str(parameter["Default"])
+        return None
+    if "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        resource_type = template["Resources"].get(logical_id, {}).get("Type")
+        if attribute != "Arn":
+            return None
+        if logical_id in created.queue_arns:
+            return created.queue_arns[logical_id]
+        if resource_type == "AWS::Serverless::Function":
+            return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{logical_id}"
+        if resource_type == "AWS::IAM::Role":
+            return f"arn:aws:iam::{LOCAL_ACCOUNT}:role/{logical_id}"
+    return None
+
+
+def environment_for(created: CreatedResources, functions: Iterable[str] = ()) -> dict[str, str]:
+    """The environment variables the template's Globals give every function, resolved; then those
+    each of `functions` (logical ids) declares itself, which win as they do in AWS."""
     template = load_template()
-    variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    parameters = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+    variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    for function in functions:
+        properties = template["Resources"][function]["Properties"]
+        variables.update(properties.get("Environment", {}).get("Variables", {}))
     resolved = {}
     for key, value in variables.items():
-        if isinstance(value, dict) and "Ref" in value:
-            ref = value["Ref"]
-            if ref in created.table_names:
-                resolved[key] = created.table_names[ref]
-            elif ref in created.queue_urls:
-                resolved[key] = created.queue_urls[ref]
-            elif ref in parameters:
-                resolved[key] = parameters[ref]
-        else:
-            resolved[key] = str(value)
+        text = _resolve(value, template, created)
+        if text is not None:
+            resolved[key] = text
     return resolved

@@ -65,7 +65,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A fresh in-process AWS with the template's resources; yields the functions' settings."""
     with mock_aws():
         created = create_resources(boto3.Session())
-        for key, value in environment_for(created).items():
+        # The API function's own variables too (dispatcher ARN, schedule group, ...).
+        for key, value in environment_for(created, functions=("ApiFunction",)).items():
             monkeypatch.setenv(key, value)
         settings = Settings()
         bind_tables(settings)

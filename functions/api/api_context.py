@@ -20,6 +20,7 @@ from core import errors
 from core.auth import Caller, Unauthenticated, caller_from_claims
 from core.clock import Clock, SystemClock
 from core.models import bind_tables
+from core.schedules import ScheduleConfig
 from core.settings import Settings, load_settings
 
 logger = Logger()
@@ -32,6 +33,8 @@ class ApiDeps:
     settings: Settings
     clock: Clock
     sqs: Any
+    scheduler: Any  # EventBridge Scheduler: one dispatch schedule per email service
+    schedules: ScheduleConfig
 
 
 @lru_cache(maxsize=1)
@@ -39,7 +42,13 @@ def deps() -> ApiDeps:
     settings = load_settings()
     bind_tables(settings)
     retries = Config(retries={"mode": "standard", "max_attempts": 3})
-    return ApiDeps(settings=settings, clock=SystemClock(), sqs=boto3.client("sqs", config=retries))
+    return ApiDeps(
+        settings=settings,
+        clock=SystemClock(),
+        sqs=boto3.client("sqs", config=retries),
+        scheduler=boto3.client("scheduler", config=retries),
+        schedules=ScheduleConfig.from_settings(settings),
+    )
 
 
 def current_caller(router: Router | APIGatewayRestResolver) -> Caller:

@@ -9,9 +9,14 @@ from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch
 router = Router()
 
 
+def _service_deps() -> email_services.ServiceDeps:
+    api = deps()
+    return email_services.ServiceDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules)
+
+
 @router.post("/api/services")
 def create_service(request: ServiceIn) -> tuple[ServiceOut, int]:
-    return email_services.create_service(current_caller(router), request, deps().clock), 201
+    return email_services.create_service(current_caller(router), request, _service_deps()), 201
 
 
 @router.get("/api/services")
@@ -21,4 +26,4 @@ def list_services() -> ServiceList:
 
 @router.patch("/api/services/<service_id>")
 def update_service(service_id: str, request: ServicePatch) -> ServiceOut:
-    return email_services.update_service(current_caller(router), service_id, request, deps().clock)
+    return email_services.update_service(current_caller(router), service_id, request, _service_deps())

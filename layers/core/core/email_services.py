@@ -1,12 +1,15 @@
 """Email services (sending accounts) as administrators manage them and users see them: settings,
 health, and today's usage. Usage is read from ServiceUsageModel (one item per service and UTC day,
-written by the dispatcher's conditional ADD); this module never writes it."""
+written by the dispatcher's conditional ADD); this module never writes it. Every service has a
+dispatch schedule (core.schedules), created with it and updated whenever `enabled` changes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from pynamodb.exceptions import UpdateError
+from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.update import Action
 
 from core.auth import Caller
@@ -14,12 +17,30 @@ from core.clock import Clock, iso, utc_day
 from core.errors import NotFound
 from core.ids import new_id
 from core.models import EmailServiceModel, ServiceUsageModel, UserModel
+from core.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
 from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
 
 _BATCH_GET_LIMIT = 100
 
 
-def create_service(caller: Caller, request: ServiceIn, clock: Clock) -> ServiceOut:
+@dataclass(frozen=True)
+class ServiceDeps:
+    clock: Clock
+    scheduler: Any  # boto3 EventBridge Scheduler client
+    schedules: ScheduleConfig
+
+
+def _recheck_running(service: EmailServiceModel, deps: ServiceDeps, running: bool) -> None:
+    """Reads the running flag again after the service was saved and its schedule synced: a
+    start/stop that flipped it meanwhile may have scanned the services before our write (or synced
+    after our read), so we redo its work for this service."""
+    now_running = scheduler_running()
+    if now_running != running:
+        sync_service_schedule(deps.scheduler, deps.schedules, service, now_running)
+
+
+def create_service(caller: Caller, request: ServiceIn, deps: ServiceDeps) -> ServiceOut:
+    """The schedule is created first: if Scheduler refuses, nothing is written and a retry is safe."""
     caller.require_admin()
     service = EmailServiceModel(
         new_id("svc"),
@@ -31,13 +52,23 @@ def create_service(caller: Caller, request: ServiceIn, clock: Clock) -> ServiceO
         configuration_set=request.configuration_set,
         enabled=True,
         is_healthy=True,
-        created_at=clock.now(),
+        created_at=deps.clock.now(),
     )
-    service.save(condition=EmailServiceModel.service_id.does_not_exist())
+    running = scheduler_running()
+    sync_service_schedule(deps.scheduler, deps.schedules, service, running)
+    try:
+        service.save(condition=EmailServiceModel.service_id.does_not_exist())
+    except PutError:
+        delete_service_schedule(deps.scheduler, deps.schedules, service.service_id)
+        raise
+    _recheck_running(service, deps, running)
     return service_out(service, used_today=0)
 
 
-def update_service(caller: Caller, service_id: str, request: ServicePatch, clock: Clock) -> ServiceOut:
+def update_service(caller: Caller, service_id: str, request: ServicePatch, deps: ServiceDeps) -> ServiceOut:
+    """Changes only the fields given. The schedule is re-synced from the stored item, so a PATCH
+    also repairs a schedule an earlier failure left behind; rate and quota changes keep it as is
+    (the dispatcher reads them from the service on every tick)."""
     caller.require_admin()
     if not is_identifier(service_id):
         raise NotFound("email service", service_id)
@@ -58,7 +89,11 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, clock
         if isinstance(error, UpdateError) and error.cause_response_code != "ConditionalCheckFailedException":
             raise
         raise NotFound("email service", service_id) from error
-    return service_out(service, used_today=_used_today([service_id], clock).get(service_id, 0))
+    # `service` holds the stored item (UpdateItem returns ALL_NEW): sync from what is stored.
+    running = scheduler_running()
+    sync_service_schedule(deps.scheduler, deps.schedules, service, running)
+    _recheck_running(service, deps, running)
+    return service_out(service, used_today=_used_today([service_id], deps.clock).get(service_id, 0))
 
 
 def list_services(caller: Caller, clock: Clock) -> ServiceList:

@@ -412,3 +412,15 @@ class TaskCreated(BaseModel):
 class TaskPage(BaseModel):
     tasks: list[TaskOut]
     cursor: str | None = None
+
+
+# ---------------------------------------------------------------- scheduler control
+
+
+class SchedulerStateOut(BaseModel):
+    """Reply of start/stop: the flag, how many services' schedules were synced to it, and when the
+    flag last changed (null if never set)."""
+
+    is_running: bool
+    services: int
+    updated_at: str | None = None

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from api_context import current_caller, deps
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from core import scheduler_control
+from core.schemas import SchedulerStateOut, TaskOut
+
+router = Router()
+
+
+def _control_deps() -> scheduler_control.ControlDeps:
+    api = deps()
+    return scheduler_control.ControlDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules)
+
+
+@router.post("/api/scheduler/start")
+def start_scheduler() -> SchedulerStateOut:
+    return scheduler_control.set_running(current_caller(router), True, _control_deps())
+
+
+@router.post("/api/scheduler/stop")
+def stop_scheduler() -> SchedulerStateOut:
+    return scheduler_control.set_running(current_caller(router), False, _control_deps())
+
+
+@router.post("/api/scheduler/tasks/<task_id>/pause")
+def pause_task(task_id: str) -> TaskOut:
+    return scheduler_control.pause_task(current_caller(router), task_id, _control_deps())
+
+
+@router.post("/api/scheduler/tasks/<task_id>/resume")
+def resume_task(task_id: str) -> TaskOut:
+    return scheduler_control.resume_task(current_caller(router), task_id, _control_deps())

@@ -1,0 +1,118 @@
+"""Operator control of sending: start/stop the whole scheduler (the running flag plus every
+service's dispatch schedule) and pause/resume one task. Every action is idempotent and every state
+change is a conditional write; a dispatcher sees it on its next pick."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.update import Action
+
+from core.auth import Caller
+from core.clock import Clock, iso
+from core.errors import InvalidState
+from core.models import SchedulerStateModel, TaskModel
+from core.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
+from core.schemas import SchedulerStateOut, TaskOut
+from core.states import DISPATCHABLE, TaskStatus, sources_of
+from core.tasks import load_task, task_out
+
+
+@dataclass(frozen=True)
+class ControlDeps:
+    clock: Clock
+    scheduler: Any  # boto3 EventBridge Scheduler client
+    schedules: ScheduleConfig
+
+
+def _conditional_failed(error: UpdateError) -> bool:
+    return error.cause_response_code == "ConditionalCheckFailedException"
+
+
+# ---------------------------------------------------------------- start / stop
+
+
+def set_running(caller: Caller, running: bool, deps: ControlDeps) -> SchedulerStateOut:
+    """Sets the running flag (creating the state item if missing), then brings every service's
+    schedule in line. Idempotent: a start while running writes nothing and keeps `updated_at` (the
+    time of the last real change) but still re-syncs the schedules, which repairs any drift."""
+    caller.require_admin()
+    state = SchedulerStateModel(SCHEDULER_STATE_KEY)
+    try:
+        state.update(
+            actions=[SchedulerStateModel.running.set(running), SchedulerStateModel.updated_at.set(deps.clock.now())],
+            condition=SchedulerStateModel.running.does_not_exist() | (SchedulerStateModel.running != running),
+        )
+    except UpdateError as error:
+        if not _conditional_failed(error):
+            raise
+        state = SchedulerStateModel.get(SCHEDULER_STATE_KEY, consistent_read=True)
+    # The flag is written before the scan: a service created meanwhile either is in the scan or
+    # reads the new flag when it re-checks it after saving (core.email_services).
+    services = sync_all_schedules(deps.scheduler, deps.schedules, running)
+    return SchedulerStateOut(
+        is_running=bool(state.running),
+        services=services,
+        updated_at=iso(state.updated_at) if state.updated_at is not None else None,
+    )
+
+
+# ---------------------------------------------------------------- pause / resume
+
+
+def _transition(task: TaskModel, actions: Sequence[Action], sources: list[TaskStatus]) -> bool:
+    """Applies `actions` if the task is still in one of `sources`; False if it moved meanwhile."""
+    try:
+        task.update(actions=list(actions), condition=TaskModel.status.is_in(*sources))
+    except UpdateError as error:
+        if not _conditional_failed(error):
+            raise
+        return False
+    return True
+
+
+def pause_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
+    """scheduled | queued | sending -> paused. The task leaves the sparse `active` index, so no
+    dispatcher picks it again; a send already under way finishes. Pausing a paused task is a no-op."""
+    task = load_task(caller, task_id)
+    pausable = sources_of(TaskStatus.PAUSED)
+    actions = [
+        TaskModel.status.set(TaskStatus.PAUSED),
+        TaskModel.active_partition.remove(),
+        TaskModel.active_sort.remove(),
+        TaskModel.updated_at.set(deps.clock.now()),
+    ]
+    if task.status != TaskStatus.PAUSED:
+        if TaskStatus(task.status) not in pausable:
+            raise InvalidState(f"a {task.status} task cannot be paused")
+        if not _transition(task, actions, pausable):
+            task.refresh(consistent_read=True)
+            if task.status != TaskStatus.PAUSED:
+                raise InvalidState(f"the task became {task.status} meanwhile and cannot be paused")
+    return task_out(task)
+
+
+def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
+    """paused -> queued, or scheduled while its `scheduled_at` is still ahead; the task rejoins the
+    `active` index. Resuming a task that is not paused but may send (queued, ...) is a no-op."""
+    task = load_task(caller, task_id)
+    if task.status != TaskStatus.PAUSED:
+        if TaskStatus(task.status) in DISPATCHABLE:
+            return task_out(task)
+        raise InvalidState(f"a {task.status} task cannot be resumed")
+    now = deps.clock.now()
+    target = TaskStatus.SCHEDULED if task.scheduled_at is not None and task.scheduled_at > now else TaskStatus.QUEUED
+    actions = [
+        TaskModel.status.set(target),
+        TaskModel.active_partition.set("active"),
+        TaskModel.active_sort.set(f"{task.user_id}#{task.task_id}"),
+        TaskModel.updated_at.set(now),
+    ]
+    if not _transition(task, actions, [TaskStatus.PAUSED]):
+        task.refresh(consistent_read=True)
+        if TaskStatus(task.status) not in DISPATCHABLE:
+            raise InvalidState(f"the task became {task.status} meanwhile and cannot be resumed")
+    return task_out(task)
