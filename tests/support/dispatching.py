@@ -11,9 +11,10 @@ import boto3
 from botocore.config import Config
 
 from core.clock import Clock
-from core.dispatcher import SCHEDULER_KEY, DispatcherDeps, DispatchReport, FaultHook, dispatch_service
+from core.dispatcher import DispatcherDeps, DispatchReport, FaultHook, dispatch_service
 from core.models import SchedulerStateModel, SenderModel, SubtaskModel, TaskModel, TemplateModel
 from core.planner import PlannerDeps, PlanOutcome, plan_task
+from core.schedules import SCHEDULER_STATE_KEY as SCHEDULER_KEY
 from core.settings import Settings
 from tests.support.planning import seed_contacts, seed_service, seed_task, seed_user
 

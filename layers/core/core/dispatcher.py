@@ -50,11 +50,11 @@ from core.models import (
     UserModel,
 )
 from core.rendering import render_template
+from core.schedules import scheduler_running
 from core.send_errors import SendErrorClass, classify_send_error
 from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
-SCHEDULER_KEY = "scheduler"
 RECORD_BATCH = 25  # BatchWriteItem maximum
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 THROTTLE_BACKOFF_SECONDS = 1.0
@@ -147,13 +147,6 @@ def _save_and_release(
     except UpdateError as error:
         if error.cause_response_code != "ConditionalCheckFailedException":
             raise
-
-
-def scheduler_running() -> bool:
-    try:
-        return bool(SchedulerStateModel.get(SCHEDULER_KEY, consistent_read=True).running)
-    except SchedulerStateModel.DoesNotExist:
-        return False
 
 
 def _load_service(service_id: str) -> EmailServiceModel | None:
