@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from api_context import app, logger
-from api_routes import contacts, scheduler, senders, services, tasks, templates, users
+from api_routes import contacts, scheduler, senders, services, tasks, templates, unsubscribe, users
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-for module in (users, services, senders, contacts, templates, tasks, scheduler):
+for module in (users, services, senders, contacts, templates, tasks, scheduler, unsubscribe):
     app.include_router(module.router)
 
 

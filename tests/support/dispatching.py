@@ -99,7 +99,7 @@ class World:
             retry_delay=self.settings.retry_delay_seconds,
             batch_size=self.settings.batch_size,
             unsubscribe_base_url="https://api.example.com/v1/unsubscribe",
-            unsubscribe_signing_key="test-signing-key-0123456789abcdef0123",
+            unsubscribe_signing_key=self.settings.unsubscribe_signing_key,
             max_in_flight=max_in_flight,
         )
         if fault is not None:

@@ -183,7 +183,7 @@ def _recover_in_flight(service_id: str, deps: DispatcherDeps) -> int:
         recovered[entry.task_id] = recovered.get(entry.task_id, 0) + 1
     for task_id, count in recovered.items():
         TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
-        _complete_if_done(task_id, deps.clock.now())
+        complete_if_done(task_id, deps.clock.now())
     return sum(recovered.values())
 
 
@@ -302,7 +302,7 @@ class Recorder:
                     ]
                 )
                 if int(counters.counts.queued) <= 0:
-                    _complete_if_done(task_id, now)
+                    complete_if_done(task_id, now)
             if tally.refund:
                 UserModel(self.user_of[task_id]).update(actions=[UserModel.remaining_quota.add(tally.refund)])
 
@@ -318,7 +318,7 @@ def _mark_sending(task_id: str) -> None:
             raise
 
 
-def _complete_if_done(task_id: str, now: float) -> None:
+def complete_if_done(task_id: str, now: float) -> None:
     """Completes the task exactly once: the condition, not a read, decides."""
     try:
         TaskModel(task_id).update(
@@ -373,7 +373,7 @@ def _reconcile_if_drained(task: TaskModel, now: float) -> None:
         if error.cause_response_code == "ConditionalCheckFailedException":
             return
         raise
-    _complete_if_done(task.task_id, now)
+    complete_if_done(task.task_id, now)
 
 
 # ---------------------------------------------------------------- the invocation

@@ -1,0 +1,78 @@
+"""One-click unsubscribe (RFC 8058): the signed link in every email lands here.
+
+The contact becomes `unsubscribed` (a bounced or complained contact keeps its stronger status),
+so no later plan includes it; and because a campaign may already hold a queued subtask for it,
+those subtasks move `queued -> suppressed` (conditional: a dispatcher's claim and this move race
+safely, exactly one wins) and their quota goes back to the user."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pynamodb.exceptions import UpdateError
+
+from core.clock import Clock
+from core.dispatcher import complete_if_done
+from core.ids import subtask_partition
+from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, UserModel
+from core.states import ContactStatus, SubtaskStatus, TaskStatus
+from core.unsubscribe import verify_unsubscribe
+
+# Tasks that may still hold a queued subtask for the contact.
+_OPEN = (TaskStatus.PLANNING, TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.PAUSED)
+
+
+@dataclass(frozen=True)
+class UnsubscribeResult:
+    unsubscribed: bool  # False when the contact was already unsubscribed (or is gone)
+    suppressed_subtasks: int
+
+
+def _conditional(update: Callable[[], object]) -> bool:
+    """Runs a conditional update; False when its condition did not hold."""
+    try:
+        update()
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def unsubscribe(token: str, signing_key: str, clock: Clock) -> UnsubscribeResult:
+    claim = verify_unsubscribe(signing_key, token)
+    now = clock.now()
+    contact = ContactModel(claim.user_id, claim.contact_id)
+    changed = _conditional(
+        lambda: contact.update(
+            actions=[ContactModel.status.set(ContactStatus.UNSUBSCRIBED), ContactModel.updated_at.set(now)],
+            condition=ContactModel.contact_id.exists() & (ContactModel.status == ContactStatus.SUBSCRIBED),
+        )
+    )
+    suppressed = 0
+    for task in TaskModel.by_user.query(claim.user_id, filter_condition=TaskModel.status.is_in(*_OPEN)):
+        subtask = SubtaskModel(subtask_partition(task.task_id, claim.contact_id), claim.contact_id)
+        moved = _conditional(
+            lambda subtask=subtask: subtask.update(
+                actions=[
+                    SubtaskModel.status.set(SubtaskStatus.SUPPRESSED),
+                    SubtaskModel.queue_key.remove(),
+                    SubtaskModel.error.set("recipient unsubscribed"),
+                ],
+                condition=SubtaskModel.status == SubtaskStatus.QUEUED,
+            )
+        )
+        if not moved:
+            continue
+        suppressed += 1
+        TaskModel(task.task_id).update(
+            actions=[
+                TASK_COUNTS.queued.add(-1),
+                TASK_COUNTS.suppressed.add(1),
+                TaskModel.quota_refunded.add(1),
+            ]
+        )
+        UserModel(claim.user_id).update(actions=[UserModel.remaining_quota.add(1)])
+        complete_if_done(task.task_id, now)
+    return UnsubscribeResult(unsubscribed=changed, suppressed_subtasks=suppressed)
