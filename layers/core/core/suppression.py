@@ -40,6 +40,19 @@ def _conditional(update: Callable[[], object]) -> bool:
     return True
 
 
+def _suppress_queued(subtask: SubtaskModel) -> bool:
+    return _conditional(
+        lambda: subtask.update(
+            actions=[
+                SubtaskModel.status.set(SubtaskStatus.SUPPRESSED),
+                SubtaskModel.queue_key.remove(),
+                SubtaskModel.error.set("recipient unsubscribed"),
+            ],
+            condition=SubtaskModel.status == SubtaskStatus.QUEUED,
+        )
+    )
+
+
 def unsubscribe(token: str, signing_key: str, clock: Clock) -> UnsubscribeResult:
     claim = verify_unsubscribe(signing_key, token)
     now = clock.now()
@@ -52,18 +65,7 @@ def unsubscribe(token: str, signing_key: str, clock: Clock) -> UnsubscribeResult
     )
     suppressed = 0
     for task in TaskModel.by_user.query(claim.user_id, filter_condition=TaskModel.status.is_in(*_OPEN)):
-        subtask = SubtaskModel(subtask_partition(task.task_id, claim.contact_id), claim.contact_id)
-        moved = _conditional(
-            lambda subtask=subtask: subtask.update(
-                actions=[
-                    SubtaskModel.status.set(SubtaskStatus.SUPPRESSED),
-                    SubtaskModel.queue_key.remove(),
-                    SubtaskModel.error.set("recipient unsubscribed"),
-                ],
-                condition=SubtaskModel.status == SubtaskStatus.QUEUED,
-            )
-        )
-        if not moved:
+        if not _suppress_queued(SubtaskModel(subtask_partition(task.task_id, claim.contact_id), claim.contact_id)):
             continue
         suppressed += 1
         TaskModel(task.task_id).update(
