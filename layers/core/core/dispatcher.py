@@ -445,9 +445,12 @@ class Dispatcher:
         )
         work.candidates.extend(page)
         work.dry = not work.candidates
-        if work.dry and not work.reconciled and int(work.task.counts.queued or 0) > 0:
+        if work.dry and not work.reconciled:
             work.reconciled = True
-            _reconcile_if_drained(work.task, now)
+            if int(work.task.counts.queued or 0) > 0:
+                _reconcile_if_drained(work.task, now)
+            else:  # e.g. its last queued recipient unsubscribed while the task was paused
+                complete_if_done(work.task.task_id, now)
         return not work.dry
 
     # ---------------------------------------------------------------- per email
