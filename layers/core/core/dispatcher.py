@@ -339,14 +339,27 @@ def complete_if_done(task_id: str, now: float) -> None:
 # ---------------------------------------------------------------- counter repair
 
 
-def _reconcile_if_drained(task: TaskModel, now: float) -> None:
+def _another_dispatcher_is_live(service_ids: list[str], owner: str, now: float) -> bool:
+    """A live lease holder may have written records whose counters it has not moved yet."""
+    keys = [service_state_key(service_id) for service_id in service_ids]
+    return any(
+        state.lease_owner != owner and float(state.lease_until or 0) > now
+        for state in SchedulerStateModel.batch_get(keys, consistent_read=True)
+    )
+
+
+def _reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
     """Repairs the counters of a task that has nothing left to send but still counts some queued.
 
     Counters move in a flush after the batch of records it describes; an invocation killed between
     the two leaves `counts.queued` too high and the task would never complete. When no subtask of
     the task is queued (now or for a retry) on any of its services, nor in flight, nothing else
-    writes its send counters, so they can be recounted from the subtasks and set."""
+    writes its send counters, so they can be recounted from the subtasks and set. A dispatcher of the
+    task's other services that still holds its lease may have written records without moving their
+    counters yet, so the repair waits until no other lease on those services is live."""
     services = sorted(set(task.plan.routing or []))
+    if _another_dispatcher_is_live(services, owner, now):
+        return  # a later tick repairs it, once that invocation has flushed or died
     for service_id in services:
         if next(iter(SubtaskModel.queue.query(queue_key(service_id, task.task_id), limit=1)), None):
             return
@@ -448,7 +461,7 @@ class Dispatcher:
         if work.dry and not work.reconciled:
             work.reconciled = True
             if int(work.task.counts.queued or 0) > 0:
-                _reconcile_if_drained(work.task, now)
+                _reconcile_if_drained(work.task, now, self.deps.owner)
             else:  # e.g. its last queued recipient unsubscribed while the task was paused
                 complete_if_done(work.task.task_id, now)
         return not work.dry
@@ -693,12 +706,18 @@ class Dispatcher:
                 TaskModel(work.task.task_id).update(actions=[TaskModel.reason.set(reason)])
 
     def finish(self) -> None:
+        """Settles every email still in flight and writes every buffered outcome, even when one of
+        them fails: a failure makes only its own email `unknown` (it stays `sending`), and is
+        re-raised once the rest is recorded."""
+        first_error: BaseException | None = None
         try:
             while self.in_flight:
                 try:
                     self.settle_oldest()
                 except _StopSending as stop:
                     self.report.stop_reason = stop.reason
+                except Exception as error:  # recorded, re-raised once the rest is written
+                    first_error = first_error or error
             self.recorder.flush()
         finally:
             if self.pool is not None:
@@ -710,6 +729,8 @@ class Dispatcher:
                     actions=[EmailServiceModel.last_sent.set(self.report.send_times[-1])]
                 )
             _save_and_release(self.state, self.deps, self.last_send_at, self.fairness.pointer)
+        if first_error is not None:
+            raise first_error
 
 
 def dispatch_service(service_id: str, deps: DispatcherDeps) -> DispatchReport:
