@@ -475,8 +475,9 @@ class Dispatcher:
         earliest = max(self.backoff_until, (self.last_send_at + rate) if self.last_send_at is not None else now)
         if earliest >= deadline:
             return False
-        if earliest > now:
+        while now < earliest:  # a sleep may end a hair early on the wall clock
             self.deps.clock.sleep(earliest - now)
+            now = self.deps.clock.now()
         return True
 
     def take_quota_unit(self, now: float, deadline: float) -> None:
