@@ -80,13 +80,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     request = DispatchRequest.model_validate(event)
     rt = runtime()
     report = dispatch_service(request.service_id, deps_for(context, rt))
-    summary = {
-        "service_id": report.service_id,
-        "stop_reason": report.stop_reason.value,
-        "sent": report.sent,
-        "failed": report.failed,
-        "requeued": report.requeued,
-        "recovered_unknown": report.recovered_unknown,
-    }
+    summary = report.summary()
     logger.info("dispatcher tick finished", extra=summary)
     return summary

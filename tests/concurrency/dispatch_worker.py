@@ -66,14 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     while report.stop_reason is StopReason.LEASE_BUSY and time.monotonic() < give_up:
         time.sleep(0.2)
         report = dispatch_service(args.service_id, deps)  # a lease-busy tick did nothing: the same tick
-    summary = {
-        "service_id": report.service_id,
-        "stop_reason": report.stop_reason.value,
-        "sent": report.sent,
-        "failed": report.failed,
-        "requeued": report.requeued,
-        "recovered_unknown": report.recovered_unknown,
-    }
+    summary = report.summary()
     print(json.dumps(summary), flush=True)
     return 0
 

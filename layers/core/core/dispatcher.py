@@ -35,6 +35,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
 from core import service_quota
+from core.batch_writes import BATCH_WRITE_LIMIT, put_items
 from core.clock import Clock, utc_day
 from core.errors import DomainError
 from core.ids import SUBTASK_SHARDS, queue_key
@@ -55,7 +56,7 @@ from core.send_errors import SendErrorClass, classify_send_error
 from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
-RECORD_BATCH = 25  # BatchWriteItem maximum
+RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 THROTTLE_BACKOFF_SECONDS = 1.0
 
@@ -109,6 +110,17 @@ class DispatchReport:
     requeued: int = 0
     recovered_unknown: int = 0
     send_times: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What a tick reports (the handler's reply and log line)."""
+        return {
+            "service_id": self.service_id,
+            "stop_reason": self.stop_reason.value,
+            "sent": self.sent,
+            "failed": self.failed,
+            "requeued": self.requeued,
+            "recovered_unknown": self.recovered_unknown,
+        }
 
 
 # ---------------------------------------------------------------- lease and control state
@@ -270,14 +282,7 @@ class Recorder:
 
     def flush(self) -> None:
         items, self.items = self.items, []
-        requests = [{"PutRequest": {"Item": item.serialize()}} for item in items]
-        attempt = 0
-        while requests:
-            reply = self.deps.dynamodb.batch_write_item(RequestItems={self.deps.subtasks_table: requests})
-            requests = reply.get("UnprocessedItems", {}).get(self.deps.subtasks_table, [])
-            attempt += 1
-            if requests:
-                self.deps.clock.sleep(min(1.0, 0.05 * 2**attempt))
+        put_items(self.deps.dynamodb, self.deps.subtasks_table, items, self.deps.clock)
         for item in items:
             self.deps.fault("after_record", item)
         tallies, self.tallies = self.tallies, {}

@@ -16,7 +16,6 @@ reserved count is written even if tags change meanwhile (fewer is refunded at th
 from __future__ import annotations
 
 import bisect
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +24,7 @@ from typing import Any
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
+from core.batch_writes import put_items
 from core.clock import Clock, utc_day
 from core.errors import DomainError
 from core.ids import queue_key, subtask_partition
@@ -41,9 +41,6 @@ from core.models import (
 )
 from core.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
-
-BATCH_WRITE_LIMIT = 25  # DynamoDB's BatchWriteItem maximum
-MAX_WRITE_ATTEMPTS = 8
 
 
 class PlanOutcome(StrEnum):
@@ -253,21 +250,6 @@ def _reserve(task: TaskModel, deps: PlannerDeps) -> PlanOutcome | None:
     return None
 
 
-def _batch_write(deps: PlannerDeps, items: list[SubtaskModel]) -> None:
-    """BatchWriteItem in groups of 25, retrying unprocessed items with jittered backoff."""
-    for start in range(0, len(items), BATCH_WRITE_LIMIT):
-        group = items[start : start + BATCH_WRITE_LIMIT]
-        requests = [{"PutRequest": {"Item": item.serialize()}} for item in group]
-        for attempt in range(MAX_WRITE_ATTEMPTS):
-            reply = deps.dynamodb.batch_write_item(RequestItems={deps.subtasks_table: requests})
-            requests = reply.get("UnprocessedItems", {}).get(deps.subtasks_table, [])
-            if not requests:
-                break
-            deps.clock.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
-        else:
-            raise RuntimeError(f"{len(requests)} subtasks stayed unprocessed; the chunk will be retried")
-
-
 def _subtasks_for(
     task: TaskModel, recipients: Iterable[ContactModel], first_seq: int, now: float
 ) -> list[SubtaskModel]:
@@ -309,7 +291,7 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
     room = int(task.quota_reserved or 0) - written
     recipients = recipients[: max(room, 0)]
     now = deps.clock.now()
-    _batch_write(deps, _subtasks_for(task, recipients, written, now))
+    put_items(deps.dynamodb, deps.subtasks_table, _subtasks_for(task, recipients, written, now), deps.clock)
     actions = [
         TASK_PLAN.cursor.set(new_cursor),
         TASK_PLAN.written.add(len(recipients)),
