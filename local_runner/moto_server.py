@@ -23,13 +23,18 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 REGION = "us-east-1"
+RAW_MESSAGES_PATH = "/_local/ses/raw-messages"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 # Our own calls to the server never go through an HTTP proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -142,19 +147,15 @@ class EmbeddedAws:
 
     def environment(self) -> dict[str, str]:
         """What boto3 (and PynamoDB) clients need in their environment to use this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        }
+        return aws_environment(self.endpoint_url)
 
-    def sent_raw_messages(self) -> list[SentRawMessage]:
-        """Raw emails sent through SES since the last reset, oldest first."""
-        data = json.loads(self._call("GET", "/moto-api/data.json"))
+    def sent_raw_messages(self, start: int = 0) -> list[SentRawMessage]:
+        """Raw emails sent through SES since the last reset, oldest first, from the `start`th on.
+
+        Read through this server's own `/_local/ses/raw-messages` route: moto's `/moto-api/data.json`
+        serialises every instance of every model (each DynamoDB item too), which takes seconds on a
+        busy table and holds the only server thread meanwhile."""
+        data = json.loads(self._call("GET", f"{RAW_MESSAGES_PATH}?start={start}"))
         return [
             SentRawMessage(
                 message_id=message["id"],
@@ -162,7 +163,7 @@ class EmbeddedAws:
                 destinations=tuple(message["destinations"]),
                 raw_data=message["raw_data"],
             )
-            for message in data.get("ses", {}).get("RawMessage", [])
+            for message in data["messages"]
         ]
 
     def _call(self, method: str, path: str, timeout: float = 10.0) -> bytes:
@@ -196,6 +197,19 @@ class EmbeddedAws:
         )
 
 
+def aws_environment(endpoint_url: str) -> dict[str, str]:
+    """What boto3 (and PynamoDB) clients need in their environment to use a moto server there."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    }
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -225,7 +239,7 @@ def serve(host: str, port: int, *, exit_with_parent: bool = False) -> None:
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             pass
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = _with_raw_messages_route(DomainDispatcherApplication(create_backend_app))
     server = make_server(host, port, app, threaded=False, processes=1, request_handler=Handler)
 
     def exit_now(signum: int, frame: FrameType | None) -> NoReturn:
@@ -240,6 +254,42 @@ def serve(host: str, port: int, *, exit_with_parent: bool = False) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def _raw_messages(start: int) -> list[dict[str, Any]]:
+    """Raw messages SES accepted (v1 SendRawEmail, v2 SendEmail with Raw content), every account and
+    region, in the order each backend received them."""
+    from moto.ses.models import RawMessage, ses_backends
+
+    messages = []
+    for account_backends in list(ses_backends.values()):
+        for backend in list(account_backends.values()):
+            for message in backend.sent_messages:
+                if isinstance(message, RawMessage):
+                    messages.append(
+                        {
+                            "id": message.id,
+                            "source": message.source,
+                            "destinations": list(message.destinations),
+                            "raw_data": message.raw_data,
+                        }
+                    )
+    return messages[start:]
+
+
+def _with_raw_messages_route(app: WsgiApp) -> WsgiApp:
+    """Adds GET /_local/ses/raw-messages?start=N in front of moto's own routes."""
+
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != RAW_MESSAGES_PATH:
+            return app(environ, start_response)
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        start = int(query.get("start", ["0"])[0] or 0)
+        body = json.dumps({"messages": _raw_messages(max(start, 0))}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return route
 
 
 def _exit_at_stdin_eof() -> None:

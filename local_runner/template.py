@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "template.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
 
 # Functions are not deployed locally; `!GetAtt <Function>.Arn` and `!GetAtt <Role>.Arn` resolve to
 # ARNs of this shape, which nothing calls (the local runner invokes handlers in-process).
@@ -76,7 +77,11 @@ def create_tables(dynamodb: Any, template: dict[str, Any]) -> dict[str, str]:
             request["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
         if props.get("StreamSpecification"):
             request["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
-        dynamodb.create_table(**request)
+        try:
+            dynamodb.create_table(**request)
+        except dynamodb.exceptions.ResourceInUseException:  # a server reused between runs
+            names[logical_id] = logical_id
+            continue
         ttl = props.get("TimeToLiveSpecification")
         if ttl and ttl.get("Enabled"):
             dynamodb.update_time_to_live(

@@ -34,6 +34,7 @@ class ApiDeps:
     clock: Clock
     sqs: Any
     scheduler: Any  # EventBridge Scheduler: one dispatch schedule per email service
+    ses: Any  # SES v2: sender identities
     schedules: ScheduleConfig
 
 
@@ -47,6 +48,7 @@ def deps() -> ApiDeps:
         clock=SystemClock(),
         sqs=boto3.client("sqs", config=retries),
         scheduler=boto3.client("scheduler", config=retries),
+        ses=boto3.client("sesv2", config=retries),
         schedules=ScheduleConfig.from_settings(settings),
     )
 

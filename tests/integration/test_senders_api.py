@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from core.errors import NotFound
 from core.models import SenderModel
@@ -22,6 +24,33 @@ def test_user_creates_a_sender(api: ApiClient) -> None:
     assert (reply.body["email"], reply.body["name"]) == ("news@shop.example", "Shop News")
     stored = SenderModel.get("alice", reply.body["sender_id"])
     assert (stored.email, stored.name) == ("news@shop.example", "Shop News")
+
+
+def test_creating_a_sender_asks_ses_to_verify_the_address(api: ApiClient) -> None:
+    # When the address is added twice (by two users): one identity, no error
+    first = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop"}, user="alice")
+    second = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop"}, user="bob")
+    # Then
+    assert (first.status, second.status) == (201, 201)
+    identities = boto3.client("sesv2").list_email_identities()["EmailIdentities"]
+    assert [identity["IdentityName"] for identity in identities] == ["news@shop.example"]
+
+
+def test_sender_is_not_saved_when_ses_cannot_start_verifying(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given SES failing
+    import api_context
+
+    def unavailable(**kwargs: Any) -> None:
+        raise ClientError(
+            {"Error": {"Code": "TooManyRequestsException", "Message": "slow down"}}, "CreateEmailIdentity"
+        )
+
+    monkeypatch.setattr(api_context.deps().ses, "create_email_identity", unavailable)
+    # When
+    reply = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop"}, user="alice")
+    # Then a retryable 503 naming the address, and nothing saved
+    assert reply.status == 503 and "news@shop.example" in reply.body["message"]
+    assert list(SenderModel.query("alice")) == []
 
 
 def test_sender_list_holds_only_the_callers_own(api: ApiClient) -> None:

@@ -14,7 +14,7 @@ router = Router()
 
 @router.post("/api/senders")
 def create_sender(request: SenderIn) -> tuple[SenderOut, int]:
-    return senders.create_sender(current_caller(router), request, deps().clock), 201
+    return senders.create_sender(current_caller(router), request, deps().clock, deps().ses), 201
 
 
 @router.get("/api/senders")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
 from core.auth import Caller
 from core.clock import Clock, iso
-from core.errors import NotFound
+from core.errors import NotFound, ServiceUnavailable
 from core.ids import new_id
 from core.models import SenderModel
 from core.paging import decode_cursor, encode_cursor
@@ -23,7 +27,20 @@ def sender_out(sender: SenderModel) -> SenderOut:
     )
 
 
-def create_sender(caller: Caller, request: SenderIn, clock: Clock) -> SenderOut:
+def request_verification(ses: Any, address: str) -> None:
+    """Asks SES to verify the address as a sending identity (SES mails it a confirmation link; until
+    it is followed, sends from it are rejected unless its domain is verified). An identity that
+    already exists (verified or pending) is left as it is."""
+    try:
+        ses.create_email_identity(EmailIdentity=address)
+    except ses.exceptions.AlreadyExistsException:
+        return
+    except (BotoCoreError, ClientError) as error:
+        raise ServiceUnavailable(f"SES could not start verifying {address!r}; retry") from error
+
+
+def create_sender(caller: Caller, request: SenderIn, clock: Clock, ses: Any) -> SenderOut:
+    request_verification(ses, str(request.email))
     sender = SenderModel(
         caller.user_id,
         new_id("snd"),

@@ -1,0 +1,155 @@
+"""The local runner's commands (the Makefile's `demo`, `serve` and `invoke` call these):
+
+python -m local_runner serve  [--port 3000] [--outbox outbox]    the system, until Ctrl-C
+python -m local_runner demo   [--port 3000] [--outbox outbox]    the scenario, then exit 0/1
+python -m local_runner invoke <FunctionLogicalId> <event.json> [--endpoint URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from local_runner.functions import FunctionSpec, LocalContext, function_specs, load_handler
+from local_runner.moto_server import EmbeddedAws, aws_environment
+from local_runner.runner import DEFAULT_OUTBOX, LocalRunner, RunnerConfig
+from local_runner.template import create_resources, environment_for, load_template
+
+log = logging.getLogger("local_runner")
+
+
+def _exit_on_sigterm() -> None:
+    def stop(signum: int, frame: FrameType | None) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _port_or_free(host: str, port: int) -> int:
+    """`port` when it can be bound, else 0 (a free one): a second runner need not fail."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            log.warning("port %d is taken; using a free port instead", port)
+            return 0
+    return port
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = RunnerConfig(host=args.host, port=args.port, aws_port=args.aws_port, outbox=args.outbox)
+    _exit_on_sigterm()
+    try:
+        with LocalRunner(config) as runner:
+            print(
+                f"""
+Local runner up (embedded AWS, no account, no Docker). Ctrl-C stops it.
+  API        {runner.api_url}          Swagger UI: {runner.api_url}/swagger
+  AWS        {runner.aws_endpoint}     (make invoke ... ENDPOINT={runner.aws_endpoint})
+  outbox     {config.outbox}/*.eml
+Get a token:
+  curl -s -X POST {runner.api_url}/local/token -d '{{"sub": "admin", "groups": ["admins"]}}'
+""",
+                flush=True,
+            )
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        print("\nstopped", flush=True)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from local_runner.demo import run_demo
+
+    port = _port_or_free(args.host, args.port)
+    config = RunnerConfig(host=args.host, port=port, outbox=args.outbox, log_level="WARNING")
+    _exit_on_sigterm()
+    try:
+        with LocalRunner(config) as runner:
+            print(f"local runner: API {runner.api_url}, embedded AWS {runner.aws_endpoint}", flush=True)
+            return run_demo(runner.api_url, config.outbox)
+    except KeyboardInterrupt:
+        print("\ndemo interrupted", flush=True)
+        return 130
+
+
+def invoke(args: argparse.Namespace) -> int:
+    """`sam local invoke` without Docker: one handler, one event, against the embedded AWS (a fresh
+    one with the template's resources, or a running one given by --endpoint)."""
+    template = load_template()
+    specs = function_specs(template)
+    if args.function not in specs:
+        print(f"unknown function {args.function!r}; the template has: {', '.join(sorted(specs))}", file=sys.stderr)
+        return 2
+    try:
+        event = json.loads(args.event.read_text())
+    except (OSError, ValueError) as error:
+        print(f"cannot read the event {args.event}: {error}", file=sys.stderr)
+        return 2
+    aws = None
+    if args.endpoint is None:
+        aws = EmbeddedAws().start()
+        endpoint = aws.endpoint_url
+    else:
+        endpoint = args.endpoint
+    try:
+        os.environ.update(aws_environment(endpoint))
+        created = create_resources(_session())  # idempotent: a running runner's resources stay
+        os.environ.update(environment_for(created, functions=specs))
+        return _invoke_and_print(specs[args.function], event)
+    finally:
+        if aws is not None:
+            aws.stop()
+
+
+def _session() -> Any:
+    import boto3
+
+    return boto3.Session()
+
+
+def _invoke_and_print(spec: FunctionSpec, event: dict[str, Any]) -> int:
+    handler = load_handler(spec)
+    try:
+        result = handler(event, LocalContext(spec))
+    except Exception as error:
+        print(json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}, indent=2))
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_runner", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "run the system until Ctrl-C"), ("demo", "run the demo scenario")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=3000, help="API port (0: a free one)")
+        command.add_argument("--outbox", type=Path, default=DEFAULT_OUTBOX, help="where sent mail is written")
+        if name == "serve":
+            command.add_argument("--aws-port", type=int, default=None, help="embedded AWS port (default: free)")
+    run = commands.add_parser("invoke", help="run one function's handler on an event file")
+    run.add_argument("function", help="the function's logical id in template.yaml, e.g. DispatcherFunction")
+    run.add_argument("event", type=Path, help="an event file, e.g. events/dispatcher_tick.json")
+    run.add_argument("--endpoint", default=None, help="a running embedded AWS (default: start a fresh one)")
+    args = parser.parse_args(argv)
+
+    # The runner's own lines at INFO; libraries (botocore's "found credentials", ...) only warn.
+    logging.basicConfig(level=logging.WARNING, format="[runner] %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
+    handlers = {"serve": serve, "demo": demo, "invoke": invoke}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""API Gateway, locally: an HTTP server whose requests become REST (v1) proxy events for the function
+that the template routes them to, and whose replies are the handler's response.
+
+As in AWS: routes and authorisation come from the template's `Api` events (a route without
+`Auth: {Authorizer: NONE}` needs a bearer token; none or a bad one is 401 `Unauthorized`); a path
+or method the template does not route is 403 `Missing Authentication Token`; the authorizer's
+claims reach the handler in `requestContext.authorizer.claims`. Cognito's part is played by
+`POST /local/token {"sub": "...", "groups": [...]}` -> `{"token": "..."}` (SPEC §7): a token signed
+with a key made at start-up, so tokens last as long as the runner."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from local_runner.apigw import claims_for, rest_event
+
+TOKEN_PATH = "/local/token"  # noqa: S105 - a route, not a secret
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+_PARAMETER = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
+
+Invoke = Callable[[str, dict[str, Any]], Any]  # (function logical id, event) -> handler result
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str  # GET, POST, ... or ANY
+    resource: str  # the template's path, e.g. /api/tasks/{task_id}
+    function: str  # logical id of the function it invokes
+    needs_token: bool
+    pattern: re.Pattern[str]
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if self.method not in ("ANY", method):
+            return None
+        found = self.pattern.fullmatch(path)
+        return None if found is None else {name: unquote(value) for name, value in found.groupdict().items()}
+
+
+def _route_pattern(resource: str) -> re.Pattern[str]:
+    parts, position = [], 0
+    for parameter in _PARAMETER.finditer(resource):
+        parts.append(re.escape(resource[position : parameter.start()]))
+        greedy = parameter.group(2) == "+"
+        parts.append(f"(?P<{parameter.group(1)}>{'.+' if greedy else '[^/]+'})")
+        position = parameter.end()
+    parts.append(re.escape(resource[position:]))
+    return re.compile("".join(parts))
+
+
+def routes_from_template(template: dict[str, Any]) -> list[Route]:
+    """Every `Api` event of every function, most specific first (fewer path parameters win, as in
+    API Gateway, so /api/tasks/export would beat /api/tasks/{task_id})."""
+    routes = []
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] != "Api":
+                continue
+            props = event["Properties"]
+            authorizer = props.get("Auth", {}).get("Authorizer")
+            routes.append(
+                Route(
+                    method=props["Method"].upper(),
+                    resource=props["Path"],
+                    function=logical_id,
+                    needs_token=authorizer != "NONE",
+                    pattern=_route_pattern(props["Path"]),
+                )
+            )
+    return sorted(routes, key=lambda route: (route.resource.count("{"), route.method == "ANY"))
+
+
+class TokenIssuer:
+    """Signs claims into bearer tokens and checks them: the local stand-in for Cognito."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    def issue(self, sub: str, groups: list[str]) -> str:
+        payload = base64.urlsafe_b64encode(json.dumps(claims_for(sub, groups)).encode()).decode().rstrip("=")
+        return f"local.{payload}.{self._signature(payload)}"
+
+    def claims(self, authorization: str | None) -> dict[str, str] | None:
+        """The claims of a valid `Bearer <token>` header; None when missing, malformed or forged."""
+        scheme, _, token = (authorization or "").partition(" ")
+        prefix, _, rest = token.strip().partition(".")
+        payload, _, signature = rest.partition(".")
+        if scheme.lower() != "bearer" or prefix != "local" or not payload:
+            return None
+        if not hmac.compare_digest(signature, self._signature(payload)):
+            return None
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (binascii.Error, ValueError):
+            return None
+        return claims if isinstance(claims, dict) else None
+
+    def _signature(self, payload: str) -> str:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def _token_request(body: bytes) -> tuple[str, list[str]] | dict[str, Any]:
+    """(sub, groups) from a /local/token body, or the 400 error body naming the field."""
+
+    def invalid(field: str, reason: str) -> dict[str, Any]:
+        return {
+            "error": "validation_error",
+            "message": f"{field}: {reason}",
+            "details": [{"field": field, "reason": reason}],
+        }
+
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return invalid("body", "is not valid JSON")
+    if not isinstance(request, dict):
+        return invalid("body", "must be a JSON object")
+    sub, groups = request.get("sub"), request.get("groups", [])
+    if not isinstance(sub, str) or not sub.strip() or len(sub) > 128:
+        return invalid("sub", "must be a non-empty string of at most 128 characters")
+    if not isinstance(groups, list) or not all(isinstance(group, str) and group for group in groups):
+        return invalid("groups", "must be a list of group names")
+    unknown = set(request) - {"sub", "groups"}
+    if unknown:
+        return invalid(sorted(unknown)[0], "is not a known field (sub, groups)")
+    return sub, groups
+
+
+class LocalApiGateway:
+    """A threaded HTTP server in front of the template's API functions."""
+
+    def __init__(self, template: dict[str, Any], invoke: Invoke, *, host: str = "127.0.0.1", port: int = 3000) -> None:
+        self.routes = routes_from_template(template)
+        self.tokens = TokenIssuer()
+        self._invoke = invoke
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-api", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str
+    ) -> tuple[int, dict[str, list[str]], bytes]:
+        """One HTTP request -> (status, headers, body), as API Gateway would answer it."""
+        url = urlsplit(target)
+        path = url.path or "/"
+        if path == TOKEN_PATH and method == "POST":
+            parsed = _token_request(body)
+            if isinstance(parsed, dict):
+                return _json_reply(HTTPStatus.BAD_REQUEST, parsed)
+            return _json_reply(HTTPStatus.OK, {"token": self.tokens.issue(*parsed)})
+        for route in self.routes:
+            parameters = route.match(method, path)
+            if parameters is None:
+                continue
+            claims = None
+            if route.needs_token:
+                claims = self.tokens.claims(_header(headers, "Authorization"))
+                if claims is None:
+                    return _json_reply(HTTPStatus.UNAUTHORIZED, {"message": "Unauthorized"})
+            event = rest_event(
+                method,
+                path,
+                resource=route.resource,
+                path_parameters=parameters or None,
+                query=url.query,
+                body=_event_body(body),
+                claims=claims,
+                headers=headers,
+                source_ip=source_ip,
+            )
+            return _lambda_reply(self._invoke(route.function, event))
+        return _json_reply(HTTPStatus.FORBIDDEN, {"message": "Missing Authentication Token"})
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        gateway = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            server_version = "local-api-gateway"
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self._reply(*_json_reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"message": "Request Too Long"}))
+                    return
+                body = self.rfile.read(length) if length else b""
+                headers = {name: value for name, value in self.headers.items()}
+                self._reply(*gateway.handle(self.command, self.path, headers, body, self.client_address[0]))
+
+            def _reply(self, status: int, headers: dict[str, list[str]], body: bytes) -> None:
+                self.send_response(status)
+                for name, values in headers.items():
+                    if name.lower() not in ("content-length", "connection"):
+                        for value in values:
+                            self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
+
+        return RequestHandler
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((value for key, value in headers.items() if key.lower() == name.lower()), None)
+
+
+def _event_body(body: bytes) -> str | None:
+    # Without binary media types API Gateway hands the body over as text.
+    return body.decode("utf-8", errors="replace") if body else None
+
+
+def _json_reply(status: int, body: Any) -> tuple[int, dict[str, list[str]], bytes]:
+    return status, {"Content-Type": ["application/json"]}, json.dumps(body).encode()
+
+
+def _lambda_reply(result: Any) -> tuple[int, dict[str, list[str]], bytes]:
+    """A proxy integration's response; anything else is API Gateway's 502."""
+    if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
+        return _json_reply(HTTPStatus.BAD_GATEWAY, {"message": "Internal server error"})
+    headers: dict[str, list[str]] = {}
+    for name, value in (result.get("headers") or {}).items():
+        headers[name] = [str(value)]
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers[name] = [str(value) for value in values]
+    body = result.get("body") or ""
+    raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+    return result["statusCode"], headers, raw

@@ -1,0 +1,202 @@
+"""The whole system on one machine: an embedded AWS (single-threaded moto server in a child process),
+every resource the template declares, the API on http://127.0.0.1:3000, the planner fed from its
+queue, every ENABLED schedule fired at its rate, and SES's accepted mail in `outbox/`.
+
+The handlers run in this process, unchanged: they reach the embedded AWS through the standard
+`AWS_ENDPOINT_URL`, set (with the template's function environment) before they are imported.
+
+>>> with LocalRunner(RunnerConfig(port=0)) as runner:
+...     print(runner.api_url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from local_runner.functions import FunctionSpec, Handler, LocalContext, function_specs, load_handler
+from local_runner.http_api import LocalApiGateway
+from local_runner.moto_server import EmbeddedAws, aws_environment
+from local_runner.template import REPO_ROOT, CreatedResources, create_resources, environment_for, load_template
+from local_runner.triggers import OutboxWriter, QueueTrigger, ScheduleFirer, queue_mappings
+
+log = logging.getLogger("local_runner")
+
+DEFAULT_OUTBOX = REPO_ROOT / "outbox"
+# How long Ctrl-C waits for running invocations (a dispatcher tick can run for 50 s; it is cut off
+# as a Lambda at its timeout would be: whatever it had claimed is reported `unknown` next tick).
+STOP_GRACE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3000  # sam local start-api's port; 0 picks a free one
+    aws_port: int | None = None  # the moto server's; None picks a free one
+    aws_endpoint: str | None = None  # use a moto server already running there instead of starting one
+    outbox: Path = DEFAULT_OUTBOX
+    clear_outbox: bool = True
+    log_level: str = "INFO"  # the handlers' POWERTOOLS_LOG_LEVEL
+    environment: dict[str, str] = field(default_factory=dict)  # extra variables for the functions
+
+
+class FunctionHost:
+    """The template's functions, imported once (warm) and invoked with a fresh context each time."""
+
+    def __init__(self, specs: dict[str, FunctionSpec]) -> None:
+        self.specs = specs
+        self._handlers: dict[str, Handler] = {}
+        self._import_lock = threading.Lock()
+        # The API's Powertools resolver keeps the current event on a module-level app, so API
+        # invocations run one at a time (in AWS each Lambda instance serves one event at a time too).
+        self._serial = {name: threading.Lock() for name in specs if name == "ApiFunction"}
+        self.stopping = False  # set at shutdown: invocations cut off then fail quietly
+        self.invocations: dict[str, int] = dict.fromkeys(specs, 0)
+        self.failures: dict[str, int] = dict.fromkeys(specs, 0)
+
+    def handler(self, name: str) -> Handler:
+        with self._import_lock:
+            if name not in self._handlers:
+                self._handlers[name] = load_handler(self.specs[name])
+            return self._handlers[name]
+
+    def invoke(self, name: str, event: dict[str, Any]) -> Any:
+        """Runs the function on the event; an exception is logged and re-raised (the caller acts as
+        the AWS service would on a failed invocation)."""
+        handler = self.handler(name)
+        context = LocalContext(self.specs[name])
+        self.invocations[name] += 1
+        lock = self._serial.get(name)
+        try:
+            if lock is None:
+                return handler(event, context)
+            with lock:
+                return handler(event, context)
+        except Exception:
+            self.failures[name] += 1
+            if self.stopping:
+                raise
+            log.error("%s failed (request %s):\n%s", name, context.aws_request_id, traceback.format_exc())
+            raise
+
+
+class LocalRunner:
+    def __init__(self, config: RunnerConfig | None = None) -> None:
+        self.config = config or RunnerConfig()
+        self.template = load_template()
+        self.aws: EmbeddedAws | None = None
+        self.created: CreatedResources | None = None
+        self.functions = FunctionHost(function_specs(self.template))
+        self.gateway: LocalApiGateway | None = None
+        self.outbox: OutboxWriter | None = None
+        self.scheduler: ScheduleFirer | None = None
+        self._pollers: list[Any] = []
+
+    @property
+    def api_url(self) -> str:
+        assert self.gateway is not None, "the runner is not started"
+        return self.gateway.url
+
+    @property
+    def aws_endpoint(self) -> str:
+        return self.config.aws_endpoint or (self.aws.endpoint_url if self.aws else "")
+
+    def __enter__(self) -> LocalRunner:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> LocalRunner:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        config = self.config
+        if config.aws_endpoint is None:
+            self.aws = EmbeddedAws(config.aws_port, host=config.host).start()
+            os.environ.update(self.aws.environment())
+        else:
+            os.environ.update(aws_environment(config.aws_endpoint))
+        os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
+        session = boto3.Session()
+        self.created = create_resources(session)
+
+        # The port is bound before the functions' environment is set: the unsubscribe links they
+        # write must point at this API.
+        self.gateway = LocalApiGateway(self.template, self.functions.invoke, host=config.host, port=config.port)
+        environment = environment_for(self.created, functions=self.functions.specs)
+        environment.update(
+            {
+                "POWERTOOLS_LOG_LEVEL": config.log_level,
+                "POWERTOOLS_TRACE_DISABLED": "1",
+                "POWERTOOLS_METRICS_NAMESPACE": "edm-scheduler-local",
+                "UNSUBSCRIBE_BASE_URL": f"{self.gateway.url}/unsubscribe",
+                **config.environment,
+            }
+        )
+        os.environ.update(environment)
+        for name in self.functions.specs:  # import now: a broken handler fails the start, not a request
+            self.functions.handler(name)
+
+        if config.clear_outbox and config.outbox.exists():
+            shutil.rmtree(config.outbox)
+        config.outbox.mkdir(parents=True, exist_ok=True)
+        client_config = Config(retries={"mode": "standard", "max_attempts": 3})
+        self._pollers = [
+            QueueTrigger(session.client("sqs", config=client_config), mapping, self.functions.invoke)
+            for mapping in queue_mappings(self.template, self.created)
+        ]
+        if self.aws is not None:
+            self.outbox = OutboxWriter(self.aws, config.outbox)
+            self._pollers.append(self.outbox)
+        self.scheduler = ScheduleFirer(
+            session.client("scheduler", config=client_config), self.functions.specs, self.functions.invoke
+        )
+        self._pollers.append(self.scheduler)
+        for poller in self._pollers:
+            poller.start()
+        self.gateway.start()
+
+    def stop(self) -> None:
+        """Stops serving and firing, gives running invocations a moment, copies the last mail to the
+        outbox and stops the embedded AWS. Idempotent."""
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        for poller in self._pollers:
+            if poller is not self.outbox:
+                poller.stop()
+        if self.scheduler is not None and not self.scheduler.wait_for_invocations(STOP_GRACE_SECONDS):
+            log.warning("stopping with scheduled invocations still running (cut off as at a Lambda timeout)")
+        self.functions.stopping = True
+        if self.outbox is not None:
+            self.outbox.stop()
+            with contextlib.suppress(OSError):
+                self.outbox.poll_once()  # whatever was sent during the grace period
+        self._pollers = []
+        if self.aws is not None:
+            self.aws.stop()
+            self.aws = None
+
+    def wait(self, seconds: float) -> None:
+        """Sleeps while the runner works (for callers that have nothing else to do)."""
+        time.sleep(seconds)

@@ -1,0 +1,288 @@
+"""What AWS does between the functions, done locally by polling the embedded AWS:
+
+- `QueueTrigger`: an SQS event source mapping (from the template's `SQS` events): receives batches,
+  invokes the function with them, deletes what succeeded (all but the reported `batchItemFailures`
+  when the mapping says `ReportBatchItemFailures`), leaves the rest to reappear after the
+  visibility timeout, as Lambda's poller does.
+- `ScheduleFirer`: EventBridge Scheduler. moto stores schedules but never fires them; this reads
+  every ENABLED `rate(...)` schedule and invokes its target with its `Input`, each fire on its own
+  thread, so a long invocation overlaps the next one as it would in AWS.
+- `OutboxWriter`: writes every message SES accepted to `<outbox>/<n>-<message id>.eml`.
+
+Polls never long-poll: the embedded server answers one request at a time, and a 20-second
+ReceiveMessage would stall every other client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from local_runner.functions import FunctionSpec, function_for_arn
+from local_runner.moto_server import EmbeddedAws
+from local_runner.template import LOCAL_REGION, CreatedResources
+
+log = logging.getLogger("local_runner")
+
+Invoke = Callable[[str, dict[str, Any]], Any]
+_RATE = re.compile(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+class PollingThread:
+    """A daemon thread that calls `poll_once` every `interval` seconds until stopped."""
+
+    name = "poller"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                busy = self.poll_once()
+            except (BotoCoreError, ClientError, OSError) as error:
+                if self._stopping.is_set():
+                    return
+                log.warning("%s: %s", self.name, error)
+                busy = False
+            if not busy:
+                self._stopping.wait(self.interval)
+
+    def poll_once(self) -> bool:
+        """One round; True when there may be more to do at once."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------ SQS -> Lambda
+
+
+@dataclass(frozen=True)
+class QueueMapping:
+    function: str
+    queue_url: str
+    queue_arn: str
+    batch_size: int
+    reports_item_failures: bool
+
+
+def queue_mappings(template: dict[str, Any], created: CreatedResources) -> list[QueueMapping]:
+    mappings = []
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] != "SQS":
+                continue
+            props = event["Properties"]
+            queue = props["Queue"]["Fn::GetAtt"][0]
+            mappings.append(
+                QueueMapping(
+                    function=logical_id,
+                    queue_url=created.queue_urls[queue],
+                    queue_arn=created.queue_arns[queue],
+                    batch_size=int(props.get("BatchSize", 10)),
+                    reports_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                )
+            )
+    return mappings
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """The event Lambda's SQS poller passes to the function."""
+    return {
+        "Records": [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": message.get("Attributes", {}),
+                "messageAttributes": message.get("MessageAttributes", {}),
+                "md5OfBody": message["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": LOCAL_REGION,
+            }
+            for message in messages
+        ]
+    }
+
+
+class QueueTrigger(PollingThread):
+    """One batch at a time: the handlers keep per-module state (Powertools' batch processor) that
+    concurrent batches would share."""
+
+    def __init__(self, sqs: Any, mapping: QueueMapping, invoke: Invoke, interval: float = 0.5) -> None:
+        super().__init__(interval)
+        self.name = f"sqs->{mapping.function}"
+        self._sqs = sqs
+        self._mapping = mapping
+        self._invoke = invoke
+
+    def poll_once(self) -> bool:
+        mapping = self._mapping
+        received = self._sqs.receive_message(
+            QueueUrl=mapping.queue_url,
+            MaxNumberOfMessages=mapping.batch_size,
+            WaitTimeSeconds=0,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages = received.get("Messages", [])
+        if not messages:
+            return False
+        try:
+            result = self._invoke(mapping.function, sqs_event(messages, mapping.queue_arn))
+        except Exception:
+            return True
+        failed = set()
+        if mapping.reports_item_failures and isinstance(result, dict):
+            failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
+        done = [message for message in messages if message["MessageId"] not in failed]
+        if done:
+            self._sqs.delete_message_batch(
+                QueueUrl=mapping.queue_url,
+                Entries=[{"Id": str(index), "ReceiptHandle": m["ReceiptHandle"]} for index, m in enumerate(done)],
+            )
+        return True
+
+
+# ------------------------------------------------------------------ EventBridge Scheduler -> Lambda
+
+
+def rate_seconds(expression: str) -> float | None:
+    """Seconds between fires of a `rate(...)` expression; None for cron/at (not fired locally)."""
+    found = _RATE.fullmatch(expression.strip())
+    if found is None:
+        return None
+    return int(found.group(1)) * _UNIT_SECONDS[found.group(2).rstrip("s")]
+
+
+class ScheduleFirer(PollingThread):
+    """Fires each ENABLED rate schedule when first seen enabled, then once per period."""
+
+    name = "scheduler"
+
+    def __init__(
+        self,
+        scheduler: Any,
+        functions: dict[str, FunctionSpec],
+        invoke: Invoke,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(interval)
+        self._scheduler = scheduler
+        self._functions = functions
+        self._invoke = invoke
+        self._clock = clock
+        self._next_fire: dict[tuple[str, str], float] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._running: set[threading.Thread] = set()
+        self.fired = 0
+
+    def poll_once(self) -> bool:
+        enabled = self._scheduler.list_schedules(State="ENABLED").get("Schedules", [])
+        seen = set()
+        now = self._clock()
+        for summary in enabled:
+            key = (summary.get("GroupName", "default"), summary["Name"])
+            seen.add(key)
+            due = self._next_fire.get(key)
+            if due is not None and due > now:
+                continue
+            schedule = self._scheduler.get_schedule(GroupName=key[0], Name=key[1])
+            period = rate_seconds(schedule["ScheduleExpression"])
+            target = function_for_arn(self._functions, schedule["Target"]["Arn"])
+            if period is None or target is None:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning(
+                        "schedule %s/%s (%s -> %s) is not fired locally: only rate() schedules that "
+                        "target a template function are",
+                        *key,
+                        schedule["ScheduleExpression"],
+                        schedule["Target"]["Arn"],
+                    )
+                continue
+            self._next_fire[key] = now + period
+            self._fire(target.logical_id, schedule)
+        # A schedule disabled (or deleted) and enabled again fires at once, like a new one.
+        for key in set(self._next_fire) - seen:
+            del self._next_fire[key]
+        return False
+
+    def _fire(self, function: str, schedule: dict[str, Any]) -> None:
+        event = json.loads(schedule["Target"].get("Input") or "{}")
+        self.fired += 1
+        log.info("schedule %s fired -> %s %s", schedule["Name"], function, json.dumps(event))
+        thread = threading.Thread(
+            target=self._run_invocation,
+            args=(function, event),
+            name=f"fire-{schedule['Name']}-{uuid.uuid4().hex[:6]}",
+            daemon=True,
+        )
+        self._running.add(thread)
+        thread.start()
+
+    def _run_invocation(self, function: str, event: dict[str, Any]) -> None:
+        try:
+            self._invoke(function, event)
+        except Exception:  # noqa: S110 - logged by invoke; a failed tick waits for the next fire
+            pass
+        finally:
+            self._running.discard(threading.current_thread())
+
+    def wait_for_invocations(self, timeout: float) -> bool:
+        """Waits for fired invocations still running; True when none is left."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._running):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._running)
+
+
+# ------------------------------------------------------------------ SES -> outbox/
+
+
+class OutboxWriter(PollingThread):
+    """Copies every message SES accepted into the outbox as an .eml file, in send order."""
+
+    name = "outbox"
+
+    def __init__(self, aws: EmbeddedAws, outbox: Path, interval: float = 0.5) -> None:
+        super().__init__(interval)
+        self.outbox = outbox
+        self._aws = aws
+        self.written = 0
+
+    def poll_once(self) -> bool:
+        for message in self._aws.sent_raw_messages(start=self.written):
+            self.written += 1
+            safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", message.message_id)
+            path = self.outbox / f"{self.written:06d}-{safe_id}.eml"
+            path.write_bytes(message.raw_data.encode("utf-8", errors="surrogateescape"))
+        return False
