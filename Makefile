@@ -1,5 +1,8 @@
 # Build, lint, test and SAM tooling. Needs only Python 3.11, make and network access to PyPI.
 #
+#   make demo          the whole system locally (embedded AWS) playing a scenario; exits 0 when it worked
+#   make serve         the whole system locally until Ctrl-C (PORT=3000, OUTBOX=outbox)
+#   make invoke        one function on one event: FN=<logical id> EVENT=events/<file>.json [ENDPOINT=url]
 #   make test          virtualenv + ruff + mypy + cfn-lint + pytest   (the test command)
 #   make lint          the linters only
 #   make sam-validate  sam validate --lint (SAM CLI in its own virtualenv, throwaway HOME)
@@ -33,7 +36,7 @@ PIP_FLAGS := --disable-pip-version-check -qq
 
 say = @printf '\n==> %s\n' "$(1)"
 
-.PHONY: venv venv-sam lint test sam-validate sam-build clean check-python
+.PHONY: venv venv-sam lint test demo serve invoke sam-validate sam-build clean check-python
 
 check-python:
 	@test -n "$(PYTHON)" || { echo "python3.11 not found on PATH" >&2; exit 1; }
@@ -72,6 +75,22 @@ lint: venv
 test: venv lint
 	$(call say,pytest)
 	$(BIN)/python -m pytest
+
+# ------------------------------------------------------------------ local runner (no AWS, no Docker)
+PORT   ?= 3000
+OUTBOX ?= outbox
+
+demo: venv
+	$(call say,make demo: the local runner plays a scenario through the HTTP API)
+	$(BIN)/python -m local_runner demo --port $(PORT) --outbox $(OUTBOX)
+
+serve: venv
+	$(BIN)/python -m local_runner serve --port $(PORT) --outbox $(OUTBOX)
+
+invoke: venv
+	@test -n "$(FN)" && test -n "$(EVENT)" || { \
+		echo "usage: make invoke FN=<function logical id> EVENT=events/<file>.json [ENDPOINT=http://127.0.0.1:<port>]" >&2; exit 2; }
+	$(BIN)/python -m local_runner invoke $(FN) $(EVENT) $(if $(ENDPOINT),--endpoint $(ENDPOINT))
 
 # ------------------------------------------------------------------ SAM
 sam-validate: venv-sam

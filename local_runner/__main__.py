@@ -8,6 +8,7 @@ python -m local_runner invoke <FunctionLogicalId> <event.json> [--endpoint URL]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -118,14 +119,18 @@ def _session() -> Any:
 
 
 def _invoke_and_print(spec: FunctionSpec, event: dict[str, Any]) -> int:
-    handler = load_handler(spec)
-    try:
-        result = handler(event, LocalContext(spec))
-    except Exception as error:
-        print(json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}, indent=2))
-        return 1
+    """The result on stdout, the function's logs on stderr (as `sam local invoke` does). The handler
+    is imported under the redirection too: its logger binds the stream it sees at import."""
+    with contextlib.redirect_stdout(sys.stderr):
+        handler = load_handler(spec)
+        try:
+            result = handler(event, LocalContext(spec))
+        except Exception as error:  # reported like Lambda's errorType / errorMessage
+            result, failed = {"errorType": type(error).__name__, "errorMessage": str(error)}, True
+        else:
+            failed = False
     print(json.dumps(result, indent=2, default=str))
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
