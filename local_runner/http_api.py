@@ -161,10 +161,11 @@ class LocalApiGateway:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
+        if self._thread is not None:  # shutdown() waits for serve_forever, so only once it runs
+            self._server.shutdown()
             self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
 
     def handle(
         self, method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str

@@ -1,0 +1,195 @@
+"""The local runner's stand-ins for AWS's own machinery, on in-process moto: EventBridge Scheduler
+firing (rate, first fire, overlap, disable/enable) and the SQS event source mapping (batches,
+partial failures, whole-batch failures)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from local_runner.functions import function_specs
+from local_runner.template import load_template
+from local_runner.triggers import QueueMapping, QueueTrigger, ScheduleFirer, rate_seconds
+
+DISPATCHER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:DispatcherFunction"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class BlockingInvoke:
+    """Records invocations; each one runs until released, like a long dispatcher tick."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.started = threading.Semaphore(0)
+
+    def __call__(self, function: str, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.calls.append((function, event))
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.started.release()
+        self.release.wait(10)
+        with self._lock:
+            self.running -= 1
+
+
+@pytest.fixture
+def scheduler() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("scheduler", region_name="us-east-1")
+        client.create_schedule_group(Name="dispatch")
+        yield client
+
+
+def _schedule(client: Any, name: str, *, state: str = "ENABLED", expression: str = "rate(1 minute)") -> None:
+    client.create_schedule(
+        Name=name,
+        GroupName="dispatch",
+        ScheduleExpression=expression,
+        State=state,
+        FlexibleTimeWindow={"Mode": "OFF"},
+        Target={
+            "Arn": DISPATCHER_ARN,
+            "RoleArn": "arn:aws:iam::123456789012:role/r",
+            "Input": json.dumps({"service_id": name}),
+        },
+    )
+
+
+def _set_state(client: Any, name: str, state: str) -> None:
+    current = client.get_schedule(Name=name, GroupName="dispatch")
+    client.update_schedule(
+        Name=name,
+        GroupName="dispatch",
+        ScheduleExpression=current["ScheduleExpression"],
+        State=state,
+        FlexibleTimeWindow={"Mode": "OFF"},
+        Target=current["Target"],
+    )
+
+
+def _wait_started(invoke: BlockingInvoke, count: int) -> None:
+    for _ in range(count):
+        assert invoke.started.acquire(timeout=5), "an invocation did not start"
+
+
+def test_rate_expressions() -> None:
+    assert rate_seconds("rate(1 minute)") == 60
+    assert rate_seconds("rate(5 minutes)") == 300
+    assert rate_seconds("rate(2 hours)") == 7200
+    assert rate_seconds("rate(1 day)") == 86400
+    assert rate_seconds("cron(0 * * * ? *)") is None
+
+
+def test_enabled_schedules_fire_at_once_then_every_period_and_overlap_a_long_invocation(scheduler: Any) -> None:
+    _schedule(scheduler, "svc_a")
+    _schedule(scheduler, "svc_off", state="DISABLED")
+    invoke, clock = BlockingInvoke(), Clock()
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock)
+    try:
+        firer.poll_once()  # first seen enabled: fires now
+        _wait_started(invoke, 1)
+        clock.now += 59
+        firer.poll_once()  # not yet due
+        clock.now += 1
+        firer.poll_once()  # due, while the first invocation still runs
+        _wait_started(invoke, 1)
+        assert invoke.calls == [("DispatcherFunction", {"service_id": "svc_a"})] * 2
+        assert invoke.most_at_once == 2
+    finally:
+        invoke.release.set()
+    assert firer.wait_for_invocations(5)
+
+
+def test_a_schedule_enabled_again_fires_at_once(scheduler: Any) -> None:
+    _schedule(scheduler, "svc_a")
+    invoke, clock = BlockingInvoke(), Clock()
+    invoke.release.set()
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock)
+    firer.poll_once()
+    _set_state(scheduler, "svc_a", "DISABLED")
+    clock.now += 120
+    firer.poll_once()  # disabled: nothing, however overdue
+    _set_state(scheduler, "svc_a", "ENABLED")
+    clock.now += 1
+    firer.poll_once()
+    _wait_started(invoke, 2)
+    assert len(invoke.calls) == 2
+    assert firer.wait_for_invocations(5)
+
+
+def test_schedules_it_cannot_fire_are_skipped(scheduler: Any) -> None:
+    _schedule(scheduler, "svc_cron", expression="cron(0 * * * ? *)")
+    invoke = BlockingInvoke()
+    invoke.release.set()
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
+    firer.poll_once()
+    assert invoke.calls == []
+
+
+# ------------------------------------------------------------------ SQS
+
+
+@pytest.fixture
+def queue() -> Iterator[tuple[Any, str, str]]:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="jobs", Attributes={"VisibilityTimeout": "300"})["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        yield sqs, url, arn
+
+
+def _counts(sqs: Any, url: str) -> tuple[int, int]:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_batches_are_delivered_and_only_reported_failures_stay(queue: tuple[Any, str, str]) -> None:
+    sqs, url, arn = queue
+    for number in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": number}))
+    batches: list[list[dict[str, Any]]] = []
+
+    def handler(function: str, event: dict[str, Any]) -> dict[str, Any]:
+        batches.append(event["Records"])
+        failed = [r["messageId"] for r in event["Records"] if json.loads(r["body"])["n"] == 1]
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+    trigger = QueueTrigger(sqs, QueueMapping("PlannerFunction", url, arn, 2, True), handler)
+    while trigger.poll_once():
+        pass
+
+    assert [len(batch) for batch in batches] == [2, 1]
+    record = batches[0][0]
+    assert record["eventSource"] == "aws:sqs" and record["eventSourceARN"] == arn
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert _counts(sqs, url) == (0, 1)  # the failed one waits out its visibility timeout
+
+
+def test_a_failed_invocation_returns_its_whole_batch(queue: tuple[Any, str, str]) -> None:
+    sqs, url, arn = queue
+    sqs.send_message(QueueUrl=url, MessageBody="{}")
+
+    def crash(function: str, event: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    trigger = QueueTrigger(sqs, QueueMapping("PlannerFunction", url, arn, 10, True), crash)
+    assert trigger.poll_once() is True
+    assert _counts(sqs, url) == (0, 1)
