@@ -72,6 +72,7 @@ def demo(args: argparse.Namespace) -> int:
     from local_runner.demo import run_demo
 
     port = _port_or_free(args.host, args.port)
+    log.setLevel(logging.WARNING)  # the runner's "schedule fired" lines would break the progress display
     config = RunnerConfig(host=args.host, port=port, outbox=args.outbox, log_level="WARNING")
     _exit_on_sigterm()
     try:
