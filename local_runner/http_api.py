@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from local_runner.apigw import claims_for, rest_event
+from local_runner.template import function_events
 
 TOKEN_PATH = "/local/token"  # noqa: S105 - a route, not a secret
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
@@ -63,24 +64,16 @@ def _route_pattern(resource: str) -> re.Pattern[str]:
 def routes_from_template(template: dict[str, Any]) -> list[Route]:
     """Every `Api` event of every function, most specific first (fewer path parameters win, as in
     API Gateway, so /api/tasks/export would beat /api/tasks/{task_id})."""
-    routes = []
-    for logical_id, resource in template["Resources"].items():
-        if resource["Type"] != "AWS::Serverless::Function":
-            continue
-        for event in resource["Properties"].get("Events", {}).values():
-            if event["Type"] != "Api":
-                continue
-            props = event["Properties"]
-            authorizer = props.get("Auth", {}).get("Authorizer")
-            routes.append(
-                Route(
-                    method=props["Method"].upper(),
-                    resource=props["Path"],
-                    function=logical_id,
-                    needs_token=authorizer != "NONE",
-                    pattern=_route_pattern(props["Path"]),
-                )
-            )
+    routes = [
+        Route(
+            method=props["Method"].upper(),
+            resource=props["Path"],
+            function=logical_id,
+            needs_token=props.get("Auth", {}).get("Authorizer") != "NONE",
+            pattern=_route_pattern(props["Path"]),
+        )
+        for logical_id, props in function_events(template, "Api")
+    ]
     return sorted(routes, key=lambda route: (route.resource.count("{"), route.method == "ANY"))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,15 @@ def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str,
         for logical_id, resource in template["Resources"].items()
         if resource["Type"] == resource_type
     }
+
+
+def function_events(template: dict[str, Any], event_type: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(function logical id, event properties) for every event of that type (Api, SQS, ...) that a
+    serverless function of the template declares."""
+    for logical_id, props in resources_of_type(template, "AWS::Serverless::Function").items():
+        for event in props.get("Events", {}).values():
+            if event["Type"] == event_type:
+                yield logical_id, event.get("Properties", {})
 
 
 @dataclass(frozen=True)

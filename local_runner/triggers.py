@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from local_runner.functions import FunctionSpec, function_for_arn
 from local_runner.moto_server import EmbeddedAws
-from local_runner.template import LOCAL_REGION, CreatedResources
+from local_runner.template import LOCAL_REGION, CreatedResources, function_events
 
 log = logging.getLogger("local_runner")
 
@@ -91,25 +91,16 @@ class QueueMapping:
 
 
 def queue_mappings(template: dict[str, Any], created: CreatedResources) -> list[QueueMapping]:
-    mappings = []
-    for logical_id, resource in template["Resources"].items():
-        if resource["Type"] != "AWS::Serverless::Function":
-            continue
-        for event in resource["Properties"].get("Events", {}).values():
-            if event["Type"] != "SQS":
-                continue
-            props = event["Properties"]
-            queue = props["Queue"]["Fn::GetAtt"][0]
-            mappings.append(
-                QueueMapping(
-                    function=logical_id,
-                    queue_url=created.queue_urls[queue],
-                    queue_arn=created.queue_arns[queue],
-                    batch_size=int(props.get("BatchSize", 10)),
-                    reports_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
-                )
-            )
-    return mappings
+    return [
+        QueueMapping(
+            function=logical_id,
+            queue_url=created.queue_urls[props["Queue"]["Fn::GetAtt"][0]],
+            queue_arn=created.queue_arns[props["Queue"]["Fn::GetAtt"][0]],
+            batch_size=int(props.get("BatchSize", 10)),  # Lambda's default for SQS
+            reports_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+        )
+        for logical_id, props in function_events(template, "SQS")
+    ]
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
