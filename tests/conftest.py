@@ -102,11 +102,12 @@ class ApiClient:
         groups: list[str] | None = None,
         query: str = "",
         claims: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> ApiReply:
         if claims is None and user is not None:
             default_groups = ["admins"] if user == "admin" else []
             claims = claims_for(user, groups if groups is not None else default_groups)
-        event = rest_event(method, path, body=body, claims=claims, query=query)
+        event = rest_event(method, path, body=body, claims=claims, query=query, headers=headers)
         reply = self._handler(event, _LambdaContext())
         text = reply.get("body") or ""
         try:

@@ -69,9 +69,41 @@ _STATUS_BY_ERROR: list[tuple[type[errors.DomainError], HTTPStatus]] = [
 ]
 
 
+def error_body(code: str, message: str, details: list[Any]) -> str:
+    """Every API error's JSON shape."""
+    return json.dumps({"error": code, "message": message, "details": details})
+
+
 def error_response(status: HTTPStatus, code: str, message: str, details: list[Any]) -> Response:
-    body = {"error": code, "message": message, "details": details}
-    return Response(status_code=status, content_type="application/json", body=json.dumps(body))
+    return Response(status_code=status, content_type="application/json", body=error_body(code, message, details))
+
+
+def with_json_body(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The event, and a 415 reply when an /api request's body is not JSON (None when it is fine).
+
+    Checked before the resolver runs: its validation would read a form-encoded body (curl's `-d`
+    default) as form fields ("Field required"), and answer other types in its own error shape.
+    /unsubscribe is exempt: mail clients POST `List-Unsubscribe=One-Click` as a form (RFC 8058).
+    Media types are case-insensitive but the resolver compares them as written, so a JSON one is
+    passed on in lower case."""
+    headers = event.get("headers") or {}
+    name = next((key for key in headers if key.lower() == "content-type"), None)
+    media_type = str(headers.get(name) or "").split(";", 1)[0].strip().lower() if name else ""
+    if not str(event.get("path", "")).startswith("/api/") or not event.get("body") or not media_type:
+        return event, None
+    if media_type == "application/json":
+        return {**event, "headers": {**headers, name: str(headers[name]).lower()}}, None
+    reason = f"must be application/json, not {media_type}"
+    body = error_body(
+        "unsupported_media_type", f"Content-Type: {reason}", [{"field": "Content-Type", "reason": reason}]
+    )
+    reply = {
+        "statusCode": HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        "headers": {"Content-Type": "application/json"},
+        "body": body,
+        "isBase64Encoded": False,
+    }
+    return event, reply
 
 
 @app.exception_handler(errors.DomainError)

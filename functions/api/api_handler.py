@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_context import app, logger
+from api_context import app, logger, with_json_body
 from api_routes import contacts, scheduler, senders, services, tasks, templates, unsubscribe, users
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -15,4 +15,5 @@ for module in (users, services, senders, contacts, templates, tasks, scheduler, 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    event, unsupported = with_json_body(event)
+    return unsupported or app.resolve(event, context)

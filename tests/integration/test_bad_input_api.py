@@ -49,3 +49,25 @@ def test_malformed_body_is_a_4xx_in_the_error_shape(
         assert list(model.scan()) == []
     for user_model in (SenderModel, ContactModel, TemplateModel):
         assert list(user_model.query("alice")) == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", "application/xml"],
+)
+def test_a_body_that_is_not_json_is_415_naming_the_header_and_writes_nothing(api: ApiClient, content_type: str) -> None:
+    body = {"user_id": "alice", "email": "alice@example.com", "quota": 10}
+    reply = api.post("/api/users", body, headers={"Content-Type": content_type})
+    assert reply.status == 415, reply.body
+    assert reply.body["error"] == "unsupported_media_type"
+    assert reply.body["details"] == [
+        {"field": "Content-Type", "reason": f"must be application/json, not {content_type.split(';')[0]}"}
+    ]
+    assert list(UserModel.scan()) == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_json_media_types_are_accepted(api: ApiClient, content_type: str) -> None:
+    body = {"user_id": "alice", "email": "alice@example.com", "quota": 10}
+    reply = api.post("/api/users", body, headers={"Content-Type": content_type})
+    assert reply.status == 201, reply.body

@@ -29,7 +29,14 @@ def test_one_click_unsubscribes_and_suppresses_queued_subtasks(api: ApiClient, a
     assert page.status == 200 and "Unsubscribe" in str(page.body)
     assert ContactModel.get("alice", victim.contact_id).status == "subscribed"  # GET changes nothing
 
-    reply = api.post("/unsubscribe", "List-Unsubscribe=One-Click", user=None, query=f"token={token}")
+    # As a mail client sends it (RFC 8058): a form body
+    reply = api.post(
+        "/unsubscribe",
+        "List-Unsubscribe=One-Click",
+        user=None,
+        query=f"token={token}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
 
     assert reply.status == 200
     assert ContactModel.get("alice", victim.contact_id).status == "unsubscribed"
