@@ -358,6 +358,10 @@ class Outbox:
     def _names(self) -> list[str]:
         return sorted(path.name for path in self.folder.glob("*.eml")) if self.folder.is_dir() else []
 
+    def files(self) -> list[Path]:
+        """This run's .eml files, including any that `refresh` cannot read (no Date or Message-ID)."""
+        return [self.folder / name for name in self._names() if name not in self.ignored]
+
     def refresh(self) -> list[SentEmail]:
         """Reads the headers of files not seen yet; returns every email so far, in outbox order."""
         parser = BytesHeaderParser(policy=email.policy.default)
@@ -746,14 +750,17 @@ def _is_personalised(message: EmailMessage, contact: Contact) -> bool:
 
 
 def check_messages(scenario: Scenario, world: World, outbox: Outbox, checks: Checks) -> None:
-    """Opens every .eml with the standard email package: headers, one-click unsubscribe, personalisation."""
+    """Opens every .eml with the standard email package: headers, one-click unsubscribe, personalisation.
+    Every file of this run, not only those in `outbox.emails`: a message without a Date or Message-ID
+    never becomes a SentEmail, and counts here as one with missing headers."""
     contact_of = {(user.user_id, contact.email): contact for user in scenario.users for contact in user.contacts}
     missing_headers: list[str] = []
     bad_unsubscribe: list[str] = []
     not_personal: list[str] = []
-    for name in sorted(outbox.emails):
-        sent = outbox.emails[name]
-        with sent.path.open("rb") as handle:
+    files = outbox.files()
+    for path in files:
+        name = path.name
+        with path.open("rb") as handle:
             message = email.message_from_binary_file(handle, policy=email.policy.default)
         if not isinstance(message, EmailMessage):
             missing_headers.append(name)
@@ -763,10 +770,11 @@ def check_messages(scenario: Scenario, world: World, outbox: Outbox, checks: Che
         one_click = str(message["List-Unsubscribe-Post"] or "").strip() == "List-Unsubscribe=One-Click"
         if not (one_click and str(message["List-Unsubscribe"] or "").lstrip().startswith("<http")):
             bad_unsubscribe.append(name)
-        contact = contact_of.get((_user_of(world, sent), sent.recipient))
+        user_id = world.sender_of.get(_address(message, "From"), "?")
+        contact = contact_of.get((user_id, _address(message, "To")))
         if contact is None or not _is_personalised(message, contact):
             not_personal.append(name)
-    total = len(outbox.emails)
+    total = len(files)
     checks.check(not missing_headers, f"{total - len(missing_headers)}/{total} have {', '.join(REQUIRED_HEADERS)}")
     checks.check(not bad_unsubscribe, f"{total - len(bad_unsubscribe)}/{total} offer RFC 8058 one-click unsubscribe")
     checks.check(
@@ -933,6 +941,13 @@ def verify_completion(scenario: Scenario, final: Snapshot, checks: Checks) -> No
         )
 
 
+def check_outbox_count(final: Snapshot, emails: Sequence[SentEmail], checks: Checks) -> None:
+    total_sent = sum(task["counts"]["sent"] for task in final.tasks.values())
+    checks.check(
+        len(emails) == total_sent, f"outbox holds {len(emails)} emails = the tasks' sent counts ({total_sent})"
+    )
+
+
 def stop_scheduler(api: Api, say: Say) -> None:
     try:
         state = api.call("POST", "/api/scheduler/stop")
@@ -979,9 +994,7 @@ def play(api: Api, outbox: Outbox, deadline: float, out: TextIO) -> bool:
     print_services(scenario, emails, services, checks, say)
     print_failures(scenario, final, say)
     print_fairness(scenario, world, emails, checks, say)
-    checks.check(
-        len(emails) == total_sent, f"outbox holds {len(emails)} emails = the tasks' sent counts ({total_sent})"
-    )
+    check_outbox_count(final, emails, checks)
     check_recipients(scenario, world, emails, checks)
     check_messages(scenario, world, outbox, checks)
     print_checks(checks, say)
