@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -28,11 +29,15 @@ from local_runner.template import create_resources, environment_for, load_templa
 log = logging.getLogger("local_runner")
 
 
-def _exit_on_sigterm() -> None:
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop the runner cleanly. SIGINT is set explicitly: a shell starts
+    background jobs with it ignored, and Python keeps it so."""
+
     def stop(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _port_or_free(host: str, port: int) -> int:
@@ -48,7 +53,7 @@ def _port_or_free(host: str, port: int) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     config = RunnerConfig(host=args.host, port=args.port, aws_port=args.aws_port, outbox=args.outbox)
-    _exit_on_sigterm()
+    _stop_on_signals()
     try:
         with LocalRunner(config) as runner:
             print(
@@ -65,6 +70,11 @@ Get a token:
             threading.Event().wait()
     except KeyboardInterrupt:
         print("\nstopped", flush=True)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        print(f"port {args.port} on {args.host} is in use; choose another (make serve PORT=0 picks a free one)")
+        return 1
     return 0
 
 
@@ -74,7 +84,7 @@ def demo(args: argparse.Namespace) -> int:
     port = _port_or_free(args.host, args.port)
     log.setLevel(logging.WARNING)  # the runner's "schedule fired" lines would break the progress display
     config = RunnerConfig(host=args.host, port=port, outbox=args.outbox, log_level="WARNING")
-    _exit_on_sigterm()
+    _stop_on_signals()
     try:
         with LocalRunner(config) as runner:
             print(f"local runner: API {runner.api_url}, embedded AWS {runner.aws_endpoint}", flush=True)

@@ -29,7 +29,8 @@ def rest_event(
     source_ip: str = "127.0.0.1",
 ) -> dict[str, Any]:
     raw_body = body if isinstance(body, str) or body is None else json.dumps(body)
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    # Without headers, a JSON client's; with them, exactly those (as API Gateway passes them on).
+    all_headers = {"Content-Type": "application/json"} if headers is None else dict(headers)
     multi_query = parse_qs(query, keep_blank_values=True) if query else None
     request_context: dict[str, Any] = {
         "requestId": str(uuid.uuid4()),

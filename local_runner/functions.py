@@ -8,11 +8,12 @@ import importlib
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from local_runner.template import LOCAL_ACCOUNT, LOCAL_REGION, REPO_ROOT, resources_of_type
+from local_runner.template import REPO_ROOT, function_arn, function_events, resources_of_type
 
 DEFAULT_TIMEOUT_SECONDS = 3  # SAM's default when neither the function nor Globals set one
 DEFAULT_MEMORY_MB = 128
@@ -20,6 +21,9 @@ DEFAULT_MEMORY_MB = 128
 
 class Handler(Protocol):
     def __call__(self, event: dict[str, Any], context: Any) -> Any: ...
+
+
+Invoke = Callable[[str, dict[str, Any]], Any]  # (function logical id, event) -> the handler's result
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class FunctionSpec:
 
     @property
     def arn(self) -> str:
-        return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{self.logical_id}"
+        return function_arn(self.logical_id)
 
 
 class LocalContext:
@@ -95,3 +99,9 @@ def load_handler(spec: FunctionSpec) -> Handler:
     module = importlib.import_module(spec.module)
     handler: Handler = getattr(module, spec.attribute)
     return handler
+
+
+def api_functions(template: dict[str, Any]) -> set[str]:
+    """Functions behind API routes. Powertools' resolver keeps the current event on a module-level
+    app, so the runner gives each of them one event at a time (as one Lambda instance would)."""
+    return {logical_id for logical_id, _ in function_events(template, "Api")}

@@ -15,10 +15,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,13 +26,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from local_runner.apigw import claims_for, rest_event
+from local_runner.functions import Invoke
 from local_runner.template import function_events
+
+log = logging.getLogger("local_runner")
 
 TOKEN_PATH = "/local/token"  # noqa: S105 - a route, not a secret
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 _PARAMETER = re.compile(r"\{([A-Za-z0-9_]+)(\+?)\}")
-
-Invoke = Callable[[str, dict[str, Any]], Any]  # (function logical id, event) -> handler result
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ class TokenIssuer:
         payload, _, signature = rest.partition(".")
         if scheme.lower() != "bearer" or prefix != "local" or not payload:
             return None
-        if not hmac.compare_digest(signature, self._signature(payload)):
+        # Bytes: compare_digest refuses non-ASCII str, and a header can carry anything.
+        expected = self._signature(payload).encode()
+        if not hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), expected):
             return None
         try:
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -103,7 +106,7 @@ class TokenIssuer:
         return claims if isinstance(claims, dict) else None
 
     def _signature(self, payload: str) -> str:
-        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key, payload.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
 
 def _token_request(body: bytes) -> tuple[str, list[str]] | dict[str, Any]:
@@ -191,7 +194,10 @@ class LocalApiGateway:
                 headers=headers,
                 source_ip=source_ip,
             )
-            return _lambda_reply(self._invoke(route.function, event))
+            try:
+                return _lambda_reply(self._invoke(route.function, event))
+            except Exception:  # logged by the function host; API Gateway answers a failed integration so
+                return _json_reply(HTTPStatus.BAD_GATEWAY, {"message": "Internal server error"})
         return _json_reply(HTTPStatus.FORBIDDEN, {"message": "Missing Authentication Token"})
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -205,13 +211,37 @@ class LocalApiGateway:
                 pass
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self._reply(*_json_reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"message": "Request Too Long"}))
+                body = self._read_body()
+                if body is None:
                     return
-                body = self.rfile.read(length) if length else b""
                 headers = {name: value for name, value in self.headers.items()}
-                self._reply(*gateway.handle(self.command, self.path, headers, body, self.client_address[0]))
+                try:
+                    reply = gateway.handle(self.command, self.path, headers, body, self.client_address[0])
+                except Exception:
+                    log.exception("local API gateway: %s %s", self.command, self.path)
+                    reply = _json_reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "Internal server error"})
+                self._reply(*reply)
+
+            def _read_body(self) -> bytes | None:
+                """The body by Content-Length; None after answering a request that cannot be read
+                (the connection is then closed: what is left of the request is not read)."""
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    self._refuse(HTTPStatus.LENGTH_REQUIRED, "Length Required")
+                    return None
+                declared = (self.headers.get("Content-Length") or "0").strip()
+                if not (declared.isascii() and declared.isdigit()):
+                    self._refuse(HTTPStatus.BAD_REQUEST, "Invalid Content-Length")
+                    return None
+                length = int(declared)
+                if length > MAX_BODY_BYTES:
+                    self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request Too Long")
+                    return None
+                return self.rfile.read(length) if length else b""
+
+            def _refuse(self, status: HTTPStatus, message: str) -> None:
+                self.close_connection = True
+                self._reply(*_json_reply(status, {"message": message}))
+                return None
 
             def _reply(self, status: int, headers: dict[str, list[str]], body: bytes) -> None:
                 self.send_response(status)
@@ -220,6 +250,8 @@ class LocalApiGateway:
                         for value in values:
                             self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
@@ -252,5 +284,8 @@ def _lambda_reply(result: Any) -> tuple[int, dict[str, list[str]], bytes]:
     for name, values in (result.get("multiValueHeaders") or {}).items():
         headers[name] = [str(value) for value in values]
     body = result.get("body") or ""
-    raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+    try:
+        raw = base64.b64decode(body, validate=True) if result.get("isBase64Encoded") else str(body).encode()
+    except (binascii.Error, ValueError):  # a body flagged base64 that is not
+        return _json_reply(HTTPStatus.BAD_GATEWAY, {"message": "Internal server error"})
     return result["statusCode"], headers, raw

@@ -256,36 +256,54 @@ def serve(host: str, port: int, *, exit_with_parent: bool = False) -> None:
         server.server_close()
 
 
-def _raw_messages(start: int) -> list[dict[str, Any]]:
-    """Raw messages SES accepted (v1 SendRawEmail, v2 SendEmail with Raw content), every account and
-    region, in the order each backend received them."""
-    from moto.ses.models import RawMessage, ses_backends
+class _RawMessageLog:
+    """Every raw message SES accepted, in the order this route first saw it, append-only, so that
+    `start` offsets stay valid however many SES backends (accounts, regions) receive mail. Each call
+    copies only what is new (moto's backends keep their `sent_messages` lists append-only too);
+    moto's reset empties it."""
 
-    messages = []
-    for account_backends in list(ses_backends.values()):
-        for backend in list(account_backends.values()):
-            for message in backend.sent_messages:
-                if isinstance(message, RawMessage):
-                    messages.append(
-                        {
-                            "id": message.id,
-                            "source": message.source,
-                            "destinations": list(message.destinations),
-                            "raw_data": message.raw_data,
-                        }
-                    )
-    return messages[start:]
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._seen: dict[int, int] = {}  # id(backend) -> how many of its messages are in the log
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self._seen.clear()
+
+    def since(self, start: int) -> list[dict[str, Any]]:
+        from moto.ses.models import RawMessage, ses_backends
+
+        for account_backends in list(ses_backends.values()):
+            for backend in list(account_backends.values()):
+                sent = backend.sent_messages
+                seen = self._seen.get(id(backend), 0)
+                for message in sent[seen:]:
+                    if isinstance(message, RawMessage):
+                        self.messages.append(
+                            {
+                                "id": message.id,
+                                "source": message.source,
+                                "destinations": list(message.destinations),
+                                "raw_data": message.raw_data,
+                            }
+                        )
+                self._seen[id(backend)] = len(sent)
+        return self.messages[start:]
 
 
 def _with_raw_messages_route(app: WsgiApp) -> WsgiApp:
     """Adds GET /_local/ses/raw-messages?start=N in front of moto's own routes."""
+    log = _RawMessageLog()
 
     def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != RAW_MESSAGES_PATH:
+        path = environ.get("PATH_INFO")
+        if path == "/moto-api/reset":
+            log.reset()
+        if path != RAW_MESSAGES_PATH:
             return app(environ, start_response)
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-        start = int(query.get("start", ["0"])[0] or 0)
-        body = json.dumps({"messages": _raw_messages(max(start, 0))}).encode()
+        start = query.get("start", ["0"])[0]
+        body = json.dumps({"messages": log.since(int(start) if start.isdigit() else 0)}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 

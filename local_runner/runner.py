@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +24,25 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from local_runner.functions import FunctionSpec, Handler, LocalContext, function_specs, load_handler
+from local_runner.functions import (
+    FunctionSpec,
+    Handler,
+    LocalContext,
+    api_functions,
+    function_specs,
+    load_handler,
+)
 from local_runner.http_api import LocalApiGateway
 from local_runner.moto_server import EmbeddedAws, aws_environment
 from local_runner.template import REPO_ROOT, CreatedResources, create_resources, environment_for, load_template
-from local_runner.triggers import OutboxWriter, QueueTrigger, ScheduleFirer, queue_mappings
+from local_runner.triggers import (
+    OutboxWriter,
+    PollingThread,
+    QueueTrigger,
+    ScheduleFirer,
+    clear_outbox,
+    queue_mappings,
+)
 
 log = logging.getLogger("local_runner")
 
@@ -55,16 +67,12 @@ class RunnerConfig:
 class FunctionHost:
     """The template's functions, imported once (warm) and invoked with a fresh context each time."""
 
-    def __init__(self, specs: dict[str, FunctionSpec]) -> None:
+    def __init__(self, specs: dict[str, FunctionSpec], one_event_at_a_time: set[str]) -> None:
         self.specs = specs
         self._handlers: dict[str, Handler] = {}
         self._import_lock = threading.Lock()
-        # The API's Powertools resolver keeps the current event on a module-level app, so API
-        # invocations run one at a time (in AWS each Lambda instance serves one event at a time too).
-        self._serial = {name: threading.Lock() for name in specs if name == "ApiFunction"}
+        self._serial = {name: threading.Lock() for name in one_event_at_a_time}
         self.stopping = False  # set at shutdown: invocations cut off then fail quietly
-        self.invocations: dict[str, int] = dict.fromkeys(specs, 0)
-        self.failures: dict[str, int] = dict.fromkeys(specs, 0)
 
     def handler(self, name: str) -> Handler:
         with self._import_lock:
@@ -77,7 +85,6 @@ class FunctionHost:
         the AWS service would on a failed invocation)."""
         handler = self.handler(name)
         context = LocalContext(self.specs[name])
-        self.invocations[name] += 1
         lock = self._serial.get(name)
         try:
             if lock is None:
@@ -85,7 +92,6 @@ class FunctionHost:
             with lock:
                 return handler(event, context)
         except Exception:
-            self.failures[name] += 1
             if self.stopping:
                 raise
             log.error("%s failed (request %s):\n%s", name, context.aws_request_id, traceback.format_exc())
@@ -98,11 +104,11 @@ class LocalRunner:
         self.template = load_template()
         self.aws: EmbeddedAws | None = None
         self.created: CreatedResources | None = None
-        self.functions = FunctionHost(function_specs(self.template))
+        self.functions = FunctionHost(function_specs(self.template), api_functions(self.template))
         self.gateway: LocalApiGateway | None = None
         self.outbox: OutboxWriter | None = None
         self.scheduler: ScheduleFirer | None = None
-        self._pollers: list[Any] = []
+        self._pollers: list[PollingThread] = []
 
     @property
     def api_url(self) -> str:
@@ -131,8 +137,12 @@ class LocalRunner:
 
     def _start(self) -> None:
         config = self.config
+        # The API's port first: a port in use fails before anything else starts, and the
+        # unsubscribe links the functions write must point at this API.
+        self.gateway = LocalApiGateway(self.template, self.functions.invoke, host=config.host, port=config.port)
         if config.aws_endpoint is None:
-            self.aws = EmbeddedAws(config.aws_port, host=config.host).start()
+            # Always loopback: the embedded AWS has no authentication.
+            self.aws = EmbeddedAws(config.aws_port, host="127.0.0.1").start()
             os.environ.update(self.aws.environment())
         else:
             os.environ.update(aws_environment(config.aws_endpoint))
@@ -140,9 +150,8 @@ class LocalRunner:
         session = boto3.Session()
         self.created = create_resources(session)
 
-        # The port is bound before the functions' environment is set: the unsubscribe links they
-        # write must point at this API.
-        self.gateway = LocalApiGateway(self.template, self.functions.invoke, host=config.host, port=config.port)
+        # One process holds every function, so each sees every function's variables (no name
+        # differs between them today); in AWS each gets only its own.
         environment = environment_for(self.created, functions=self.functions.specs)
         environment.update(
             {
@@ -157,9 +166,9 @@ class LocalRunner:
         for name in self.functions.specs:  # import now: a broken handler fails the start, not a request
             self.functions.handler(name)
 
-        if config.clear_outbox and config.outbox.exists():
-            shutil.rmtree(config.outbox)
         config.outbox.mkdir(parents=True, exist_ok=True)
+        if config.clear_outbox:
+            clear_outbox(config.outbox)
         client_config = Config(retries={"mode": "standard", "max_attempts": 3})
         self._pollers = [
             QueueTrigger(session.client("sqs", config=client_config), mapping, self.functions.invoke)
@@ -196,7 +205,3 @@ class LocalRunner:
         if self.aws is not None:
             self.aws.stop()
             self.aws = None
-
-    def wait(self, seconds: float) -> None:
-        """Sleeps while the runner works (for callers that have nothing else to do)."""
-        time.sleep(seconds)

@@ -43,6 +43,11 @@ def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[st
 _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
+def function_arn(logical_id: str) -> str:
+    """A template function's ARN locally: functions are named by their logical id."""
+    return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{logical_id}"
+
+
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     with path.open() as handle:
         return yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
@@ -173,7 +178,7 @@ def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) ->
         if logical_id in created.queue_arns:
             return created.queue_arns[logical_id]
         if resource_type == "AWS::Serverless::Function":
-            return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{logical_id}"
+            return function_arn(logical_id)
         if resource_type == "AWS::IAM::Role":
             return f"arn:aws:iam::{LOCAL_ACCOUNT}:role/{logical_id}"
     return None

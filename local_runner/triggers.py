@@ -27,15 +27,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from local_runner.functions import FunctionSpec, function_for_arn
+from local_runner.functions import FunctionSpec, Invoke, function_for_arn
 from local_runner.moto_server import EmbeddedAws
 from local_runner.template import LOCAL_REGION, CreatedResources, function_events
 
 log = logging.getLogger("local_runner")
 
-Invoke = Callable[[str, dict[str, Any]], Any]
 _RATE = re.compile(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+EML_SUFFIX = ".eml"
 
 
 class PollingThread:
@@ -69,6 +69,9 @@ class PollingThread:
                 if self._stopping.is_set():
                     return
                 log.warning("%s: %s", self.name, error)
+                busy = False
+            except Exception:  # one bad poll must not end the thread: AWS keeps polling too
+                log.exception("%s: poll failed", self.name)
                 busy = False
             if not busy:
                 self._stopping.wait(self.interval)
@@ -112,7 +115,10 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
                 "receiptHandle": message["ReceiptHandle"],
                 "body": message["Body"],
                 "attributes": message.get("Attributes", {}),
-                "messageAttributes": message.get("MessageAttributes", {}),
+                "messageAttributes": {
+                    name: _lambda_message_attribute(value)
+                    for name, value in message.get("MessageAttributes", {}).items()
+                },
                 "md5OfBody": message["MD5OfBody"],
                 "eventSource": "aws:sqs",
                 "eventSourceARN": queue_arn,
@@ -121,6 +127,34 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
             for message in messages
         ]
     }
+
+
+def _lambda_message_attribute(value: dict[str, Any]) -> dict[str, Any]:
+    """SQS's `StringValue` / `BinaryValue` / `DataType` are camel-cased in Lambda's event."""
+    return {
+        "stringValue": value.get("StringValue"),
+        "binaryValue": value.get("BinaryValue"),
+        "stringListValues": value.get("StringListValues", []),
+        "binaryListValues": value.get("BinaryListValues", []),
+        "dataType": value.get("DataType"),
+    }
+
+
+def _failed_message_ids(result: Any, messages: list[dict[str, Any]]) -> set[str]:
+    """The messages a ReportBatchItemFailures reply names; a reply Lambda cannot read fails the
+    whole batch, as it does in AWS."""
+    every = {message["MessageId"] for message in messages}
+    if result is None:
+        return set()
+    if not isinstance(result, dict) or not isinstance(result.get("batchItemFailures", []), list):
+        return every
+    failed: set[str] = set()
+    for item in result.get("batchItemFailures", []):
+        identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
+        if not isinstance(identifier, str) or identifier not in every:
+            return every
+        failed.add(identifier)
+    return failed
 
 
 class QueueTrigger(PollingThread):
@@ -150,9 +184,7 @@ class QueueTrigger(PollingThread):
             result = self._invoke(mapping.function, sqs_event(messages, mapping.queue_arn))
         except Exception:
             return True
-        failed = set()
-        if mapping.reports_item_failures and isinstance(result, dict):
-            failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
+        failed = _failed_message_ids(result, messages) if mapping.reports_item_failures else set()
         done = [message for message in messages if message["MessageId"] not in failed]
         if done:
             self._sqs.delete_message_batch(
@@ -194,10 +226,12 @@ class ScheduleFirer(PollingThread):
         self._next_fire: dict[tuple[str, str], float] = {}
         self._warned: set[tuple[str, str]] = set()
         self._running: set[threading.Thread] = set()
+        self._running_lock = threading.Lock()
         self.fired = 0
 
     def poll_once(self) -> bool:
-        enabled = self._scheduler.list_schedules(State="ENABLED").get("Schedules", [])
+        pages = self._scheduler.get_paginator("list_schedules").paginate(State="ENABLED")
+        enabled = [summary for page in pages for summary in page.get("Schedules", [])]
         seen = set()
         now = self._clock()
         for summary in enabled:
@@ -206,61 +240,75 @@ class ScheduleFirer(PollingThread):
             due = self._next_fire.get(key)
             if due is not None and due > now:
                 continue
-            schedule = self._scheduler.get_schedule(GroupName=key[0], Name=key[1])
-            period = rate_seconds(schedule["ScheduleExpression"])
-            target = function_for_arn(self._functions, schedule["Target"]["Arn"])
-            if period is None or target is None:
-                if key not in self._warned:
-                    self._warned.add(key)
-                    log.warning(
-                        "schedule %s/%s (%s -> %s) is not fired locally: only rate() schedules that "
-                        "target a template function are",
-                        *key,
-                        schedule["ScheduleExpression"],
-                        schedule["Target"]["Arn"],
-                    )
-                continue
-            self._next_fire[key] = now + period
-            self._fire(target.logical_id, schedule)
+            try:
+                self._fire_if_possible(key, due, now)
+            except (BotoCoreError, ClientError):
+                raise
+            except Exception:  # a schedule the runner cannot read (bad Input, ...) skips its turn
+                log.exception("schedule %s/%s could not be fired", *key)
+                self._next_fire[key] = now + 60
         # A schedule disabled (or deleted) and enabled again fires at once, like a new one.
         for key in set(self._next_fire) - seen:
             del self._next_fire[key]
         return False
 
-    def _fire(self, function: str, schedule: dict[str, Any]) -> None:
+    def _fire_if_possible(self, key: tuple[str, str], due: float | None, now: float) -> None:
+        schedule = self._scheduler.get_schedule(GroupName=key[0], Name=key[1])
+        period = rate_seconds(schedule["ScheduleExpression"])
+        target = function_for_arn(self._functions, schedule["Target"]["Arn"])
+        if period is None or target is None:
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "schedule %s/%s (%s -> %s) is not fired locally: only rate() schedules that "
+                    "target a template function are",
+                    *key,
+                    schedule["ScheduleExpression"],
+                    schedule["Target"]["Arn"],
+                )
+            return
         event = json.loads(schedule["Target"].get("Input") or "{}")
+        # The period counts from when the fire was due, not from this poll, so fires do not drift;
+        # after a long stall the next one is a period from now (no burst of missed fires).
+        self._next_fire[key] = due + period if due is not None and due + period > now else now + period
+        self._fire(target.logical_id, schedule["Name"], event)
+
+    def _fire(self, function: str, name: str, event: dict[str, Any]) -> None:
         self.fired += 1
-        log.info("schedule %s fired -> %s %s", schedule["Name"], function, json.dumps(event))
+        log.info("schedule %s fired -> %s %s", name, function, json.dumps(event))
         thread = threading.Thread(
-            target=self._run_invocation,
-            args=(function, event),
-            name=f"fire-{schedule['Name']}-{uuid.uuid4().hex[:6]}",
-            daemon=True,
+            target=self._run_invocation, args=(function, event), name=f"fire-{name}-{uuid.uuid4().hex[:6]}", daemon=True
         )
-        self._running.add(thread)
+        with self._running_lock:
+            self._running.add(thread)
         thread.start()
 
     def _run_invocation(self, function: str, event: dict[str, Any]) -> None:
         try:
             self._invoke(function, event)
-        except Exception:  # noqa: S110 - logged by invoke; a failed tick waits for the next fire
+        except Exception:  # noqa: S110 - logged by the function host; a failed tick waits for the next fire
             pass
         finally:
-            self._running.discard(threading.current_thread())
+            with self._running_lock:
+                self._running.discard(threading.current_thread())
 
     def wait_for_invocations(self, timeout: float) -> bool:
         """Waits for fired invocations still running; True when none is left."""
         deadline = time.monotonic() + timeout
-        for thread in list(self._running):
+        with self._running_lock:
+            running = list(self._running)
+        for thread in running:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._running)
+        return not any(thread.is_alive() for thread in running)
 
 
 # ------------------------------------------------------------------ SES -> outbox/
 
 
 class OutboxWriter(PollingThread):
-    """Copies every message SES accepted into the outbox as an .eml file, in send order."""
+    """Copies every message SES accepted into the outbox as an .eml file, in send order. A file
+    appears whole (written aside, then renamed) and the count moves on only once it is there, so
+    a failed write (the folder deleted meanwhile) is retried, not lost."""
 
     name = "outbox"
 
@@ -271,9 +319,23 @@ class OutboxWriter(PollingThread):
         self.written = 0
 
     def poll_once(self) -> bool:
-        for message in self._aws.sent_raw_messages(start=self.written):
-            self.written += 1
+        messages = self._aws.sent_raw_messages(start=self.written)
+        if messages:
+            self.outbox.mkdir(parents=True, exist_ok=True)
+        for message in messages:
             safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", message.message_id)
-            path = self.outbox / f"{self.written:06d}-{safe_id}.eml"
-            path.write_bytes(message.raw_data.encode("utf-8", errors="surrogateescape"))
+            path = self.outbox / f"{self.written + 1:06d}-{safe_id}{EML_SUFFIX}"
+            partial = path.with_suffix(".part")
+            partial.write_bytes(message.raw_data.encode("utf-8", errors="surrogateescape"))
+            partial.replace(path)
+            self.written += 1
         return False
+
+
+def clear_outbox(outbox: Path) -> int:
+    """Removes the .eml files a previous run wrote (and nothing else); returns how many."""
+    removed = 0
+    for path in outbox.glob(f"[0-9][0-9][0-9][0-9][0-9][0-9]-*{EML_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -75,6 +76,12 @@ def _until(condition: Any, timeout: float, what: str) -> Any:
         time.sleep(0.25)
 
 
+def _drain(stream: IO[str], lines: list[str]) -> None:
+    """Reads the runner's output for as long as it writes, so a full pipe can never block it."""
+    for line in stream:
+        lines.append(line)
+
+
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[Runner]:
     outbox = tmp_path / "outbox"
@@ -88,18 +95,17 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
         text=True,
         start_new_session=True,
     )
-    api_url = aws_endpoint = ""
     assert process.stdout is not None
-    started = time.monotonic()
-    for line in process.stdout:
-        if found := re.search(r"API\s+(http://\S+)", line):
-            api_url = found.group(1)
-        if found := re.search(r"AWS\s+(http://\S+)", line):
-            aws_endpoint = found.group(1)
-        if api_url and aws_endpoint:
-            break
-        assert time.monotonic() - started < 60, "the runner did not start"
-    assert api_url, "the runner exited before serving"
+    lines: list[str] = []
+    threading.Thread(target=_drain, args=(process.stdout, lines), daemon=True).start()
+
+    def started() -> tuple[str, str] | None:
+        output = "".join(lines)
+        api, aws = re.search(r"API\s+(http://\S+)", output), re.search(r"AWS\s+(http://\S+)", output)
+        assert process.poll() is None, f"the runner exited:\n{output}"
+        return (api.group(1), aws.group(1)) if api and aws else None
+
+    api_url, aws_endpoint = _until(started, 90, "the runner to start")
     try:
         yield Runner(process, api_url, aws_endpoint, outbox)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -128,9 +129,16 @@ def test_token_requests_name_the_bad_field(gateway: Any, body: bytes, field: str
     assert json.loads(reply)["details"][0]["field"] == field
 
 
+def _handle_with(reply: Any) -> tuple[int, dict[str, list[str]], bytes]:
+    server = LocalApiGateway(load_template(), reply if callable(reply) else RecordingInvoke(reply), port=0)
+    try:
+        return server.handle("GET", "/swagger", {}, b"", "127.0.0.1")
+    finally:
+        server.stop()
+
+
 def test_proxy_responses_become_http_responses() -> None:
-    template = load_template()
-    binary = RecordingInvoke(
+    status, headers, body = _handle_with(
         {
             "statusCode": 201,
             "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]},
@@ -138,9 +146,95 @@ def test_proxy_responses_become_http_responses() -> None:
             "isBase64Encoded": True,
         }
     )
-    status, headers, body = LocalApiGateway(template, binary, port=0).handle("GET", "/swagger", {}, b"", "127.0.0.1")
     assert (status, headers["Set-Cookie"], body) == (201, ["a=1", "b=2"], b"\x00\x01")
 
-    broken = RecordingInvoke({"no": "statusCode"})
-    status, _, body = LocalApiGateway(template, broken, port=0).handle("GET", "/swagger", {}, b"", "127.0.0.1")
+
+def _raises(function: str, event: dict[str, Any]) -> Any:
+    raise RuntimeError("handler crashed")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [{"no": "statusCode"}, "not a dict", {"statusCode": 200, "body": "not base64!", "isBase64Encoded": True}, _raises],
+    ids=["no status", "not a dict", "bad base64", "handler raised"],
+)
+def test_a_failed_integration_is_api_gateways_502(reply: Any) -> None:
+    status, _, body = _handle_with(reply)
     assert (status, json.loads(body)) == (502, {"message": "Internal server error"})
+
+
+def test_a_token_with_non_ascii_characters_is_401_not_a_crash(gateway: Any) -> None:
+    server, _ = gateway
+    token = _token(server, "alice", []) + "é"
+    status, _, _ = server.handle("GET", "/api/tasks", {"Authorization": f"Bearer {token}"}, b"", "127.0.0.1")
+    assert status == 401
+
+
+# ------------------------------------------------------------------ over a socket
+
+
+@pytest.fixture
+def served() -> Any:
+    invoke = RecordingInvoke(
+        {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": '{"ok": true}'}
+    )
+    server = LocalApiGateway(load_template(), invoke, port=0)
+    server.start()
+    yield server, invoke
+    server.stop()
+
+
+def _exchange(server: LocalApiGateway, raw: bytes) -> bytes:
+    """Sends raw bytes, returns everything the server answers until it closes or goes quiet."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(raw)
+        chunks = []
+        connection.settimeout(1.0)
+        try:
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_http_requests_reach_the_function_and_replies_come_back(served: Any) -> None:
+    server, invoke = served
+    body = b'{"a": 1}'
+    request = (
+        b"POST /unsubscribe?token=t HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+    answer = _exchange(server, request)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"ok": true}')
+    [(_, event)] = invoke.events
+    assert event["body"] == '{"a": 1}' and event["headers"]["Content-Type"] == "text/plain"
+    assert event["queryStringParameters"] == {"token": "t"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        (b"Content-Length: abc\r\n", b"400"),
+        (b"Content-Length: -1\r\n", b"400"),
+        (b"Transfer-Encoding: chunked\r\n", b"411"),
+        (b"Content-Length: 99999999999\r\n", b"413"),
+    ],
+)
+def test_unreadable_requests_are_refused_and_the_connection_closed(served: Any, headers: bytes, status: bytes) -> None:
+    server, invoke = served
+    # What follows the refused request must not run as a request of its own.
+    smuggled = b"POST /unsubscribe HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    answer = _exchange(server, b"POST /unsubscribe HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + smuggled)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert invoke.events == []
+
+
+def test_head_gets_headers_without_a_body(served: Any) -> None:
+    server, _ = served
+    # No route declares HEAD, so this is API Gateway's 403, with its Content-Length but no body.
+    answer = _exchange(server, b"HEAD /swagger HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403") and b"Content-Length: 43" in answer
+    assert answer.endswith(b"\r\n\r\n")

@@ -141,7 +141,51 @@ def test_schedules_it_cannot_fire_are_skipped(scheduler: Any) -> None:
     invoke.release.set()
     firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
     firer.poll_once()
-    assert invoke.calls == []
+    assert firer.fired == 0
+    assert firer.wait_for_invocations(5) and invoke.calls == []
+
+
+def test_a_schedule_with_unreadable_input_is_skipped_and_the_others_still_fire(scheduler: Any) -> None:
+    _schedule(scheduler, "svc_a")
+    scheduler.create_schedule(
+        Name="broken",
+        GroupName="dispatch",
+        ScheduleExpression="rate(1 minute)",
+        State="ENABLED",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        Target={"Arn": DISPATCHER_ARN, "RoleArn": "arn:aws:iam::123456789012:role/r", "Input": "{not json"},
+    )
+    invoke = BlockingInvoke()
+    invoke.release.set()
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
+    firer.poll_once()
+    assert firer.wait_for_invocations(5)
+    assert invoke.calls == [("DispatcherFunction", {"service_id": "svc_a"})]
+
+
+def test_more_schedules_than_one_page_all_fire(scheduler: Any) -> None:
+    for number in range(60):  # moto pages ListSchedules by 50
+        _schedule(scheduler, f"svc_{number:02d}")
+    invoke = BlockingInvoke()
+    invoke.release.set()
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
+    firer.poll_once()
+    assert firer.wait_for_invocations(10)
+    assert sorted(event["service_id"] for _, event in invoke.calls) == [f"svc_{n:02d}" for n in range(60)]
+
+
+def test_fires_keep_to_their_period_however_late_the_poll(scheduler: Any) -> None:
+    _schedule(scheduler, "svc_a")
+    invoke, clock = BlockingInvoke(), Clock()
+    invoke.release.set()
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock)
+    firer.poll_once()  # t = 0: fires; due again at 60
+    clock.now += 60.7
+    firer.poll_once()  # polled 0.7 s late: fires; due again at 120, not 120.7
+    clock.now += 59.3
+    firer.poll_once()  # t = 120
+    assert firer.fired == 3
+    assert firer.wait_for_invocations(5)
 
 
 # ------------------------------------------------------------------ SQS
