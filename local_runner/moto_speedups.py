@@ -47,11 +47,11 @@ def install() -> None:
             return 200, headers, json.dumps(self.result)
         return original(self, context)
 
-    DynamoResult.execute_result = execute_result
+    DynamoResult.execute_result = execute_result  # type: ignore[method-assign]
 
     from moto.dynamodb.models.dynamo_type import DynamoType
 
-    slow_cast_value = DynamoType.cast_value.fget
+    slow_cast_value = DynamoType.__dict__["cast_value"].fget  # the property's getter
 
     def cast_value(self: Any) -> Any:
         kind = self.type
@@ -59,7 +59,7 @@ def install() -> None:
             return self.value
         if kind == "N":
             return Decimal(self.value)
-        return slow_cast_value(self)  # type: ignore[misc]
+        return slow_cast_value(self)
 
     DynamoType.cast_value = property(cast_value)  # type: ignore[method-assign,assignment]
     _installed = True

@@ -50,7 +50,8 @@ def function_arn(logical_id: str) -> str:
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     with path.open() as handle:
-        return yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
+        template: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
+        return template
 
 
 def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
@@ -107,7 +108,7 @@ def create_tables(dynamodb: Any, template: dict[str, Any]) -> dict[str, str]:
 
 
 def create_queues(sqs: Any, template: dict[str, Any]) -> dict[str, str]:
-    urls = {}
+    urls: dict[str, str] = {}
     queues = resources_of_type(template, "AWS::SQS::Queue")
     # Dead-letter queues first, so redrive policies can point at them.
     ordered = sorted(queues, key=lambda logical_id: "RedrivePolicy" in queues[logical_id])
