@@ -36,6 +36,7 @@ log = logging.getLogger("local_runner")
 _RATE = re.compile(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 EML_SUFFIX = ".eml"
+UNFIRED_RECHECK_SECONDS = 60.0  # how often a schedule the runner cannot fire is read again
 
 
 class PollingThread:
@@ -243,10 +244,10 @@ class ScheduleFirer(PollingThread):
             try:
                 self._fire_if_possible(key, due, now)
             except (BotoCoreError, ClientError):
-                raise
+                raise  # the embedded AWS did not answer: this poll ends (the thread logs it)
             except Exception:  # a schedule the runner cannot read (bad Input, ...) skips its turn
                 log.exception("schedule %s/%s could not be fired", *key)
-                self._next_fire[key] = now + 60
+                self._next_fire[key] = now + UNFIRED_RECHECK_SECONDS
         # A schedule disabled (or deleted) and enabled again fires at once, like a new one.
         for key in set(self._next_fire) - seen:
             del self._next_fire[key]
@@ -266,6 +267,7 @@ class ScheduleFirer(PollingThread):
                     schedule["ScheduleExpression"],
                     schedule["Target"]["Arn"],
                 )
+            self._next_fire[key] = now + UNFIRED_RECHECK_SECONDS  # not re-read every poll
             return
         event = json.loads(schedule["Target"].get("Input") or "{}")
         # The period counts from when the fire was due, not from this poll, so fires do not drift;
