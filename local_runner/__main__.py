@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -22,9 +21,9 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from local_runner.functions import FunctionSpec, LocalContext, function_specs, load_handler
-from local_runner.moto_server import EmbeddedAws, aws_environment
-from local_runner.runner import DEFAULT_OUTBOX, LocalRunner, RunnerConfig
-from local_runner.template import create_resources, environment_for, load_template
+from local_runner.moto_server import EmbeddedAws
+from local_runner.runner import DEFAULT_OUTBOX, LocalRunner, RunnerConfig, prepare_functions
+from local_runner.template import load_template
 
 log = logging.getLogger("local_runner")
 
@@ -114,19 +113,11 @@ def invoke(args: argparse.Namespace) -> int:
     else:
         endpoint = args.endpoint
     try:
-        os.environ.update(aws_environment(endpoint))
-        created = create_resources(_session())  # idempotent: a running runner's resources stay
-        os.environ.update(environment_for(created, functions=specs))
+        prepare_functions(endpoint, specs)
         return _invoke_and_print(specs[args.function], event)
     finally:
         if aws is not None:
             aws.stop()
-
-
-def _session() -> Any:
-    import boto3
-
-    return boto3.Session()
 
 
 def _invoke_and_print(spec: FunctionSpec, event: dict[str, Any]) -> int:

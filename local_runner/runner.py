@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,11 +58,22 @@ class RunnerConfig:
     host: str = "127.0.0.1"
     port: int = 3000  # sam local start-api's port; 0 picks a free one
     aws_port: int | None = None  # the moto server's; None picks a free one
-    aws_endpoint: str | None = None  # use a moto server already running there instead of starting one
     outbox: Path = DEFAULT_OUTBOX
-    clear_outbox: bool = True
     log_level: str = "INFO"  # the handlers' POWERTOOLS_LOG_LEVEL
-    environment: dict[str, str] = field(default_factory=dict)  # extra variables for the functions
+
+
+def prepare_functions(
+    aws_endpoint: str, functions: Iterable[str], extra: Mapping[str, str] | None = None
+) -> CreatedResources:
+    """Points this process's AWS clients at the embedded AWS there, creates the template's resources
+    on it (idempotent: a running runner's stay) and sets the functions' template environment, plus
+    `extra`. One process holds every function, so each sees every function's variables (no name
+    differs between them today); in AWS each gets only its own."""
+    os.environ.update(aws_environment(aws_endpoint))
+    os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
+    created = create_resources(boto3.Session())
+    os.environ.update({**environment_for(created, functions=functions), **(extra or {})})
+    return created
 
 
 class FunctionHost:
@@ -85,11 +97,8 @@ class FunctionHost:
         the AWS service would on a failed invocation)."""
         handler = self.handler(name)
         context = LocalContext(self.specs[name])
-        lock = self._serial.get(name)
         try:
-            if lock is None:
-                return handler(event, context)
-            with lock:
+            with self._serial.get(name) or contextlib.nullcontext():
                 return handler(event, context)
         except Exception:
             if self.stopping:
@@ -117,7 +126,8 @@ class LocalRunner:
 
     @property
     def aws_endpoint(self) -> str:
-        return self.config.aws_endpoint or (self.aws.endpoint_url if self.aws else "")
+        assert self.aws is not None, "the runner is not started"
+        return self.aws.endpoint_url
 
     def __enter__(self) -> LocalRunner:
         return self.start()
@@ -140,43 +150,31 @@ class LocalRunner:
         # The API's port first: a port in use fails before anything else starts, and the
         # unsubscribe links the functions write must point at this API.
         self.gateway = LocalApiGateway(self.template, self.functions.invoke, host=config.host, port=config.port)
-        if config.aws_endpoint is None:
-            # Always loopback: the embedded AWS has no authentication.
-            self.aws = EmbeddedAws(config.aws_port, host="127.0.0.1").start()
-            os.environ.update(self.aws.environment())
-        else:
-            os.environ.update(aws_environment(config.aws_endpoint))
-        os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
-        session = boto3.Session()
-        self.created = create_resources(session)
-
-        # One process holds every function, so each sees every function's variables (no name
-        # differs between them today); in AWS each gets only its own.
-        environment = environment_for(self.created, functions=self.functions.specs)
-        environment.update(
+        # Always loopback: the embedded AWS has no authentication.
+        self.aws = EmbeddedAws(config.aws_port, host="127.0.0.1").start()
+        self.created = prepare_functions(
+            self.aws.endpoint_url,
+            self.functions.specs,
             {
                 "POWERTOOLS_LOG_LEVEL": config.log_level,
                 "POWERTOOLS_TRACE_DISABLED": "1",
                 "POWERTOOLS_METRICS_NAMESPACE": "edm-scheduler-local",
                 "UNSUBSCRIBE_BASE_URL": f"{self.gateway.url}/unsubscribe",
-                **config.environment,
-            }
+            },
         )
-        os.environ.update(environment)
         for name in self.functions.specs:  # import now: a broken handler fails the start, not a request
             self.functions.handler(name)
 
         config.outbox.mkdir(parents=True, exist_ok=True)
-        if config.clear_outbox:
-            clear_outbox(config.outbox)
+        clear_outbox(config.outbox)
+        session = boto3.Session()
         client_config = Config(retries={"mode": "standard", "max_attempts": 3})
         self._pollers = [
             QueueTrigger(session.client("sqs", config=client_config), mapping, self.functions.invoke)
             for mapping in queue_mappings(self.template, self.created)
         ]
-        if self.aws is not None:
-            self.outbox = OutboxWriter(self.aws, config.outbox)
-            self._pollers.append(self.outbox)
+        self.outbox = OutboxWriter(self.aws, config.outbox)
+        self._pollers.append(self.outbox)
         self.scheduler = ScheduleFirer(
             session.client("scheduler", config=client_config), self.functions.specs, self.functions.invoke
         )

@@ -20,6 +20,7 @@ import re
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ EML_SUFFIX = ".eml"
 UNFIRED_RECHECK_SECONDS = 60.0  # how often a schedule the runner cannot fire is read again
 
 
-class PollingThread:
+class PollingThread(ABC):
     """A daemon thread that calls `poll_once` every `interval` seconds until stopped."""
 
     name = "poller"
@@ -77,9 +78,9 @@ class PollingThread:
             if not busy:
                 self._stopping.wait(self.interval)
 
+    @abstractmethod
     def poll_once(self) -> bool:
         """One round; True when there may be more to do at once."""
-        raise NotImplementedError
 
 
 # ------------------------------------------------------------------ SQS -> Lambda
