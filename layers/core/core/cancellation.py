@@ -10,12 +10,12 @@ of subtasks and recording their refund loses that page's refund (never refunds t
 
 from __future__ import annotations
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from core.errors import DomainError
 from core.ids import SUBTASK_SHARDS
-from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, UserModel, transaction_connection
+from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, UserModel, transaction_connection, update_if
 from core.planner import PlannerDeps, PlanOutcome, acquire_lease, release_lease
 from core.states import SubtaskStatus, TaskStatus
 
@@ -52,16 +52,11 @@ def _refund_unplanned(task: TaskModel, deps: PlannerDeps) -> None:
 
 
 def _cancel_queued(subtask: SubtaskModel) -> bool:
-    try:
-        subtask.update(
-            actions=[SubtaskModel.status.set(SubtaskStatus.CANCELLED), SubtaskModel.queue_key.remove()],
-            condition=SubtaskModel.status == SubtaskStatus.QUEUED,
-        )
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            return False  # a dispatcher claimed it first
-        raise
-    return True
+    return update_if(  # False: a dispatcher claimed it first
+        subtask,
+        [SubtaskModel.status.set(SubtaskStatus.CANCELLED), SubtaskModel.queue_key.remove()],
+        SubtaskModel.status == SubtaskStatus.QUEUED,
+    )
 
 
 def sweep_cancelled_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:

@@ -31,7 +31,6 @@ from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
 from core import service_quota
@@ -49,6 +48,7 @@ from core.models import (
     TaskModel,
     TemplateModel,
     UserModel,
+    update_if,
 )
 from core.rendering import render_template
 from core.schedules import scheduler_running
@@ -128,19 +128,15 @@ class DispatchReport:
 
 def _acquire_lease(service_id: str, deps: DispatcherDeps, now: float) -> SchedulerStateModel | None:
     state = SchedulerStateModel(service_state_key(service_id))
-    try:
-        state.update(
-            actions=[
-                SchedulerStateModel.lease_owner.set(deps.owner),
-                SchedulerStateModel.lease_until.set(now + deps.lease_seconds),
-            ],
-            condition=SchedulerStateModel.lease_until.does_not_exist() | (SchedulerStateModel.lease_until < now),
-        )
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            return None
-        raise
-    return state
+    acquired = update_if(
+        state,
+        [
+            SchedulerStateModel.lease_owner.set(deps.owner),
+            SchedulerStateModel.lease_until.set(now + deps.lease_seconds),
+        ],
+        SchedulerStateModel.lease_until.does_not_exist() | (SchedulerStateModel.lease_until < now),
+    )
+    return state if acquired else None
 
 
 def _save_and_release(
@@ -154,11 +150,8 @@ def _save_and_release(
     ]
     if last_send_at is not None:
         actions.append(SchedulerStateModel.last_send_at.set(last_send_at))
-    try:
-        state.update(actions=actions, condition=SchedulerStateModel.lease_owner == deps.owner)
-    except UpdateError as error:
-        if error.cause_response_code != "ConditionalCheckFailedException":
-            raise
+    # False: the lease expired and a later invocation holds it; its state wins.
+    update_if(state, actions, SchedulerStateModel.lease_owner == deps.owner)
 
 
 def _load_service(service_id: str) -> EmailServiceModel | None:
@@ -178,20 +171,16 @@ def _recover_in_flight(service_id: str, deps: DispatcherDeps) -> int:
         if entry.claim_owner == deps.owner:
             continue
         subtask = SubtaskModel(entry.partition, entry.contact_id)
-        try:
-            subtask.update(
-                actions=[
-                    SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
-                    SubtaskModel.inflight_key.remove(),
-                    SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
-                ],
-                condition=(SubtaskModel.status == SubtaskStatus.SENDING)
-                & (SubtaskModel.claim_owner == entry.claim_owner),
-            )
-        except UpdateError as error:
-            if error.cause_response_code == "ConditionalCheckFailedException":
-                continue
-            raise
+        if not update_if(
+            subtask,
+            [
+                SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
+                SubtaskModel.inflight_key.remove(),
+                SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
+            ],
+            (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == entry.claim_owner),
+        ):
+            continue
         recovered[entry.task_id] = recovered.get(entry.task_id, 0) + 1
     for task_id, count in recovered.items():
         TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
@@ -313,32 +302,25 @@ class Recorder:
 
 
 def _mark_sending(task_id: str) -> None:
-    try:
-        TaskModel(task_id).update(
-            actions=[TaskModel.status.set(TaskStatus.SENDING)],
-            condition=TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SCHEDULED),
-        )
-    except UpdateError as error:
-        if error.cause_response_code != "ConditionalCheckFailedException":
-            raise
+    update_if(
+        TaskModel(task_id),
+        [TaskModel.status.set(TaskStatus.SENDING)],
+        TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SCHEDULED),
+    )
 
 
 def complete_if_done(task_id: str, now: float) -> None:
     """Completes the task exactly once: the condition, not a read, decides."""
-    try:
-        TaskModel(task_id).update(
-            actions=[
-                TaskModel.status.set(TaskStatus.COMPLETED),
-                TaskModel.active_partition.remove(),
-                TaskModel.active_sort.remove(),
-                TaskModel.updated_at.set(now),
-            ],
-            condition=TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.SCHEDULED)
-            & (TASK_COUNTS.queued <= 0),
-        )
-    except UpdateError as error:
-        if error.cause_response_code != "ConditionalCheckFailedException":
-            raise
+    update_if(
+        TaskModel(task_id),
+        [
+            TaskModel.status.set(TaskStatus.COMPLETED),
+            TaskModel.active_partition.remove(),
+            TaskModel.active_sort.remove(),
+            TaskModel.updated_at.set(now),
+        ],
+        TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.SCHEDULED) & (TASK_COUNTS.queued <= 0),
+    )
 
 
 # ---------------------------------------------------------------- counter repair
@@ -377,20 +359,18 @@ def _reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
             statuses[subtask.status] = statuses.get(subtask.status, 0) + 1
     if statuses.get(SubtaskStatus.QUEUED) or statuses.get(SubtaskStatus.SENDING):
         return
-    try:
-        TaskModel(task.task_id).update(
-            actions=[
-                TASK_COUNTS.queued.set(0),
-                TASK_COUNTS.sent.set(statuses.get(SubtaskStatus.SENT, 0)),
-                TASK_COUNTS.failed.set(statuses.get(SubtaskStatus.FAILED, 0)),
-                TASK_COUNTS.unknown.set(statuses.get(SubtaskStatus.UNKNOWN, 0)),
-            ],
-            condition=TaskModel.status.is_in(*DISPATCHABLE),
-        )
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            return
-        raise
+    repaired = update_if(
+        TaskModel(task.task_id),
+        [
+            TASK_COUNTS.queued.set(0),
+            TASK_COUNTS.sent.set(statuses.get(SubtaskStatus.SENT, 0)),
+            TASK_COUNTS.failed.set(statuses.get(SubtaskStatus.FAILED, 0)),
+            TASK_COUNTS.unknown.set(statuses.get(SubtaskStatus.UNKNOWN, 0)),
+        ],
+        TaskModel.status.is_in(*DISPATCHABLE),
+    )
+    if not repaired:
+        return
     complete_if_done(task.task_id, now)
 
 
@@ -501,20 +481,18 @@ class Dispatcher:
 
     def claim(self, subtask: SubtaskModel, now: float) -> bool:
         self.deps.fault("before_claim", subtask)
-        try:
-            subtask.update(
-                actions=[
-                    SubtaskModel.status.set(SubtaskStatus.SENDING),
-                    SubtaskModel.claim_owner.set(self.deps.owner),
-                    SubtaskModel.inflight_key.set(self.service.service_id),
-                    SubtaskModel.queue_key.remove(),
-                ],
-                condition=(SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now),
-            )
-        except UpdateError as error:
-            if error.cause_response_code == "ConditionalCheckFailedException":
-                return False  # cancelled, or taken by another dispatcher
-            raise
+        claimed = update_if(
+            subtask,
+            [
+                SubtaskModel.status.set(SubtaskStatus.SENDING),
+                SubtaskModel.claim_owner.set(self.deps.owner),
+                SubtaskModel.inflight_key.set(self.service.service_id),
+                SubtaskModel.queue_key.remove(),
+            ],
+            (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now),
+        )
+        if not claimed:
+            return False  # cancelled, or taken by another dispatcher
         self.deps.fault("after_claim", subtask)
         return True
 

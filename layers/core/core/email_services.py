@@ -9,14 +9,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.exceptions import PutError
 from pynamodb.expressions.update import Action
 
 from core.auth import Caller
 from core.clock import Clock, iso, utc_day
 from core.errors import NotFound
 from core.ids import new_id
-from core.models import EmailServiceModel, ServiceUsageModel, UserModel
+from core.models import EmailServiceModel, ServiceUsageModel, UserModel, update_if
 from core.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
 from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
 
@@ -79,16 +79,15 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
         # Only the nullable fields can be None here (the schema refuses null for the others).
         actions.append(attribute.remove() if value is None else attribute.set(value))
     service = EmailServiceModel(service_id)
-    try:
-        if actions:
-            # One conditional UpdateItem: an unknown id is a 404 and never creates an item.
-            service.update(actions=actions, condition=EmailServiceModel.service_id.exists())
-        else:
+    if actions:
+        # One conditional UpdateItem: an unknown id is a 404 and never creates an item.
+        if not update_if(service, actions, EmailServiceModel.service_id.exists()):
+            raise NotFound("email service", service_id)
+    else:
+        try:
             service = EmailServiceModel.get(service_id, consistent_read=True)
-    except (UpdateError, EmailServiceModel.DoesNotExist) as error:
-        if isinstance(error, UpdateError) and error.cause_response_code != "ConditionalCheckFailedException":
-            raise
-        raise NotFound("email service", service_id) from error
+        except EmailServiceModel.DoesNotExist as error:
+            raise NotFound("email service", service_id) from error
     # `service` holds the stored item (UpdateItem returns ALL_NEW): sync from what is stored.
     running = scheduler_running()
     sync_service_schedule(deps.scheduler, deps.schedules, service, running)

@@ -5,6 +5,7 @@ Table names are bound at cold start by `bind_tables(settings)`; the names here a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pynamodb.attributes import (
@@ -15,6 +16,9 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
+from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
@@ -285,6 +289,18 @@ def bind_tables(settings: Settings) -> None:
     for setting_name, model in ALL_MODELS.items():
         model.Meta.table_name = getattr(settings, setting_name)
         model._connection = None
+
+
+def update_if(item: Model, actions: Sequence[Action], condition: Condition) -> bool:
+    """Applies a conditional update; False when its condition did not hold (another writer moved
+    the item first, or it is missing). Any other failure raises."""
+    try:
+        item.update(actions=list(actions), condition=condition)
+    except UpdateError as error:
+        if error.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
 
 
 def transaction_connection() -> Connection:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from core.batch_writes import put_items
@@ -38,6 +38,7 @@ from core.models import (
     TaskModel,
     UserModel,
     transaction_connection,
+    update_if,
 )
 from core.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
@@ -107,37 +108,26 @@ def _candidate_page(task: TaskModel, cursor: str, page_size: int) -> tuple[list[
 
 def acquire_lease(task_id: str, deps: PlannerDeps, expected: TaskStatus) -> TaskModel | None:
     now = deps.clock.now()
-    task = TaskModel(task_id)
-    try:
-        task.update(
-            actions=[
-                TaskModel.planner_lease_owner.set(deps.owner),
-                TaskModel.planner_lease_until.set(now + deps.lease_seconds),
-                TASK_PLAN.invocations.add(1),
-            ],
-            condition=(TaskModel.status == expected)
-            & (
-                TaskModel.planner_lease_until.does_not_exist()
-                | (TaskModel.planner_lease_until < now)
-                | (TaskModel.planner_lease_owner == deps.owner)
-            ),
-        )
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            return None
-        raise
-    return TaskModel.get(task_id, consistent_read=True)
+    acquired = update_if(
+        TaskModel(task_id),
+        [
+            TaskModel.planner_lease_owner.set(deps.owner),
+            TaskModel.planner_lease_until.set(now + deps.lease_seconds),
+            TASK_PLAN.invocations.add(1),
+        ],
+        (TaskModel.status == expected)
+        & (
+            TaskModel.planner_lease_until.does_not_exist()
+            | (TaskModel.planner_lease_until < now)
+            | (TaskModel.planner_lease_owner == deps.owner)
+        ),
+    )
+    return TaskModel.get(task_id, consistent_read=True) if acquired else None
 
 
 def release_lease(task: TaskModel, deps: PlannerDeps) -> None:
-    try:
-        task.update(
-            actions=[TaskModel.planner_lease_until.set(0)],
-            condition=TaskModel.planner_lease_owner == deps.owner,
-        )
-    except UpdateError as error:
-        if error.cause_response_code != "ConditionalCheckFailedException":
-            raise
+    # False: another run took the lease over; nothing of ours to release.
+    update_if(task, [TaskModel.planner_lease_until.set(0)], TaskModel.planner_lease_owner == deps.owner)
 
 
 def _holding(deps: PlannerDeps) -> Any:
@@ -145,12 +135,8 @@ def _holding(deps: PlannerDeps) -> Any:
 
 
 def _commit(task: TaskModel, deps: PlannerDeps, old_cursor: str, actions: list[Any]) -> None:
-    try:
-        task.update(actions=actions, condition=_holding(deps) & (TASK_PLAN.cursor == old_cursor))
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            raise LeaseLost("planner lease lost or task left planning") from error
-        raise
+    if not update_if(task, actions, _holding(deps) & (TASK_PLAN.cursor == old_cursor)):
+        raise LeaseLost("planner lease lost or task left planning")
 
 
 # ---------------------------------------------------------------- phases

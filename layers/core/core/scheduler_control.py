@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
 from core.auth import Caller
 from core.clock import Clock, iso
 from core.errors import InvalidState
-from core.models import SchedulerStateModel, TaskModel
+from core.models import SchedulerStateModel, TaskModel, update_if
 from core.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
 from core.schemas import SchedulerStateOut, TaskOut
 from core.states import DISPATCHABLE, TaskStatus, sources_of
@@ -28,10 +27,6 @@ class ControlDeps:
     schedules: ScheduleConfig
 
 
-def _conditional_failed(error: UpdateError) -> bool:
-    return error.cause_response_code == "ConditionalCheckFailedException"
-
-
 # ---------------------------------------------------------------- start / stop
 
 
@@ -41,14 +36,12 @@ def set_running(caller: Caller, running: bool, deps: ControlDeps) -> SchedulerSt
     time of the last real change) but still re-syncs the schedules, which repairs any drift."""
     caller.require_admin()
     state = SchedulerStateModel(SCHEDULER_STATE_KEY)
-    try:
-        state.update(
-            actions=[SchedulerStateModel.running.set(running), SchedulerStateModel.updated_at.set(deps.clock.now())],
-            condition=SchedulerStateModel.running.does_not_exist() | (SchedulerStateModel.running != running),
-        )
-    except UpdateError as error:
-        if not _conditional_failed(error):
-            raise
+    changed = update_if(
+        state,
+        [SchedulerStateModel.running.set(running), SchedulerStateModel.updated_at.set(deps.clock.now())],
+        SchedulerStateModel.running.does_not_exist() | (SchedulerStateModel.running != running),
+    )
+    if not changed:
         state = SchedulerStateModel.get(SCHEDULER_STATE_KEY, consistent_read=True)
     # The flag is written before the scan: a service created meanwhile either is in the scan or
     # reads the new flag when it re-checks it after saving (core.email_services).
@@ -65,13 +58,7 @@ def set_running(caller: Caller, running: bool, deps: ControlDeps) -> SchedulerSt
 
 def _transition(task: TaskModel, actions: Sequence[Action], sources: list[TaskStatus]) -> bool:
     """Applies `actions` if the task is still in one of `sources`; False if it moved meanwhile."""
-    try:
-        task.update(actions=list(actions), condition=TaskModel.status.is_in(*sources))
-    except UpdateError as error:
-        if not _conditional_failed(error):
-            raise
-        return False
-    return True
+    return update_if(task, actions, TaskModel.status.is_in(*sources))
 
 
 def pause_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:

@@ -7,10 +7,8 @@ reserved before its emails are sent; what an invocation does not send is handed 
 
 from __future__ import annotations
 
-from pynamodb.exceptions import UpdateError
-
 from core.clock import utc_day
-from core.models import ServiceUsageModel
+from core.models import ServiceUsageModel, update_if
 
 USAGE_TTL_SECONDS = 40 * 86_400
 
@@ -27,19 +25,13 @@ def reserve_block(service_id: str, daily_quota: int, wanted: int, now: float) ->
     day = utc_day(now)
     size = min(wanted, daily_quota)
     while size > 0:
-        usage = ServiceUsageModel(service_id, day)
-        try:
-            usage.update(
-                actions=[
-                    ServiceUsageModel.used.add(size),
-                    ServiceUsageModel.expires_at.set(int(now) + USAGE_TTL_SECONDS),
-                ],
-                condition=ServiceUsageModel.used.does_not_exist() | (ServiceUsageModel.used <= daily_quota - size),
-            )
+        reserved = update_if(
+            ServiceUsageModel(service_id, day),
+            [ServiceUsageModel.used.add(size), ServiceUsageModel.expires_at.set(int(now) + USAGE_TTL_SECONDS)],
+            ServiceUsageModel.used.does_not_exist() | (ServiceUsageModel.used <= daily_quota - size),
+        )
+        if reserved:
             return size
-        except UpdateError as error:
-            if error.cause_response_code != "ConditionalCheckFailedException":
-                raise
         # Less than a block is left today: ask for exactly what remains (it may shrink meanwhile).
         size = min(size - 1, daily_quota - used_today(service_id, now))
     return 0

@@ -7,15 +7,12 @@ safely, exactly one wins) and their quota goes back to the user."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-
-from pynamodb.exceptions import UpdateError
 
 from core.clock import Clock
 from core.dispatcher import complete_if_done
 from core.ids import subtask_partition
-from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, UserModel
+from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, UserModel, update_if
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
 from core.unsubscribe import verify_unsubscribe
 
@@ -29,27 +26,15 @@ class UnsubscribeResult:
     suppressed_subtasks: int
 
 
-def _conditional(update: Callable[[], object]) -> bool:
-    """Runs a conditional update; False when its condition did not hold."""
-    try:
-        update()
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
 def _suppress_queued(subtask: SubtaskModel) -> bool:
-    return _conditional(
-        lambda: subtask.update(
-            actions=[
-                SubtaskModel.status.set(SubtaskStatus.SUPPRESSED),
-                SubtaskModel.queue_key.remove(),
-                SubtaskModel.error.set("recipient unsubscribed"),
-            ],
-            condition=SubtaskModel.status == SubtaskStatus.QUEUED,
-        )
+    return update_if(
+        subtask,
+        [
+            SubtaskModel.status.set(SubtaskStatus.SUPPRESSED),
+            SubtaskModel.queue_key.remove(),
+            SubtaskModel.error.set("recipient unsubscribed"),
+        ],
+        SubtaskModel.status == SubtaskStatus.QUEUED,
     )
 
 
@@ -57,11 +42,10 @@ def unsubscribe(token: str, signing_key: str, clock: Clock) -> UnsubscribeResult
     claim = verify_unsubscribe(signing_key, token)
     now = clock.now()
     contact = ContactModel(claim.user_id, claim.contact_id)
-    changed = _conditional(
-        lambda: contact.update(
-            actions=[ContactModel.status.set(ContactStatus.UNSUBSCRIBED), ContactModel.updated_at.set(now)],
-            condition=ContactModel.contact_id.exists() & (ContactModel.status == ContactStatus.SUBSCRIBED),
-        )
+    changed = update_if(
+        contact,
+        [ContactModel.status.set(ContactStatus.UNSUBSCRIBED), ContactModel.updated_at.set(now)],
+        ContactModel.contact_id.exists() & (ContactModel.status == ContactStatus.SUBSCRIBED),
     )
     suppressed = 0
     for task in TaskModel.by_user.query(claim.user_id, filter_condition=TaskModel.status.is_in(*_OPEN)):

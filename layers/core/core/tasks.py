@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import UpdateError
 
 from core.auth import Caller
 from core.clock import Clock, iso
 from core.contacts import load_contacts
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
 from core.ids import new_id
-from core.models import EmailServiceModel, TaskModel
+from core.models import EmailServiceModel, TaskModel, update_if
 from core.paging import decode_cursor, encode_cursor
 from core.planner_jobs import PlannerJob, enqueue
 from core.rendering import load_template
@@ -160,21 +159,19 @@ def cancel_task(caller: Caller, task_id: str, deps: TaskDeps) -> TaskOut:
     cancellable = sources_of(TaskStatus.CANCELLED)
     if task.status != TaskStatus.CANCELLED and TaskStatus(task.status) not in cancellable:
         raise InvalidState(f"a {task.status} task cannot be cancelled")
-    try:
-        task.update(
-            actions=[
-                TaskModel.status.set(TaskStatus.CANCELLED),
-                TaskModel.reason.set("cancelled_by_user"),
-                TaskModel.active_partition.remove(),
-                TaskModel.active_sort.remove(),
-                TaskModel.updated_at.set(deps.clock.now()),
-            ],
-            condition=TaskModel.status.is_in(TaskStatus.CANCELLED, *cancellable),
-        )
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            raise InvalidState("the task finished or changed state meanwhile; read it again") from error
-        raise
+    cancelled = update_if(
+        task,
+        [
+            TaskModel.status.set(TaskStatus.CANCELLED),
+            TaskModel.reason.set("cancelled_by_user"),
+            TaskModel.active_partition.remove(),
+            TaskModel.active_sort.remove(),
+            TaskModel.updated_at.set(deps.clock.now()),
+        ],
+        TaskModel.status.is_in(TaskStatus.CANCELLED, *cancellable),
+    )
+    if not cancelled:
+        raise InvalidState("the task finished or changed state meanwhile; read it again")
     try:
         enqueue(deps.sqs, deps.planner_queue_url, PlannerJob(task_id=task_id, job="cancel"))
     except (BotoCoreError, ClientError) as error:

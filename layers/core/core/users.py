@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.exceptions import PutError
 
 from core.auth import Caller
 from core.clock import Clock, iso
 from core.email_services import load_services
 from core.errors import AlreadyExists, NotFound
-from core.models import UserModel
+from core.models import UserModel, update_if
 from core.schemas import ServiceAssignment, UserIn, UserOut, is_identifier, unique
 
 
@@ -69,10 +69,6 @@ def assign_services(caller: Caller, user_id: str, request: ServiceAssignment) ->
         if service_id not in existing:
             raise NotFound("email service", service_id, field=f"service_ids[{position}]")
     user = UserModel(user_id)
-    try:
-        user.update(actions=[UserModel.service_ids.set(service_ids)], condition=UserModel.user_id.exists())
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            raise NotFound("user", user_id) from error
-        raise
+    if not update_if(user, [UserModel.service_ids.set(service_ids)], UserModel.user_id.exists()):
+        raise NotFound("user", user_id)
     return user_out(user)
