@@ -65,6 +65,7 @@ _STATUS_BY_ERROR: list[tuple[type[errors.DomainError], HTTPStatus]] = [
     (errors.NotFound, HTTPStatus.NOT_FOUND),
     (errors.InvalidInput, HTTPStatus.UNPROCESSABLE_ENTITY),
     (errors.Conflict, HTTPStatus.CONFLICT),
+    (errors.TooManyRequests, HTTPStatus.TOO_MANY_REQUESTS),
     (errors.ServiceUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
 ]
 
@@ -74,8 +75,15 @@ def error_body(code: str, message: str, details: list[Any]) -> str:
     return json.dumps({"error": code, "message": message, "details": details})
 
 
-def error_response(status: HTTPStatus, code: str, message: str, details: list[Any]) -> Response:
-    return Response(status_code=status, content_type="application/json", body=error_body(code, message, details))
+def error_response(
+    status: HTTPStatus, code: str, message: str, details: list[Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=error_body(code, message, details),
+        headers=headers,
+    )
 
 
 def with_json_body(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -112,7 +120,8 @@ def handle_domain_error(error: errors.DomainError) -> Response:
         (status for kind, status in _STATUS_BY_ERROR if isinstance(error, kind)),
         HTTPStatus.BAD_REQUEST,
     )
-    return error_response(status, error.code, error.message, error.details)
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, errors.TooManyRequests) else None
+    return error_response(status, error.code, error.message, error.details, headers)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:

@@ -59,3 +59,13 @@ class ServiceUnavailable(DomainError):
     """A dependency (queue, table) refused the request; the caller may retry."""
 
     code = "service_unavailable"
+
+
+class TooManyRequests(DomainError):
+    """A per-user rate limit was hit; `retry_after` seconds until the next attempt can succeed."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))

@@ -43,6 +43,9 @@ class UserModel(_Base):
     remaining_quota = NumberAttribute()
     service_ids = ListAttribute[Any](of=UnicodeAttribute, default=list)
     created_at = NumberAttribute()
+    # Sender creations in the current rate window (each one makes SES mail a verification link).
+    sender_window = NumberAttribute(null=True)
+    senders_in_window = NumberAttribute(null=True)
 
 
 class ContactModel(_Base):
@@ -83,6 +86,18 @@ class SenderModel(_Base):
     sender_id = UnicodeAttribute(range_key=True)
     email = UnicodeAttribute()
     name = UnicodeAttribute()
+    created_at = NumberAttribute()
+
+
+class SenderIdentityModel(_Base):
+    """Who owns a sending identity: `address:<email>` or `domain:<domain>` -> one tenant. Written
+    only by conditional puts, so two tenants can never both hold the same address or domain."""
+
+    class Meta(_Base.Meta):
+        table_name = "SenderIdentitiesTable"
+
+    identity = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
     created_at = NumberAttribute()
 
 
@@ -276,6 +291,7 @@ ALL_MODELS: dict[str, type[Model]] = {
     "contacts_table": ContactModel,
     "templates_table": TemplateModel,
     "senders_table": SenderModel,
+    "sender_identities_table": SenderIdentityModel,
     "services_table": EmailServiceModel,
     "service_usage_table": ServiceUsageModel,
     "tasks_table": TaskModel,

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     tasks_table: str = Field(default="TasksTable")
     subtasks_table: str = Field(default="SubtasksTable")
     scheduler_state_table: str = Field(default="SchedulerStateTable")
+    sender_identities_table: str = Field(default="SenderIdentitiesTable")
+    # Powertools Idempotency's persistence table (Idempotency-Key on creating POSTs).
+    idempotency_table: str = Field(default="IdempotencyTable")
     planner_queue_url: str = Field(default="")
 
     # EventBridge Scheduler: one schedule per email service invokes the dispatcher.
@@ -34,6 +37,12 @@ class Settings(BaseSettings):
     # One-click unsubscribe links (RFC 8058) carried in every campaign email.
     unsubscribe_base_url: str = Field(default="http://127.0.0.1:3000/unsubscribe")
     unsubscribe_signing_key: str = Field(default="local-development-signing-key-change-me")
+    # In AWS the key lives in Secrets Manager; when this names a secret, its value replaces
+    # `unsubscribe_signing_key` at cold start.
+    unsubscribe_signing_key_secret_arn: str = Field(default="")
+
+    # Wall-clock budget for rendering one email (subject, html and text together).
+    render_budget_ms: int = Field(default=200, ge=10, le=10_000)
 
     max_retries: int = Field(default=3, ge=0)
     retry_delay_seconds: int = Field(default=60, ge=0)
