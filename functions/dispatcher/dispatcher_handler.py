@@ -72,6 +72,7 @@ def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
         batch_size=settings.batch_size,
         unsubscribe_base_url=settings.unsubscribe_base_url,
         unsubscribe_signing_key=settings.unsubscribe_signing_key,
+        render_budget_seconds=settings.render_budget_ms / 1000,
     )
 
 

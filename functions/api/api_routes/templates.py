@@ -12,9 +12,14 @@ from core.schemas import PreviewIn, RenderedOut, TemplateIn, TemplateOut, Templa
 router = Router()
 
 
+def _render_budget() -> float:
+    """Seconds of wall clock one render may take."""
+    return deps().settings.render_budget_ms / 1000
+
+
 @router.post("/api/templates")
 def create_template(request: TemplateIn) -> tuple[TemplateOut, int]:
-    return templates.create_template(current_caller(router), request, deps().clock), 201
+    return templates.create_template(current_caller(router), request, deps().clock, _render_budget()), 201
 
 
 @router.get("/api/templates")
@@ -32,4 +37,4 @@ def get_template(template_id: str) -> TemplateOut:
 
 @router.post("/api/templates/<template_id>/preview")
 def preview_template(template_id: str, request: PreviewIn) -> RenderedOut:
-    return templates.preview_template(current_caller(router), template_id, request)
+    return templates.preview_template(current_caller(router), template_id, request, _render_budget())

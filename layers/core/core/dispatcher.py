@@ -97,6 +97,7 @@ class DispatcherDeps:
     unsubscribe_base_url: str
     unsubscribe_signing_key: str
     max_in_flight: int = 8
+    render_budget_seconds: float = 0.2  # wall clock for rendering one email
     # Test seam: called at "before_claim", "after_claim", "after_send", "after_record".
     fault: FaultHook = _no_fault
 

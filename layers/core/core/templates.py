@@ -30,7 +30,7 @@ MAX_TEMPLATES_PAGE = 1000
 PREVIEW_UNSUBSCRIBE_URL = "https://example.invalid/unsubscribe?token=preview"
 
 
-def create_template(caller: Caller, request: TemplateIn, clock: Clock) -> TemplateOut:
+def create_template(caller: Caller, request: TemplateIn, clock: Clock, render_budget: float = 0.2) -> TemplateOut:
     _check_item_size(request)
     check_template(request.subject, request.html, request.text)
     template = TemplateModel(
@@ -81,7 +81,7 @@ def get_template(caller: Caller, template_id: str) -> TemplateOut:
     return template_out(load_template(caller.user_id, template_id))
 
 
-def preview_template(caller: Caller, template_id: str, request: PreviewIn) -> RenderedOut:
+def preview_template(caller: Caller, template_id: str, request: PreviewIn, render_budget: float = 0.2) -> RenderedOut:
     template = load_template(caller.user_id, template_id)
     if (request.contact_id is None) == (request.sample is None):
         raise InvalidInput("contact_id", "give either contact_id (one of your contacts) or sample")
