@@ -9,10 +9,11 @@ from urllib.parse import parse_qs
 
 
 def claims_for(sub: str, groups: list[str] | None = None) -> dict[str, str]:
-    """The claims API Gateway's Cognito authorizer passes on (groups as one string, as AWS does)."""
+    """The claims API Gateway's Cognito authorizer passes on: every value a string, so a list of
+    groups becomes one name or the bracketed, space-separated form."""
     claims = {"sub": sub, "token_use": "id"}
     if groups:
-        claims["cognito:groups"] = ",".join(groups)
+        claims["cognito:groups"] = groups[0] if len(groups) == 1 else f"[{' '.join(groups)}]"
     return claims
 
 

@@ -79,34 +79,48 @@ def routes_from_template(template: dict[str, Any]) -> list[Route]:
 
 
 class TokenIssuer:
-    """Signs claims into bearer tokens and checks them: the local stand-in for Cognito."""
+    """Signs ID tokens and checks them: the local stand-in for Cognito. A token is a JWT (HS256
+    with a key per run) whose payload is shaped like a Cognito ID token, `cognito:groups` a JSON
+    list; the claims handed to the function are what API Gateway's authorizer makes of it."""
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key or secrets.token_bytes(32)
 
     def issue(self, sub: str, groups: list[str]) -> str:
-        payload = base64.urlsafe_b64encode(json.dumps(claims_for(sub, groups)).encode()).decode().rstrip("=")
-        return f"local.{payload}.{self._signature(payload)}"
+        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "local"}).encode())
+        claims: dict[str, Any] = {"sub": sub, "token_use": "id"}
+        if groups:
+            claims["cognito:groups"] = groups
+        signed = f"{header}.{_b64(json.dumps(claims).encode())}"
+        return f"{signed}.{self._signature(signed)}"
 
     def claims(self, authorization: str | None) -> dict[str, str] | None:
-        """The claims of a valid `Bearer <token>` header; None when missing, malformed or forged."""
+        """The authorizer's claims for a valid `Bearer <token>` header; None when missing,
+        malformed or forged."""
         scheme, _, token = (authorization or "").partition(" ")
-        prefix, _, rest = token.strip().partition(".")
+        header, _, rest = token.strip().partition(".")
         payload, _, signature = rest.partition(".")
-        if scheme.lower() != "bearer" or prefix != "local" or not payload:
+        if scheme.lower() != "bearer" or not header or not payload:
             return None
         # Bytes: compare_digest refuses non-ASCII str, and a header can carry anything.
-        expected = self._signature(payload).encode()
+        expected = self._signature(f"{header}.{payload}").encode()
         if not hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), expected):
             return None
         try:
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         except (binascii.Error, ValueError):
             return None
-        return claims if isinstance(claims, dict) else None
+        if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str):
+            return None
+        groups = claims.get("cognito:groups")
+        return claims_for(claims["sub"], [str(group) for group in groups] if isinstance(groups, list) else None)
 
-    def _signature(self, payload: str) -> str:
-        return hmac.new(self._key, payload.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+    def _signature(self, signed: str) -> str:
+        return _b64(hmac.new(self._key, signed.encode("utf-8", "surrogateescape"), hashlib.sha256).digest())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def _token_request(body: bytes) -> tuple[str, list[str]] | dict[str, Any]:

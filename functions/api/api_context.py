@@ -54,9 +54,10 @@ def deps() -> ApiDeps:
 
 
 def current_caller(router: Router | APIGatewayRestResolver) -> Caller:
-    authorizer = router.current_event.request_context.authorizer
+    event = router.current_event
+    authorizer = event.request_context.authorizer
     claims = authorizer.claims if authorizer else None
-    return caller_from_claims(claims)
+    return caller_from_claims(claims, event.headers.get("Authorization"))
 
 
 _STATUS_BY_ERROR: list[tuple[type[errors.DomainError], HTTPStatus]] = [

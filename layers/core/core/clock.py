@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -28,8 +29,19 @@ def to_datetime(epoch_seconds: float) -> datetime:
     return datetime.fromtimestamp(epoch_seconds, tz=UTC)
 
 
+# The range a datetime can show; a stored number outside it is shown at the nearest end.
+_EARLIEST = datetime.min.replace(tzinfo=UTC).timestamp()
+_LATEST = datetime.max.replace(tzinfo=UTC, microsecond=0).timestamp()
+
+
 def iso(epoch_seconds: float) -> str:
-    return to_datetime(epoch_seconds).isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC. Total: whatever number an item holds (even one written before the API
+    bounded its timestamps), a read route can show it instead of failing."""
+    seconds = float(epoch_seconds)
+    if math.isnan(seconds):
+        seconds = 0.0
+    seconds = min(max(seconds, _EARLIEST), _LATEST)
+    return to_datetime(seconds).isoformat().replace("+00:00", "Z")
 
 
 def utc_day(epoch_seconds: float) -> str:

@@ -36,6 +36,7 @@ from html.parser import HTMLParser
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from core.header_rules import address_problem, header_text_problem
 from core.rendering import RenderedMessage
 
 # Headers this module owns; extra_headers may not set or repeat them.
@@ -61,9 +62,6 @@ RESERVED_HEADERS = frozenset(
 MAX_URI_CHARS = 900
 MAX_LINE_CHARS = 998  # RFC 5322 2.1.1
 FOLD_AT = 78
-# C0 controls except TAB, DEL, C1 NEL and the Unicode line/paragraph separators: everything
-# `str.splitlines` splits on, plus NUL and friends.
-_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext: printable ASCII but ':'
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _FOLDED = re.compile(r"[\x20-\x7e\t]*(?:\r\n[ \t][\x20-\x7e\t]*)*")  # printable ASCII, CRLF only to fold
@@ -107,8 +105,9 @@ POLICY = _CampaignPolicy(linesep="\r\n", cte_type="7bit")
 def _check_header(field: str, value: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{field} must be a string")
-    if _FORBIDDEN.search(value):
-        raise ValueError(f"{field} may not contain line breaks or control characters")
+    problem = header_text_problem(value)  # the same rule the API's models apply
+    if problem is not None:
+        raise ValueError(f"{field} {problem}")
     return value
 
 
@@ -138,9 +137,10 @@ def _encoded_text(name: str, text: str) -> str:
 def _address(header: str, field: str, display_name: str | None, email: str) -> _Raw:
     display_name = _check_header(f"{field}_name", display_name or "").strip()
     _check_header(f"{field}_email", email)
-    local, at, domain = email.rpartition("@")
-    if not at or not local.isascii():
-        raise ValueError(f"{field}_email must be an address with an ASCII local part: {email!r}")
+    problem = address_problem(email)
+    if problem is not None:
+        raise ValueError(f"{field}_email {problem}: {email!r}")
+    local, _, domain = email.rpartition("@")
     try:
         address = Address(addr_spec=f"{local}@{domain.encode('idna').decode('ascii')}")
     except (ValueError, IndexError, HeaderParseError) as error:  # UnicodeError is a ValueError

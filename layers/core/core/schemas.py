@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -13,6 +14,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -23,6 +25,8 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+
+from core.header_rules import check_address, check_header_text
 
 MAX_CONTACTS_PER_IMPORT = 1000
 MAX_TAGS_PER_CONTACT = 50
@@ -37,17 +41,38 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
 _ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
 
-def _no_line_breaks(value: str) -> str:
-    # Header injection: a CR or LF in a header value would let a caller add headers.
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain line breaks (CR or LF)")
+# Header injection and unsendable mail: core.header_rules is the one rule set, shared with the
+# MIME builder. Every name is held to it (service, task and template names too: they show up in
+# reports, logs and CSV exports, where a line break is just as wrong).
+HeaderText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(check_header_text)]
+Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(check_header_text)
+]
+# An address SES can send to and from (ASCII local part; no control characters).
+EmailAddress = Annotated[EmailStr, AfterValidator(check_address)]
+
+# Timestamps: ISO 8601 text with an offset, years 2000-2200 once in UTC, kept to the second.
+# A number is refused rather than guessed at (10**11 read as milliseconds would be 1973).
+MIN_YEAR = 2000
+MAX_YEAR = 2200
+
+
+def _timestamp_text(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string with an offset, e.g. 2027-01-31T09:00:00+01:00")
     return value
 
 
-HeaderText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_no_line_breaks)]
-Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
-Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+def _timestamp_bounds(value: datetime) -> datetime:
+    # Check the local year first: converting year 1 or 9999 to UTC can overflow.
+    if not MIN_YEAR - 1 <= value.year <= MAX_YEAR + 1 or not MIN_YEAR <= value.astimezone(UTC).year <= MAX_YEAR:
+        raise ValueError(f"must be between the years {MIN_YEAR} and {MAX_YEAR} (UTC)")
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), AfterValidator(_timestamp_bounds)]
 
 
 class StrictModel(BaseModel):
@@ -67,7 +92,7 @@ def unique(values: list[Any]) -> list[Any]:
 
 class UserIn(StrictModel):
     user_id: Identifier
-    email: EmailStr
+    email: EmailAddress
     quota: int = Field(ge=0, le=10_000_000_000)
 
 
@@ -163,12 +188,12 @@ class ServiceAssignment(StrictModel):
 
 # HeaderText with a length cap (written out: a constraint after HeaderText's validator reads badly).
 SenderName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_line_breaks)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(check_header_text)
 ]
 
 
 class SenderIn(StrictModel):
-    email: EmailStr
+    email: EmailAddress
     name: SenderName
 
 
@@ -253,7 +278,7 @@ class ContactIn(StrictModel):
     """On re-import of an address, only the fields given replace the stored ones (null clears
     `name` / `timezone`); `status` and `created_at` never change through import."""
 
-    email: EmailStr
+    email: EmailAddress
     name: ContactName | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS_PER_CONTACT)
     attributes: Attributes = Field(default_factory=dict)
@@ -300,7 +325,7 @@ MAX_TEMPLATE_BYTES = 380_000
 Subject = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_SUBJECT_CHARS),
-    AfterValidator(_no_line_breaks),
+    AfterValidator(check_header_text),
 ]
 TemplateBody = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_BODY_CHARS)]
 
@@ -338,7 +363,7 @@ class TemplatePage(BaseModel):
 
 
 class SampleContact(StrictModel):
-    email: EmailStr
+    email: EmailAddress
     name: ContactName | None = None
     attributes: Attributes = Field(default_factory=dict)
 
@@ -371,7 +396,7 @@ class TaskIn(StrictModel):
     templates: list[Identifier] = Field(min_length=1, max_length=MAX_TEMPLATES_PER_TASK)
     contacts: list[Identifier] | None = Field(default=None, max_length=MAX_EXPLICIT_CONTACTS_PER_TASK)
     recipient_rule: RecipientRule | None = None
-    scheduled_at: AwareDatetime | None = None
+    scheduled_at: Timestamp | None = None
 
 
 class TaskCountsOut(BaseModel):
