@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api_context import app, logger, with_json_body
+from api_idempotency import resolve_once
 from api_routes import contacts, scheduler, senders, services, tasks, templates, unsubscribe, users
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -16,4 +17,4 @@ for module in (users, services, senders, contacts, templates, tasks, scheduler, 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     event, unsupported = with_json_body(event)
-    return unsupported or app.resolve(event, context)
+    return unsupported or resolve_once(event, context, lambda: app.resolve(event, context))
