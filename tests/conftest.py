@@ -114,7 +114,10 @@ class ApiClient:
             parsed = json.loads(text) if text else None
         except json.JSONDecodeError:
             parsed = text
-        return ApiReply(status=reply["statusCode"], body=parsed, headers=reply.get("headers") or {})
+        # API Gateway merges both header maps; Powertools' resolver answers in multiValueHeaders.
+        headers = {name: values[-1] for name, values in (reply.get("multiValueHeaders") or {}).items() if values}
+        headers.update(reply.get("headers") or {})
+        return ApiReply(status=reply["statusCode"], body=parsed, headers=headers)
 
     def get(self, path: str, **kwargs: Any) -> ApiReply:
         return self.call("GET", path, **kwargs)

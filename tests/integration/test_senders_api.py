@@ -12,7 +12,14 @@ from core.errors import NotFound
 from core.models import SenderModel
 from core.senders import load_sender
 from tests.conftest import ApiClient
-from tests.integration.given import assert_rejected
+from tests.integration.given import assert_rejected, given_user
+
+
+@pytest.fixture(autouse=True)
+def tenants(api: ApiClient) -> None:
+    """Only users the administrators created may create senders."""
+    given_user(api, "alice")
+    given_user(api, "bob")
 
 
 def test_user_creates_a_sender(api: ApiClient) -> None:
@@ -27,13 +34,62 @@ def test_user_creates_a_sender(api: ApiClient) -> None:
 
 
 def test_creating_a_sender_asks_ses_to_verify_the_address(api: ApiClient) -> None:
-    # When the address is added twice (by two users): one identity, no error
+    # When the address is added twice (with two display names): one identity, no error
     first = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop"}, user="alice")
-    second = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop"}, user="bob")
+    second = api.post("/api/senders", {"email": "news@shop.example", "name": "Shop team"}, user="alice")
     # Then
     assert (first.status, second.status) == (201, 201)
     identities = boto3.client("sesv2").list_email_identities()["EmailIdentities"]
     assert [identity["IdentityName"] for identity in identities] == ["news@shop.example"]
+
+
+@pytest.mark.parametrize(
+    "taken",
+    ["news@shop.example", "NEWS@Shop.Example", "billing@shop.example", "ceo@SHOP.example"],
+)
+def test_another_tenants_address_or_domain_is_409_and_nothing_is_saved(api: ApiClient, taken: str) -> None:
+    # Given alice registered an address of shop.example
+    assert api.post("/api/senders", {"email": "news@shop.example", "name": "Shop"}, user="alice").status == 201
+    # When bob registers the same address, or any address of that domain
+    reply = api.post("/api/senders", {"email": taken, "name": "Not the shop"}, user="bob")
+    # Then
+    assert_rejected(reply, "email", status=409)
+    assert reply.body["error"] == "sender_taken"
+    assert list(SenderModel.query("bob")) == []
+
+
+def test_public_mailbox_domains_are_owned_address_by_address(api: ApiClient) -> None:
+    assert api.post("/api/senders", {"email": "shop@gmail.com", "name": "Shop"}, user="alice").status == 201
+    # Another gmail.com address is free; the same one is not
+    assert api.post("/api/senders", {"email": "bob.shop@gmail.com", "name": "Bob"}, user="bob").status == 201
+    reply = api.post("/api/senders", {"email": "Shop@gmail.com", "name": "Fake"}, user="bob")
+    assert_rejected(reply, "email", status=409)
+
+
+def test_a_caller_without_a_user_record_creates_no_sender_and_makes_ses_send_nothing(api: ApiClient) -> None:
+    reply = api.post("/api/senders", {"email": "x@victim.example", "name": "X"}, user="stranger")
+    assert reply.status == 403, reply.body
+    assert boto3.client("sesv2").list_email_identities()["EmailIdentities"] == []
+    assert list(SenderModel.query("stranger")) == []
+
+
+def test_sender_creation_is_capped_per_hour_with_retry_after(api: ApiClient, clock: Any) -> None:
+    import api_context
+
+    limit = api_context.deps().settings.sender_creations_per_hour
+    for n in range(limit):
+        assert api.post("/api/senders", {"email": f"s{n}@alice.example", "name": "S"}, user="alice").status == 201
+    # When one more is asked for in the same hour
+    reply = api.post("/api/senders", {"email": "one.more@alice.example", "name": "S"}, user="alice")
+    # Then 429 with the seconds until the hour turns, and SES was not asked
+    assert reply.status == 429, reply.body
+    assert 1 <= int(reply.headers["Retry-After"]) <= 3600
+    addresses = {i["IdentityName"] for i in boto3.client("sesv2").list_email_identities()["EmailIdentities"]}
+    assert "one.more@alice.example" not in addresses
+    # Other users are not affected, and after the hour alice may again
+    assert api.post("/api/senders", {"email": "b@bob.example", "name": "B"}, user="bob").status == 201
+    clock.advance(int(reply.headers["Retry-After"]))
+    assert api.post("/api/senders", {"email": "one.more@alice.example", "name": "S"}, user="alice").status == 201
 
 
 def test_sender_is_not_saved_when_ses_cannot_start_verifying(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:

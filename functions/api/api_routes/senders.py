@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from api_context import current_caller, deps
+from api_responses import CREATE, QUERY, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
@@ -12,12 +13,14 @@ from core.schemas import SenderIn, SenderOut, SenderPage
 router = Router()
 
 
-@router.post("/api/senders")
+@router.post("/api/senders", responses=documented(201, CREATE, 403, 429))
 def create_sender(request: SenderIn) -> tuple[SenderOut, int]:
-    return senders.create_sender(current_caller(router), request, deps().clock, deps().ses), 201
+    api = deps()
+    limit = api.settings.sender_creations_per_hour
+    return senders.create_sender(current_caller(router), request, api.clock, api.ses, limit), 201
 
 
-@router.get("/api/senders")
+@router.get("/api/senders", responses=documented(200, QUERY))
 def list_senders(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=senders.MAX_SENDERS_PAGE)] = senders.MAX_SENDERS_PAGE,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # Wall-clock budget for rendering one email (subject, html and text together).
     render_budget_ms: int = Field(default=200, ge=10, le=10_000)
 
+    # Each new sender makes SES mail a verification link: at most this many per user per hour.
+    sender_creations_per_hour: int = Field(default=20, ge=1)
+
     max_retries: int = Field(default=3, ge=0)
     retry_delay_seconds: int = Field(default=60, ge=0)
     batch_size: int = Field(default=50, ge=1, le=1000)

@@ -1,0 +1,42 @@
+"""Per-user rate limits kept on the user item: a counter per fixed window, taken with conditional
+updates so concurrent requests cannot exceed the limit."""
+
+from __future__ import annotations
+
+import math
+
+from core.errors import Forbidden, TooManyRequests
+from core.models import UserModel, update_if
+
+SENDER_WINDOW_SECONDS = 3600
+
+
+def take_sender_creation(user_id: str, now: float, limit: int) -> None:
+    """Counts one sender creation in the current hour; TooManyRequests (with the seconds until
+    the window turns) when `limit` were already made."""
+    window = math.floor(now / SENDER_WINDOW_SECONDS) * SENDER_WINDOW_SECONDS
+    user = UserModel(user_id)
+    for _ in range(2):  # a lost race with another request opening the same window: count again
+        if update_if(
+            user,
+            [UserModel.senders_in_window.add(1)],
+            (UserModel.sender_window == window) & (UserModel.senders_in_window < limit),
+        ):
+            return
+        if update_if(
+            user,
+            [UserModel.sender_window.set(window), UserModel.senders_in_window.set(1)],
+            UserModel.user_id.exists()
+            & (UserModel.sender_window.does_not_exist() | (UserModel.sender_window < window)),
+        ):
+            return
+    try:
+        current = UserModel.get(user_id, consistent_read=True, attributes_to_get=["sender_window"])
+    except UserModel.DoesNotExist as error:
+        raise Forbidden("you have no user record; ask an administrator to create one") from error
+    if current.sender_window != window:  # another request moved the window meanwhile
+        raise TooManyRequests("too many senders created at once; retry", retry_after=1)
+    retry_after = math.ceil(window + SENDER_WINDOW_SECONDS - now)
+    raise TooManyRequests(
+        f"at most {limit} senders can be created per hour; retry in {retry_after} s", retry_after=retry_after
+    )
