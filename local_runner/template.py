@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
+import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,13 @@ def function_arn(logical_id: str) -> str:
     return f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{logical_id}"
 
 
+def secret_arn(logical_id: str) -> str:
+    """A template secret's ARN locally: secrets are named by their logical id, and the ARN leaves out
+    the random suffix Secrets Manager appends (a partial ARN, which GetSecretValue accepts). So it is
+    the same in every fresh embedded AWS, and settings a long-lived process cached stay valid."""
+    return f"arn:aws:secretsmanager:{LOCAL_REGION}:{LOCAL_ACCOUNT}:secret:{logical_id}"
+
+
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     with path.open() as handle:
         template: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - safe loader subclass
@@ -77,6 +86,7 @@ class CreatedResources:
     queue_urls: dict[str, str]  # logical id -> queue url
     queue_arns: dict[str, str] = field(default_factory=dict)  # logical id -> queue ARN
     schedule_groups: dict[str, str] = field(default_factory=dict)  # logical id -> group name
+    secrets: dict[str, str] = field(default_factory=dict)  # logical id -> the secret's value
 
 
 def create_tables(dynamodb: Any, template: dict[str, Any]) -> dict[str, str]:
@@ -143,8 +153,28 @@ def create_schedule_groups(scheduler: Any, template: dict[str, Any]) -> dict[str
     return names
 
 
+def generated_secret(properties: dict[str, Any]) -> str:
+    """A fresh random value for a secret with GenerateSecretString, of its PasswordLength (32 by
+    default, as in Secrets Manager), from letters and digits: the other options only narrow it."""
+    length = int((properties.get("GenerateSecretString") or {}).get("PasswordLength", 32))
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def create_secrets(secretsmanager: Any, template: dict[str, Any]) -> dict[str, str]:
+    """Every Secrets Manager secret, named after its logical id, with a value generated here (so no
+    key is ever written down for local runs); on a reused server the secret keeps its value, so links
+    it signed still verify. Returns logical id -> value."""
+    values = {}
+    for logical_id, props in resources_of_type(template, "AWS::SecretsManager::Secret").items():
+        with contextlib.suppress(secretsmanager.exceptions.ResourceExistsException):  # a server reused between runs
+            secretsmanager.create_secret(Name=logical_id, SecretString=generated_secret(props))
+        values[logical_id] = secretsmanager.get_secret_value(SecretId=logical_id)["SecretString"]
+    return values
+
+
 def create_resources(session: Any, template: dict[str, Any] | None = None) -> CreatedResources:
-    """Create every table, queue and schedule group of the template through the given session."""
+    """Create every table, queue, schedule group and secret of the template through the given session."""
     template = template or load_template()
     tables = create_tables(session.client("dynamodb"), template)
     sqs = session.client("sqs")
@@ -154,7 +184,10 @@ def create_resources(session: Any, template: dict[str, Any] | None = None) -> Cr
         for logical_id, url in queues.items()
     }
     groups = create_schedule_groups(session.client("scheduler"), template)
-    return CreatedResources(table_names=tables, queue_urls=queues, queue_arns=arns, schedule_groups=groups)
+    secret_values = create_secrets(session.client("secretsmanager"), template)
+    return CreatedResources(
+        table_names=tables, queue_urls=queues, queue_arns=arns, schedule_groups=groups, secrets=secret_values
+    )
 
 
 def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) -> str | None:
@@ -168,6 +201,8 @@ def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) ->
         for names in (created.table_names, created.queue_urls, created.schedule_groups):
             if ref in names:
                 return names[ref]
+        if ref in created.secrets:
+            return secret_arn(ref)
         if parameter is not None and "Default" in parameter:
             return str(parameter["Default"])
         return None
@@ -185,9 +220,18 @@ def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) ->
     return None
 
 
+# A variable `<NAME>_SECRET_ARN` names a secret whose value the function reads at cold start in
+# place of `<NAME>` (core/secrets.py).
+SECRET_ARN_SUFFIX = "_SECRET_ARN"  # noqa: S105 - a name suffix, not a password
+
+
 def environment_for(created: CreatedResources, functions: Iterable[str] = ()) -> dict[str, str]:
     """The environment variables the template's Globals give every function, resolved; then those
-    each of `functions` (logical ids) declares itself, which win as they do in AWS."""
+    each of `functions` (logical ids) declares itself, which win as they do in AWS.
+
+    A `<NAME>_SECRET_ARN` that names a template secret also comes with `<NAME>` set to the secret's
+    value, which the functions would read from it anyway: so code that reads `Settings()` itself (a
+    test signing an unsubscribe link) sees the key the functions resolve. In AWS only the ARN is set."""
     template = load_template()
     variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
     for function in functions:
@@ -198,4 +242,7 @@ def environment_for(created: CreatedResources, functions: Iterable[str] = ()) ->
         text = _resolve(value, template, created)
         if text is not None:
             resolved[key] = text
+        secret = value.get("Ref") if isinstance(value, dict) else None
+        if key.endswith(SECRET_ARN_SUFFIX) and secret in created.secrets:
+            resolved[key.removesuffix(SECRET_ARN_SUFFIX)] = created.secrets[secret]
     return resolved

@@ -40,9 +40,11 @@ class ApiDeps:
 
 @lru_cache(maxsize=1)
 def deps() -> ApiDeps:
-    settings = load_settings()
-    bind_tables(settings)
+    from core.secrets import resolve_signing_key
+
     retries = Config(retries={"mode": "standard", "max_attempts": 3})
+    settings = resolve_signing_key(load_settings(), boto3.client("secretsmanager", config=retries))
+    bind_tables(settings)
     return ApiDeps(
         settings=settings,
         clock=SystemClock(),

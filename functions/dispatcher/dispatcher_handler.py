@@ -44,7 +44,10 @@ class Runtime:
 
 @lru_cache(maxsize=1)
 def runtime() -> Runtime:
-    settings = load_settings()
+    from core.secrets import resolve_signing_key
+
+    secretsmanager = boto3.client("secretsmanager", config=Config(retries={"mode": "standard", "max_attempts": 3}))
+    settings = resolve_signing_key(load_settings(), secretsmanager)
     bind_tables(settings)
     return Runtime(
         settings=settings,
