@@ -7,6 +7,7 @@
 #   make lint          the linters only
 #   make sam-validate  sam validate --lint (SAM CLI in its own virtualenv, throwaway HOME)
 #   make sam-build     sam build (no container: uses python3.11 from PATH)
+#   make checkov       checkov on template.yaml and its SAM transform, with the reviewed skips in .checkov.yaml
 #   make clean         remove virtualenvs, build output and caches
 
 SHELL := bash
@@ -18,8 +19,10 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev
 
 VENV     := .venv
 VENV_SAM := .venv-sam
+VENV_CHECKOV := .venv-checkov
 BIN      := $(VENV)/bin
 SAM_BIN  := $(VENV_SAM)/bin
+CHECKOV_BIN := $(VENV_CHECKOV)/bin
 SAM_HOME := $(CURDIR)/.sam-home
 
 # The SAM CLI runs with telemetry off, a throwaway HOME (nothing is written to the real one) and a
@@ -36,7 +39,7 @@ PIP_FLAGS := --disable-pip-version-check -qq
 
 say = @printf '\n==> %s\n' "$(1)"
 
-.PHONY: venv venv-sam lint test demo serve invoke sam-validate sam-build clean check-python
+.PHONY: venv venv-sam venv-checkov lint test demo serve invoke sam-validate sam-build checkov clean check-python
 
 check-python:
 	@test -n "$(PYTHON)" || { echo "python3.11 not found on PATH" >&2; exit 1; }
@@ -59,6 +62,14 @@ $(VENV_SAM)/.stamp: requirements-sam.txt | check-python
 	$(call say,creating $(VENV_SAM) from requirements-sam.txt)
 	@test -x $(SAM_BIN)/python || $(PYTHON) -m venv $(VENV_SAM)
 	$(SAM_BIN)/python -m pip install $(PIP_FLAGS) -r requirements-sam.txt
+	@touch $@
+
+venv-checkov: $(VENV_CHECKOV)/.stamp
+
+$(VENV_CHECKOV)/.stamp: requirements-checkov.txt | check-python
+	$(call say,creating $(VENV_CHECKOV) from requirements-checkov.txt)
+	@test -x $(CHECKOV_BIN)/python || $(PYTHON) -m venv $(VENV_CHECKOV)
+	$(CHECKOV_BIN)/python -m pip install $(PIP_FLAGS) -r requirements-checkov.txt
 	@touch $@
 
 # ------------------------------------------------------------------ lint and test
@@ -105,7 +116,22 @@ sam-build: venv-sam
 	@echo 'sam build --template-file template.yaml'
 	@$(SAM) build --template-file template.yaml
 
+# ------------------------------------------------------------------ checkov
+# Twice: the template as written (SAM's own resources, with Globals) and as CloudFormation receives
+# it after the SAM transform, where the IAM policies SAM generates from `Policies` are visible.
+# Offline; fails on any finding not skipped, with its reason, in .checkov.yaml.
+CHECKOV := $(CHECKOV_BIN)/checkov --config-file .checkov.yaml
+CHECKOV_TRANSFORMED := .aws-sam/checkov/template.json
+
+checkov: venv-checkov
+	$(call say,checkov template.yaml)
+	$(CHECKOV) --file template.yaml
+	$(call say,checkov template.yaml after the SAM transform)
+	@mkdir -p $(dir $(CHECKOV_TRANSFORMED))
+	$(CHECKOV_BIN)/python .ci/sam_transform.py template.yaml $(CHECKOV_TRANSFORMED)
+	$(CHECKOV) --file $(CHECKOV_TRANSFORMED)
+
 # ------------------------------------------------------------------ housekeeping
 clean:
-	rm -rf $(VENV) $(VENV_SAM) .aws-sam .sam-home .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_SAM) $(VENV_CHECKOV) .aws-sam .sam-home .mypy_cache .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
