@@ -19,12 +19,13 @@ from pynamodb.transactions import TransactWrite
 
 from core.auth import Caller
 from core.clock import Clock, iso
-from core.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
+from core.errors import Conflict, NotFound, ServiceUnavailable
 from core.ids import new_id
-from core.models import SenderIdentityModel, SenderModel, UserModel, transaction_connection
+from core.models import SenderIdentityModel, SenderModel, transaction_connection
 from core.paging import decode_cursor, encode_cursor
 from core.rate_limits import take_sender_creation
 from core.schemas import SenderIn, SenderOut, SenderPage, is_identifier
+from core.users import require_tenant
 
 SENDER_ID_PATTERN = r"snd_[0-9a-f]{24}"
 MAX_SENDERS_PAGE = 1000
@@ -97,14 +98,6 @@ def identity_claims(address: str) -> list[str]:
     if domain not in PUBLIC_MAILBOX_DOMAINS:
         claims.append(f"domain:{domain}")
     return claims
-
-
-def require_tenant(caller: Caller) -> None:
-    """Only a user the administrators created may create anything."""
-    try:
-        UserModel.get(caller.user_id, attributes_to_get=["user_id"])
-    except UserModel.DoesNotExist as error:
-        raise Forbidden("you have no user record; ask an administrator to create one") from error
 
 
 def _check_unclaimed(user_id: str, claims: list[str]) -> None:

@@ -20,7 +20,7 @@ from core.routing import NoServiceAvailable
 from core.schemas import RecipientRule, TaskCountsOut, TaskCreated, TaskIn, TaskOut, TaskPage, unique
 from core.senders import load_sender
 from core.states import ContactStatus, TaskStatus, sources_of
-from core.users import load_user
+from core.users import tenant_user
 
 TASK_ID_PATTERN = r"task_[0-9a-f]{24}"
 
@@ -85,7 +85,7 @@ def _check_references(caller: Caller, request: TaskIn) -> int | None:
 
 
 def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:
-    user = load_user(caller.user_id)
+    user = tenant_user(caller)
     known_recipients = _check_references(caller, request)
     services = list(EmailServiceModel.batch_get(list(user.service_ids or []))) if user.service_ids else []
     if not any(service.enabled for service in services):
