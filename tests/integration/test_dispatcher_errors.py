@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
 from core.dispatcher import StopReason
-from core.models import EmailServiceModel, SubtaskModel, UserModel
+from core.models import EmailServiceModel, SubtaskModel, TemplateModel, UserModel
 from core.settings import Settings
 from tests.conftest import FakeClock
-from tests.support.dispatching import World, start_scheduler, task
+from tests.support.dispatching import World, sent_subtasks, start_scheduler, task
+
+# ~2 s per urlize of a megabyte, twenty times: ~40 s per email unless the render budget stops it.
+SLOW_HTML = "{% set x = 'a ' * 499999 %}{% for i in range(20) %}{{ x|urlize|length }}{% endfor %}"
 
 
 @pytest.fixture
@@ -164,3 +168,44 @@ def test_read_timeout_may_have_sent_so_it_becomes_unknown_not_retried(world: Wor
     final = task(task_id)
     assert (final.counts.unknown, final.status) == (1, "completed")
     assert UserModel.get("alice").remaining_quota == 9  # possibly sent: not refunded
+
+
+def test_template_over_the_render_budget_fails_its_recipients_and_other_users_still_send(
+    world: World, clock: FakeClock
+) -> None:
+    # Given alice's template (stored before budgets were checked on save) takes ~40 s per email,
+    # and bob's is ordinary; both send through the same service
+    world.service("svc", sending_rate=0.1)
+    slow_task = world.campaign("alice", 3, ["svc"], quota=10)
+    TemplateModel.get("alice", "tpl_1").update(actions=[TemplateModel.html.set(SLOW_HTML)])
+    fine_task = world.campaign("bob", 3, ["svc"])
+    started = time.monotonic()
+    # When
+    report = world.tick("svc", budget=30.0)
+    # Then the tick was held about one render budget (0.2 s) per slow email, not ~40 s: what is
+    # left of the bound is the tick's own work against moto on a loaded machine
+    assert time.monotonic() - started < 10.0
+    failed = [subtask for subtask in SubtaskModel.scan() if subtask.task_id == slow_task]
+    assert [(subtask.status, subtask.error_class) for subtask in failed] == [("failed", "render_timeout")] * 3
+    assert all("render budget" in str(subtask.error) for subtask in failed)
+    assert len(sent_subtasks(fine_task)) == 3
+    assert (report.sent, report.failed) == (3, 3)
+    assert UserModel.get("alice").remaining_quota == 10  # every unit reserved for alice came back
+    assert (task(slow_task).status, int(task(slow_task).counts.failed)) == ("completed", 3)
+    assert task(fine_task).status == "completed"
+
+
+def test_template_that_fails_to_render_for_other_reasons_is_still_a_render_error(
+    world: World, clock: FakeClock
+) -> None:
+    # Given
+    world.service("svc", sending_rate=1.0)
+    task_id = world.campaign("alice", 1, ["svc"], quota=10)
+    TemplateModel.get("alice", "tpl_1").update(actions=[TemplateModel.html.set("{{ no_such_attribute }}")])
+    # When
+    world.tick("svc", budget=5.0)
+    # Then
+    subtask = _only_subtask()
+    assert (subtask.status, subtask.error_class) == ("failed", "render")
+    assert UserModel.get("alice").remaining_quota == 10
+    assert task(task_id).status == "completed"

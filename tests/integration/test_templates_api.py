@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from core.models import TemplateModel
 from core.schemas import MAX_SUBJECT_CHARS, MAX_TEMPLATE_BYTES
+from core.settings import Settings
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_contacts, given_template
 
 VALID = {"name": "welcome", "subject": "Hello {{ name }}", "html": "<p>Hi {{ name }}</p>", "text": "Hi {{ name }}"}
+MARGIN = 2.0  # seconds past the render budget: generous; each slow template below takes >= 5 s
+# ~2 s per urlize of a megabyte, `reps` times: one call that only a killed worker stops.
+SLOW = "{% set x = 'a ' * 499999 %}{% for i in range(REPS) %}{{ x|urlize|length }}{% endfor %}"
 
 
 def templates_of(user_id: str) -> list[TemplateModel]:
@@ -98,6 +103,93 @@ def test_bad_template_input_is_rejected_and_nothing_written(api: ApiClient, body
     # Then
     assert_rejected(reply, field)
     assert templates_of("alice") == []
+
+
+@pytest.mark.parametrize("field", ["subject", "html", "text"])
+def test_template_slower_than_the_render_budget_is_refused_at_save_naming_the_part(
+    api: ApiClient, aws: Settings, field: str
+) -> None:
+    # Given
+    started = time.monotonic()
+    # When
+    reply = api.post("/api/templates", {**VALID, field: SLOW.replace("REPS", "20")}, user="alice")
+    # Then
+    assert time.monotonic() - started < aws.render_budget_ms / 1000 + MARGIN
+    assert_rejected(reply, field)
+    assert reply.body["error"] == "render_timeout"
+    (detail,) = reply.body["details"]
+    assert f"{aws.render_budget_ms} ms render budget" in detail["reason"]
+    assert templates_of("alice") == []
+
+
+def test_slow_part_behind_attributes_the_sample_lacks_is_refused_at_save(api: ApiClient) -> None:
+    # When
+    reply = api.post(
+        "/api/templates",
+        {**VALID, "subject": "{{ orders * 2 }} orders", "html": "Dear {{ first_name }}, " + SLOW.replace("REPS", "20")},
+        user="alice",
+    )
+    # Then
+    assert_rejected(reply, "html")
+    assert reply.body["error"] == "render_timeout"
+    assert templates_of("alice") == []
+
+
+def test_template_over_the_operation_budget_is_refused_at_save(api: ApiClient) -> None:
+    # When
+    reply = api.post(
+        "/api/templates",
+        {**VALID, "text": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"},
+        user="alice",
+    )
+    # Then
+    assert_rejected(reply, "text")
+    assert reply.body["error"] == "render_error"
+    assert "budget" in reply.body["message"] and "operations" in reply.body["message"]
+    assert templates_of("alice") == []
+
+
+def test_template_is_saved_though_the_sample_contact_lacks_its_attributes(api: ApiClient) -> None:
+    # When
+    reply = api.post(
+        "/api/templates",
+        {**VALID, "subject": "Hi {{ first_name }}", "html": "<p>{{ orders * 2 }}</p>", "text": "{{ city|upper }}"},
+        user="alice",
+    )
+    # Then
+    assert reply.status == 201, reply.body
+    assert len(templates_of("alice")) == 1
+
+
+def test_preview_slower_than_the_render_budget_is_422_render_timeout_in_time(api: ApiClient, aws: Settings) -> None:
+    # Given a template whose cost depends on the contact: the sample at save costs nothing
+    template_id = given_template(api, "alice", html=SLOW.replace("REPS", "reps|default(0)"))
+    started = time.monotonic()
+    # When
+    reply = api.post(
+        f"/api/templates/{template_id}/preview",
+        {"sample": {"email": "s@example.com", "attributes": {"reps": 20}}},
+        user="alice",
+    )
+    # Then
+    assert time.monotonic() - started < aws.render_budget_ms / 1000 + MARGIN
+    assert_rejected(reply, "html")
+    assert reply.body["error"] == "render_timeout"
+    assert f"{aws.render_budget_ms} ms render budget" in reply.body["message"]
+
+
+def test_template_within_the_render_budget_saves_and_previews(api: ApiClient) -> None:
+    # Given
+    template_id = given_template(api, "alice", html=SLOW.replace("REPS", "reps|default(0)") + "<p>{{ name }}</p>")
+    # When
+    reply = api.post(
+        f"/api/templates/{template_id}/preview",
+        {"sample": {"email": "s@example.com", "name": "Sam", "attributes": {"reps": 0}}},
+        user="alice",
+    )
+    # Then
+    assert reply.status == 200, reply.body
+    assert reply.body["html"] == "<p>Sam</p>"
 
 
 def test_user_reads_own_template(api: ApiClient) -> None:

@@ -50,7 +50,7 @@ from core.models import (
     UserModel,
     update_if,
 )
-from core.rendering import render_template
+from core.rendering import RenderTimeout, render_template
 from core.schedules import scheduler_running
 from core.send_errors import SendErrorClass, classify_send_error
 from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
@@ -509,7 +509,8 @@ class Dispatcher:
             "attributes": subtask.attributes.as_dict() if subtask.attributes else {},
             "unsubscribe_url": link,
         }
-        rendered = render_template(template, contact)
+        # In a worker process: a template over the budget costs this loop the budget, no more.
+        rendered = render_template(template, contact, self.deps.render_budget_seconds)
         domain = self.service.from_domain or work.sender.email.rpartition("@")[2]
         return build_campaign_message(
             sender_name=work.sender.name,
@@ -536,9 +537,9 @@ class Dispatcher:
     def send_one(self, work: TaskWork, subtask: SubtaskModel, now: float) -> None:
         try:
             raw = self.build(work, subtask)
-        except DomainError as error:  # the template cannot render for this contact
+        except DomainError as error:  # the template cannot render for this contact, or not in time
             self.block_left += 1
-            self.fail(subtask, "render", error.message)
+            self.fail(subtask, "render_timeout" if isinstance(error, RenderTimeout) else "render", error.message)
             return
         except ValueError as error:  # e.g. an address the MIME builder refuses
             self.block_left += 1

@@ -1,76 +1,49 @@
-"""Template checking and rendering: Jinja2 in an immutable sandbox.
+"""Template checking and rendering, as the rest of the code sees it.
 
-Choices, and why:
-- `ImmutableSandboxedEnvironment`: templates cannot reach Python internals (`''.__class__` and
-  friends) nor mutate the values they are given. Obviously unsafe access (`x.__class__`,
-  `x['__class__']`, `x|attr('_y')`), `include` / `import` / `extends` (there is no loader) are
-  refused when the template is saved; whatever is computed at run time is refused by the sandbox.
-- HTML is autoescaped (contact data cannot inject markup); subject and text are not (they are not
-  HTML), and a rendered subject has its line breaks folded to spaces (no header injection).
-- `StrictUndefined`: a misspelt or missing variable is an error, seen at preview, rather than a
-  silently blank greeting sent to a million people. Optional fields use `{{ x | default('') }}` or
-  `{% if x is defined %}`. `None` values render as an empty string.
-- The sandbox does not bound CPU or memory, and a dispatcher renders for every user of a service,
-  so one template must not be able to stall or crash it. Each render has a budget: loop iterations,
-  calls, filters and operators together at most MAX_RENDER_OPERATIONS; any intermediate string or
-  list at most MAX_VALUE_CHARS; each rendered part at most MAX_RENDERED_CHARS. Operations that could
-  allocate far beyond that in one step (padding, `*`, `**`, `%`-widths, replace, join, indent,
-  concatenation) are checked before they run. Any failure is a `RenderError` naming the part."""
+- What a template may do, and the budget of operations and sizes of each render: core.sandbox.
+- Where it runs, and how a render that takes longer than its wall-clock budget is stopped:
+  core.render_worker (a worker process, killed when late).
+- Here: the contact's variables, the subject folded to one line, and the check on save: a template
+  is saved only if it compiles, reaches for no Python internals, and renders a sample contact
+  within the budget. What fails only because the sample lacks an attribute does not refuse it,
+  since real contacts may have it; what goes over a budget does, since that is the template's own
+  doing."""
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined, Template, TemplateSyntaxError, nodes, pass_eval_context
-from jinja2.exceptions import SecurityError
-from jinja2.nodes import EvalContext
-from jinja2.runtime import Context, markup_join, str_join
-from jinja2.sandbox import (
-    UNSAFE_ASYNC_GENERATOR_ATTRIBUTES,
-    UNSAFE_COROUTINE_ATTRIBUTES,
-    UNSAFE_FUNCTION_ATTRIBUTES,
-    UNSAFE_GENERATOR_ATTRIBUTES,
-    UNSAFE_METHOD_ATTRIBUTES,
-    ImmutableSandboxedEnvironment,
-)
-from jinja2.visitor import NodeTransformer
-
-from core.errors import InvalidInput, NotFound
+from core.errors import NotFound
 from core.models import TemplateModel
+from core.render_worker import default_workers
+from core.sandbox import RenderBudgetExceeded, RenderError, RenderTimeout
 from core.schemas import MAX_SUBJECT_CHARS, is_identifier
 
-MAX_RENDER_OPERATIONS = 50_000
-MAX_VALUE_CHARS = 1_000_000
-MAX_RENDERED_CHARS = 2_000_000
-MAX_INT_BITS = 4096
-MAX_EXPONENT = 1024
-MAX_FORMAT_WIDTH = 9999
+__all__ = [
+    "DEFAULT_RENDER_BUDGET",
+    "RenderBudgetExceeded",
+    "RenderError",
+    "RenderTimeout",
+    "RenderedMessage",
+    "check_template",
+    "load_template",
+    "render_context",
+    "render_parts",
+    "render_template",
+]
 
-_UNSAFE_NAMES = (
-    {"mro"}
-    | UNSAFE_FUNCTION_ATTRIBUTES
-    | UNSAFE_METHOD_ATTRIBUTES
-    | UNSAFE_GENERATOR_ATTRIBUTES
-    | UNSAFE_COROUTINE_ATTRIBUTES
-    | UNSAFE_ASYNC_GENERATOR_ATTRIBUTES
-)
-# A %-format or str.format spec with a wide width/precision, or one taken from the arguments.
-_WIDE_PERCENT = re.compile(r"%[^a-zA-Z%]*(\d{5,}|\*)")
-_WIDE_BRACE = re.compile(r"\{[^{}]*:[^{}]*(\d{5,}|\{)")
+DEFAULT_RENDER_BUDGET = 0.2  # seconds of wall clock for one email (settings.render_budget_ms)
+SAMPLE_CONTACT: dict[str, Any] = {
+    "email": "sample@example.com",
+    "name": "Sample",
+    "attributes": {},
+    "unsubscribe_url": "https://example.invalid/unsubscribe?token=sample",  # as every send has
+}
+
 _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
-_LOOP_FILTER = "edm_loop"
-_CONCAT_FILTER = "edm_concat"
-
-
-class RenderError(InvalidInput):
-    """A template failed to render for one contact; `field` names the part (subject/html/text)."""
-
-    code = "render_error"
 
 
 @dataclass(frozen=True)
@@ -80,241 +53,24 @@ class RenderedMessage:
     text: str | None
 
 
-# ---------------------------------------------------------------- the per-render budget
-
-
-class _Budget:
-    def __init__(self) -> None:
-        self.operations = 0
-
-    def spend(self, count: int = 1) -> None:
-        self.operations += count
-        if self.operations > MAX_RENDER_OPERATIONS:
-            raise SecurityError(f"template does more than {MAX_RENDER_OPERATIONS} operations")
-
-
-_budget: ContextVar[_Budget | None] = ContextVar("render_budget", default=None)
-
-
-def _spend(count: int = 1) -> None:
-    budget = _budget.get()
-    if budget is not None:
-        budget.spend(count)
-
-
-def _size(value: Any) -> int:
-    return len(value) if isinstance(value, str | list | tuple | dict) else 0
-
-
-def _checked(value: Any) -> Any:
-    if _size(value) > MAX_VALUE_CHARS:
-        raise SecurityError(f"a value grows beyond {MAX_VALUE_CHARS} characters or items")
-    return value
-
-
-def _int_bits(value: Any) -> int:
-    return abs(value).bit_length() if isinstance(value, int) else 0
-
-
-def _check_width(*values: Any) -> None:
-    for value in values:
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_VALUE_CHARS:
-            raise SecurityError(f"width or count {value} is too large")
-
-
-def _check_format(pattern: Any) -> None:
-    if isinstance(pattern, str) and (_WIDE_PERCENT.search(pattern) or _WIDE_BRACE.search(pattern)):
-        raise SecurityError(f"format widths are limited to {MAX_FORMAT_WIDTH}")
-
-
-def _check_replace(value: Any, old: Any, new: Any) -> None:
-    if isinstance(value, str) and isinstance(old, str) and isinstance(new, str):
-        count = value.count(old) if old else len(value) + 1
-        if len(value) + count * (len(new) - len(old)) > MAX_VALUE_CHARS:
-            raise SecurityError(f"replace would grow beyond {MAX_VALUE_CHARS} characters")
-
-
-def _check_join(separator: Any, items: Any) -> None:
-    if isinstance(items, list | tuple):
-        total = sum(len(str(item)) for item in items) + len(str(separator)) * len(items)
-        if total > MAX_VALUE_CHARS:
-            raise SecurityError(f"join would grow beyond {MAX_VALUE_CHARS} characters")
-
-
-def _check_call(name: str, subject: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Pre-checks for the str methods and filters that can allocate a lot in one step."""
-    if name in ("ljust", "rjust", "center", "zfill", "expandtabs", "wordwrap", "truncate"):
-        _check_width(*args, *kwargs.values())
-    elif name == "indent":
-        width = args[0] if args else kwargs.get("width", 4)
-        lines = subject.count("\n") + 1 if isinstance(subject, str) else 1
-        if isinstance(width, str):
-            width = len(width)
-        if isinstance(width, int) and lines * abs(width) > MAX_VALUE_CHARS:
-            raise SecurityError(f"indent would grow beyond {MAX_VALUE_CHARS} characters")
-    elif name in ("format", "format_map"):
-        _check_format(subject)
-    elif name == "replace" and len(args) >= 2:
-        _check_replace(subject, args[0], args[1])
-    elif name == "join":
-        # str.join(items) is called on the separator; the filter gets items first.
-        if isinstance(subject, str):
-            _check_join(subject, args[0] if args else ())
-        else:
-            _check_join(args[0] if args else kwargs.get("d", ""), subject)
-
-
-def _budgeted_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    # functools.wraps copies __dict__, which carries Jinja's pass_context/pass_eval_context mark.
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _spend()
-        values = [arg for arg in args if not isinstance(arg, Context | EvalContext | Environment)]
-        if values:
-            _check_call(name, values[0], tuple(values[1:]), kwargs)
-        return _checked(function(*args, **kwargs))
-
-    return wrapper
-
-
-def _loop(iterable: Any) -> Iterator[Any]:
-    for item in iterable:
-        _spend()
-        yield item
-
-
-@pass_eval_context
-def _concat(eval_context: EvalContext, parts: list[Any]) -> str:
-    _check_join("", parts)
-    return markup_join(parts) if eval_context.autoescape else str_join(parts)
-
-
-class _CampaignEnvironment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-
-    def __init__(self, autoescape: bool) -> None:
-        super().__init__(
-            autoescape=autoescape,
-            undefined=StrictUndefined,
-            finalize=lambda value: "" if value is None else value,
-            keep_trailing_newline=True,
-            cache_size=0,
-        )
-        self.globals.pop("lipsum", None)  # lipsum(n) writes n paragraphs: nothing a campaign needs
-        self.filters = {name: _budgeted_filter(name, f) for name, f in self.filters.items()}
-        self.filters[_LOOP_FILTER] = _loop
-        self.filters[_CONCAT_FILTER] = _concat
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        _spend()
-        if operator == "*":
-            for sequence, count in ((left, right), (right, left)):
-                if _size(sequence) and isinstance(count, int) and _size(sequence) * count > MAX_VALUE_CHARS:
-                    raise SecurityError(f"a value grows beyond {MAX_VALUE_CHARS} characters or items")
-            if _int_bits(left) + _int_bits(right) > MAX_INT_BITS:
-                raise SecurityError("number too large")
-        elif operator == "**":
-            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-                raise SecurityError(f"exponents are limited to {MAX_EXPONENT}")
-            if isinstance(right, int) and _int_bits(left) * abs(right) > MAX_INT_BITS:
-                raise SecurityError("number too large")
-        elif operator == "+" and _size(left) + _size(right) > MAX_VALUE_CHARS:
-            raise SecurityError(f"a value grows beyond {MAX_VALUE_CHARS} characters or items")
-        elif operator == "%":
-            _check_format(left)
-        return _checked(super().call_binop(context, operator, left, right))
-
-    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        _spend()
-        target = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
-        owner = getattr(target, "__self__", None)
-        if isinstance(owner, str):
-            _check_call(getattr(target, "__name__", ""), owner, args, kwargs)
-        return _checked(super().call(context, obj, *args, **kwargs))
-
-
-class _Budgeted(NodeTransformer):
-    """Routes every loop's iterable and every `~` concatenation through a budgeted filter."""
-
-    def visit_For(self, node: nodes.For) -> nodes.Node:
-        self.generic_visit(node)
-        node.iter = nodes.Filter(node.iter, _LOOP_FILTER, [], [], None, None, lineno=node.lineno)
-        return node
-
-    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        self.generic_visit(node)
-        parts = nodes.List(list(node.nodes), lineno=node.lineno)
-        return nodes.Filter(parts, _CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
-
-
-_HTML = _CampaignEnvironment(autoescape=True)
-_PLAIN = _CampaignEnvironment(autoescape=False)
-
-
-def _environment(field: str) -> _CampaignEnvironment:
-    return _HTML if field == "html" else _PLAIN
-
-
-# ---------------------------------------------------------------- checking at save time
-
-
-def _unsafe_name(name: Any) -> bool:
-    return isinstance(name, str) and (name.startswith("_") or name in _UNSAFE_NAMES)
-
-
-def _static_problem(tree: nodes.Template) -> tuple[int, str] | None:
-    for node in tree.find_all(
-        (nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Include, nodes.Import, nodes.FromImport)
-    ):
-        if isinstance(node, nodes.Include | nodes.Import | nodes.FromImport):
-            return node.lineno, "templates cannot include or import other templates"
-        if isinstance(node, nodes.Getattr):
-            names = [node.attr]
-        elif isinstance(node, nodes.Getitem):
-            names = [node.arg.value] if isinstance(node.arg, nodes.Const) else []
-        elif isinstance(node, nodes.Filter) and node.name == "attr":
-            names = [arg.value for arg in node.args if isinstance(arg, nodes.Const)]
-        else:
-            names = []
-        for name in names:
-            if _unsafe_name(name):
-                return node.lineno, f"access to {name!r} is not allowed"
-    for node in tree.find_all(nodes.Extends):
-        return node.lineno, "templates cannot extend other templates"
-    return None
-
-
-def _compile(field: str, source: str) -> Template:
-    """Parse, check and compile one part; raises InvalidInput naming the part and the line."""
-    environment = _environment(field)
+def check_template(subject: str, html: str, text: str | None, render_budget: float = DEFAULT_RENDER_BUDGET) -> None:
+    """Refuses, naming the part, a template that cannot be sent: a syntax error or a reach for
+    Python internals (InvalidInput), or a render of a sample contact that goes over the render
+    budget (RenderTimeout, RenderBudgetExceeded). The sample lacks every attribute: there, a
+    missing variable renders empty, and a part that fails for want of one does not stop the check
+    of the others (the template may well suit real contacts)."""
     try:
-        tree = environment.parse(source)
-        problem = _static_problem(tree)
-        if problem is not None:
-            line, reason = problem
-            raise InvalidInput(field, f"line {line}: {reason}")
-        budgeted: nodes.Template = _Budgeted().visit(tree)
-        budgeted.set_environment(environment)
-        return environment.from_string(budgeted)
-    except TemplateSyntaxError as error:
-        raise InvalidInput(field, f"syntax error on line {error.lineno}: {error.message}") from error
-    except (RecursionError, MemoryError, SyntaxError) as error:
-        raise InvalidInput(field, "template is nested too deeply") from error
+        default_workers.render((subject, html, text), render_context(SAMPLE_CONTACT), render_budget, sample=True)
+    except RenderTimeout as error:
+        raise RenderTimeout(error.field, f"for a sample contact, {_reason(error)}") from error
+    except RenderBudgetExceeded as error:
+        raise RenderBudgetExceeded(
+            error.field, f"for a sample contact, the render goes over its budget: {_reason(error)}"
+        ) from error
 
 
-@functools.lru_cache(maxsize=32)  # sources reach 512 KB: keep the cache small
-def _compiled(field: str, source: str) -> Template:
-    return _compile(field, source)
-
-
-def check_template(subject: str, html: str, text: str | None) -> None:
-    """Everything that can be known about a template before rendering it, checked at save."""
-    for field, source in (("subject", subject), ("html", html), ("text", text)):
-        if source is not None:
-            _compiled(field, source)
-
-
-# ---------------------------------------------------------------- rendering
+def _reason(error: RenderError) -> str:
+    return str(error.details[0]["reason"]) if error.details else error.message
 
 
 def render_context(contact: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,62 +92,31 @@ def _plain_attributes(attributes: Any) -> dict[str, Any]:
     return dict(attributes)
 
 
-def _render(field: str, source: str, context: dict[str, Any]) -> str:
-    template = _compiled(field, source)
-    token = _budget.set(_Budget())
-    try:
-        parts: list[str] = []
-        length = 0
-        for chunk in template.generate(context):
-            length += len(chunk)
-            if length > MAX_RENDERED_CHARS:
-                raise SecurityError(f"rendered {field} exceeds {MAX_RENDERED_CHARS} characters")
-            parts.append(chunk)
-        return "".join(parts)
-    except InvalidInput:
-        raise
-    except (MemoryError, RecursionError) as error:
-        raise RenderError(field, "template needs too much memory or recursion") from error
-    except Exception as error:  # a user's template failing is a user error, never a crash
-        raise RenderError(field, _describe(error)) from error
-    finally:
-        _budget.reset(token)
-
-
-def _describe(error: Exception) -> str:
-    line = _template_line(error)
-    where = f"line {line}: " if line else ""
-    return f"{where}{type(error).__name__}: {error}"[:500]
-
-
-def _template_line(error: Exception) -> int | None:
-    traceback = error.__traceback__
-    line = None
-    while traceback is not None:
-        # Jinja rewrites template frames to carry the template's own line numbers.
-        if traceback.tb_frame.f_code.co_filename == "<template>":
-            line = traceback.tb_lineno
-        traceback = traceback.tb_next
-    return line
-
-
-def render_parts(subject: str, html: str, text: str | None, contact: Mapping[str, Any]) -> RenderedMessage:
-    context = render_context(contact)
+def render_parts(
+    subject: str,
+    html: str,
+    text: str | None,
+    contact: Mapping[str, Any],
+    render_budget: float = DEFAULT_RENDER_BUDGET,
+) -> RenderedMessage:
+    """All parts for one contact within `render_budget` seconds of wall clock (a small constant
+    more at worst). Raises RenderTimeout when late, RenderBudgetExceeded or RenderError when the
+    template fails, InvalidInput when it does not compile: each names the part."""
+    parts = iter(default_workers.render((subject, html, text), render_context(contact), render_budget))
     # Contact data may hold line breaks; a header never does.
-    rendered_subject = _LINE_BREAKS.sub(" ", _render("subject", subject, context)).strip()
+    rendered_subject = _LINE_BREAKS.sub(" ", next(parts)).strip()
     if len(rendered_subject) > MAX_SUBJECT_CHARS:
         raise RenderError("subject", f"rendered subject is longer than {MAX_SUBJECT_CHARS} characters")
-    return RenderedMessage(
-        subject=rendered_subject,
-        html=_render("html", html, context),
-        text=_render("text", text, context) if text is not None else None,
-    )
+    return RenderedMessage(subject=rendered_subject, html=next(parts), text=next(parts) if text is not None else None)
 
 
-def render_template(template: TemplateModel, contact: Mapping[str, Any]) -> RenderedMessage:
+def render_template(
+    template: TemplateModel, contact: Mapping[str, Any], render_budget: float = DEFAULT_RENDER_BUDGET
+) -> RenderedMessage:
     """Render a stored template for one contact: `{"email", "name", "attributes", ...}`.
-    Raises RenderError (an InvalidInput: field = subject/html/text) when the template fails."""
-    return render_parts(template.subject, template.html, template.text, contact)
+    Raises RenderError (an InvalidInput: field = subject/html/text) when the template fails, and
+    its RenderTimeout when it takes longer than `render_budget` seconds."""
+    return render_parts(template.subject, template.html, template.text, contact, render_budget)
 
 
 def load_template(user_id: str, template_id: str, *, field: str | None = None) -> TemplateModel:

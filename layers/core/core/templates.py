@@ -1,5 +1,5 @@
-"""Templates: saved after a full syntax and safety check (core.rendering), listed, read, and
-previewed for one of the user's contacts or a sample contact."""
+"""Templates: saved after a syntax, safety and render-budget check (core.rendering), listed, read,
+and previewed for one of the user's contacts or a sample contact, within the render budget."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from core.errors import InvalidInput, NotFound
 from core.ids import new_id
 from core.models import TemplateModel
 from core.paging import decode_cursor, encode_cursor
-from core.rendering import check_template, load_template, render_template
+from core.rendering import DEFAULT_RENDER_BUDGET, check_template, load_template, render_template
 from core.schemas import (
     MAX_TEMPLATE_BYTES,
     PreviewIn,
@@ -30,9 +30,12 @@ MAX_TEMPLATES_PAGE = 1000
 PREVIEW_UNSUBSCRIBE_URL = "https://example.invalid/unsubscribe?token=preview"
 
 
-def create_template(caller: Caller, request: TemplateIn, clock: Clock, render_budget: float = 0.2) -> TemplateOut:
+def create_template(
+    caller: Caller, request: TemplateIn, clock: Clock, render_budget: float = DEFAULT_RENDER_BUDGET
+) -> TemplateOut:
+    """`render_budget`: seconds of wall clock a sample contact's render may take (as at send)."""
     _check_item_size(request)
-    check_template(request.subject, request.html, request.text)
+    check_template(request.subject, request.html, request.text, render_budget)
     template = TemplateModel(
         caller.user_id,
         new_id("tpl"),
@@ -81,7 +84,10 @@ def get_template(caller: Caller, template_id: str) -> TemplateOut:
     return template_out(load_template(caller.user_id, template_id))
 
 
-def preview_template(caller: Caller, template_id: str, request: PreviewIn, render_budget: float = 0.2) -> RenderedOut:
+def preview_template(
+    caller: Caller, template_id: str, request: PreviewIn, render_budget: float = DEFAULT_RENDER_BUDGET
+) -> RenderedOut:
+    """Answers within `render_budget` seconds of rendering: RenderTimeout (422) when it is late."""
     template = load_template(caller.user_id, template_id)
     if (request.contact_id is None) == (request.sample is None):
         raise InvalidInput("contact_id", "give either contact_id (one of your contacts) or sample")
@@ -100,7 +106,7 @@ def preview_template(caller: Caller, template_id: str, request: PreviewIn, rende
         }
     # The dispatcher passes each recipient's signed one-click link; preview shows where it goes.
     contact.setdefault("unsubscribe_url", PREVIEW_UNSUBSCRIBE_URL)
-    rendered = render_template(template, contact)
+    rendered = render_template(template, contact, render_budget)
     return RenderedOut(subject=rendered.subject, html=rendered.html, text=rendered.text)
 
 
