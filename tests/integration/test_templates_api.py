@@ -11,7 +11,14 @@ from core.models import TemplateModel
 from core.schemas import MAX_SUBJECT_CHARS, MAX_TEMPLATE_BYTES
 from core.settings import Settings
 from tests.conftest import ApiClient
-from tests.integration.given import assert_rejected, given_contacts, given_template
+from tests.integration.given import assert_rejected, given_contacts, given_template, given_user
+
+
+@pytest.fixture(autouse=True)
+def tenants(api: ApiClient) -> None:
+    """Only users the administrators created may create templates."""
+    given_user(api, "alice")
+    given_user(api, "bob")
 
 VALID = {"name": "welcome", "subject": "Hello {{ name }}", "html": "<p>Hi {{ name }}</p>", "text": "Hi {{ name }}"}
 MARGIN = 2.0  # seconds past the render budget: generous; each slow template below takes >= 5 s
@@ -336,3 +343,9 @@ def test_bad_preview_input_is_rejected_naming_the_field(api: ApiClient, body: di
     reply = api.post(f"/api/templates/{template_id}/preview", body, user="alice")
     # Then
     assert_rejected(reply, field)
+
+
+def test_a_caller_without_a_user_record_saves_no_template(api: ApiClient) -> None:
+    reply = api.post("/api/templates", {"name": "n", "subject": "s", "html": "<p>x</p>"}, user="stranger")
+    assert reply.status == 403, reply.body
+    assert list(TemplateModel.query("stranger")) == []

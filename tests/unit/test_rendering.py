@@ -219,8 +219,9 @@ def test_text_crosses_the_process_boundary_unchanged() -> None:
     # When
     message = render_parts("{{ name }}", "{{ name }}", "{{ name }}", {**ANN, "name": name})
     # Then
-    assert (message.subject, message.text) == (name, name)
+    assert message.text == name
     assert message.html == "Zoë 👋 \ud800 \x00 end"
+    assert message.subject == "Zoë 👋 \ud800 end"  # a header holds no control character
 
 
 def test_a_worker_exits_when_its_parent_closes_its_end() -> None:

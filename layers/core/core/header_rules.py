@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 
 # TAB is allowed: it is folding whitespace in a header. Everything else below U+0020, DEL, C1.
-_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_FORBIDDEN_CLASS = "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]"
+_FORBIDDEN = re.compile(_FORBIDDEN_CLASS)
+_BREAKS = re.compile(f"[ \t]*{_FORBIDDEN_CLASS}+[ \t]*")
 
 
 def header_text_problem(value: str) -> str | None:
@@ -22,6 +24,12 @@ def header_text_problem(value: str) -> str | None:
     if found is None:
         return None
     return f"must not contain line breaks or control characters (U+{ord(found.group()):04X})"
+
+
+def one_line(value: str) -> str:
+    """Text rendered from contact data (a subject), made fit for a header: every run of line
+    breaks and control characters becomes one space."""
+    return _BREAKS.sub(" ", value).strip()
 
 
 def address_problem(address: str) -> str | None:

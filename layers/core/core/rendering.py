@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core.errors import NotFound
+from core.header_rules import one_line
 from core.models import TemplateModel
 from core.render_worker import default_workers
 from core.sandbox import RenderBudgetExceeded, RenderError, RenderTimeout
@@ -42,8 +42,6 @@ SAMPLE_CONTACT: dict[str, Any] = {
     "attributes": {},
     "unsubscribe_url": "https://example.invalid/unsubscribe?token=sample",  # as every send has
 }
-
-_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ def render_parts(
     template fails, InvalidInput when it does not compile: each names the part."""
     parts = iter(default_workers.render((subject, html, text), render_context(contact), render_budget))
     # Contact data may hold line breaks; a header never does.
-    rendered_subject = _LINE_BREAKS.sub(" ", next(parts)).strip()
+    rendered_subject = one_line(next(parts))
     if len(rendered_subject) > MAX_SUBJECT_CHARS:
         raise RenderError("subject", f"rendered subject is longer than {MAX_SUBJECT_CHARS} characters")
     return RenderedMessage(subject=rendered_subject, html=next(parts), text=next(parts) if text is not None else None)

@@ -22,6 +22,7 @@ from core.schemas import (
     TemplatePage,
     TemplateSummary,
 )
+from core.users import require_tenant
 
 TEMPLATE_ID_PATTERN = r"tpl_[0-9a-f]{24}"
 MAX_TEMPLATES_PAGE = 1000
@@ -34,6 +35,7 @@ def create_template(
     caller: Caller, request: TemplateIn, clock: Clock, render_budget: float = DEFAULT_RENDER_BUDGET
 ) -> TemplateOut:
     """`render_budget`: seconds of wall clock a sample contact's render may take (as at send)."""
+    require_tenant(caller)
     _check_item_size(request)
     check_template(request.subject, request.html, request.text, render_budget)
     template = TemplateModel(
