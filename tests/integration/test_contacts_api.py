@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from moto.dynamodb.exceptions import MockValidationException, TransactionCanceledException
+from moto.dynamodb.responses import DynamoHandler
 
 from core.contacts import load_contacts
 from core.ids import contact_id_for
@@ -108,6 +112,106 @@ def test_import_of_the_maximum_batch_succeeds(api: ApiClient) -> None:
     assert reply.status == 200
     assert len(reply.body["contact_ids"]) == MAX_CONTACTS_PER_IMPORT
     assert len(stored("alice")) == MAX_CONTACTS_PER_IMPORT
+
+
+def test_import_of_stored_and_new_contacts_merges_both(api: ApiClient, clock: FakeClock) -> None:
+    # Given two stored contacts, one of them unsubscribed since
+    ann, bob = given_contacts(api, "alice", {"email": "ann@example.com"}, {"email": "bob@example.com"})
+    ContactModel("alice", bob).update(actions=[ContactModel.status.set("unsubscribed")])
+    first_import = clock.now()
+    clock.advance(60)
+    # When both come again with 150 new addresses (stored ones are updated one by one, new ones
+    # in transactions of 100)
+    rows = [{"email": f"new{index}@example.com", "tags": ["fresh"]} for index in range(150)]
+    reply = api.post(
+        "/api/contacts",
+        {"contacts": [{"email": "ann@example.com", "tags": ["again"]}, *rows, {"email": "bob@example.com"}]},
+        user="alice",
+    )
+    # Then
+    assert reply.status == 200, reply.body
+    assert reply.body["contact_ids"][0] == ann and reply.body["contact_ids"][-1] == bob
+    contacts = stored("alice")
+    assert len(contacts) == 152
+    ann_now, bob_now = contacts[ann], contacts[bob]
+    assert (ann_now.status, ann_now.tags, ann_now.created_at) == ("subscribed", ["again"], first_import)
+    assert (bob_now.status, bob_now.created_at) == ("unsubscribed", first_import)
+    new = [contact for contact in contacts.values() if contact.contact_id not in (ann, bob)]
+    assert {(contact.status, tuple(contact.tags), contact.created_at) for contact in new} == {
+        ("subscribed", ("fresh",), clock.now())
+    }
+
+
+def _refusing(operation: str, refused_call: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB refuses the `refused_call`th call of `operation` (UpdateItem, TransactWriteItems)."""
+    handler = getattr(DynamoHandler, operation)
+    calls = 0
+    lock = threading.Lock()
+
+    def refuse_one(self: DynamoHandler) -> Any:
+        nonlocal calls
+        with lock:
+            calls += 1
+            refuse = calls == refused_call
+        if refuse:
+            raise MockValidationException("refused by the test")
+        return handler(self)
+
+    monkeypatch.setattr(DynamoHandler, operation, refuse_one)
+
+
+@pytest.mark.parametrize(("operation", "refused_call"), [("transact_write_items", 2), ("update_item", 20)])
+def test_a_write_refused_half_way_is_a_retryable_503_and_the_same_import_then_completes(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch, operation: str, refused_call: int
+) -> None:
+    # Given 60 stored contacts (one unsubscribed since) and an import of them with 240 new ones
+    stored_rows = [{"email": f"old{index}@example.com"} for index in range(60)]
+    old_ids = given_contacts(api, "alice", *stored_rows)
+    ContactModel("alice", old_ids[0]).update(actions=[ContactModel.status.set("unsubscribed")])
+    body = {
+        "contacts": [{**row, "name": "Imported"} for row in stored_rows]
+        + [{"email": f"new{index}@example.com", "name": "Imported"} for index in range(240)]
+    }
+    # When DynamoDB refuses one write half way
+    with monkeypatch.context() as patch:
+        _refusing(operation, refused_call, patch)
+        reply = api.post("/api/contacts", body, user="alice")
+    # Then the reply says to send it again, and some contacts were not written
+    assert reply.status == 503, reply.body
+    assert reply.body["error"] == "service_unavailable"
+    assert "same request again" in reply.body["message"]
+    assert 0 < sum(contact.name == "Imported" for contact in stored("alice").values()) < 300
+    # and sending it again imports everything, statuses untouched
+    reply = api.post("/api/contacts", body, user="alice")
+    assert reply.status == 200, reply.body
+    contacts = stored("alice")
+    assert len(contacts) == 300 and {contact.name for contact in contacts.values()} == {"Imported"}
+    assert [contact.contact_id for contact in contacts.values() if contact.status != "subscribed"] == [old_ids[0]]
+
+
+def test_a_transaction_cancelled_by_a_conflict_is_retried(
+    api: ApiClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given DynamoDB cancels the first transaction for a conflicting write (another import of the
+    # same address at the same moment)
+    handler: Callable[[DynamoHandler], Any] = DynamoHandler.transact_write_items
+    cancelled: list[int] = []
+
+    def conflict_once(self: DynamoHandler) -> Any:
+        if not cancelled:
+            cancelled.append(1)
+            raise TransactionCanceledException([("TransactionConflict", "conflict", None), (None, None, None)])
+        return handler(self)
+
+    monkeypatch.setattr(DynamoHandler, "transact_write_items", conflict_once)
+    # When
+    reply = api.post(
+        "/api/contacts", {"contacts": [{"email": "a@example.com"}, {"email": "b@example.com"}]}, user="alice"
+    )
+    # Then it was written on the second attempt, after a pause
+    assert reply.status == 200, reply.body
+    assert len(stored("alice")) == 2
+    assert cancelled and len(clock.slept) == 1
 
 
 def _rows(*overrides: dict[str, Any]) -> dict[str, Any]:
