@@ -168,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
             counter = RequestCounter(table)
             server = runner.aws.pid
 
+            _, admin = post_json(f"{runner.api_url}/local/token", {"sub": "admin", "groups": ["admins"]})
+
             def import_contacts(user_id: str, rows: list[dict[str, Any]]) -> None:
+                user = {"user_id": user_id, "email": f"{user_id}@example.com", "quota": 0}
+                status, _ = post_json(f"{runner.api_url}/api/users", user, admin["token"])
+                assert status in (201, 409), status  # only users an admin created may import
                 _, reply = post_json(f"{runner.api_url}/local/token", {"sub": user_id, "groups": []})
                 status, body = post_json(f"{runner.api_url}/api/contacts", {"contacts": rows}, reply["token"])
                 assert status == 200, (status, body)

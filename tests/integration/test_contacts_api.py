@@ -15,7 +15,14 @@ from core.ids import contact_id_for
 from core.models import ContactModel
 from core.schemas import MAX_CONTACTS_PER_IMPORT
 from tests.conftest import ApiClient, FakeClock
-from tests.integration.given import assert_rejected, given_contacts
+from tests.integration.given import assert_rejected, given_contacts, given_user
+
+
+@pytest.fixture(autouse=True)
+def tenants(api: ApiClient) -> None:
+    """Only users the administrators created may import contacts."""
+    given_user(api, "alice")
+    given_user(api, "bob")
 
 
 def stored(user_id: str) -> dict[str, ContactModel]:
@@ -160,7 +167,7 @@ def _refusing(operation: str, refused_call: int, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(DynamoHandler, operation, refuse_one)
 
 
-@pytest.mark.parametrize(("operation", "refused_call"), [("transact_write_items", 2), ("update_item", 20)])
+@pytest.mark.parametrize(("operation", "refused_call"), [("transact_write_items", 2), ("transact_write_items", 3)])
 def test_a_write_refused_half_way_is_a_retryable_503_and_the_same_import_then_completes(
     api: ApiClient, monkeypatch: pytest.MonkeyPatch, operation: str, refused_call: int
 ) -> None:
@@ -344,3 +351,9 @@ def test_load_contacts_returns_only_the_users_own(api: ApiClient) -> None:
     found = load_contacts("alice", [ann, bert, "ct_000000000000000000000000"])
     # Then
     assert list(found) == [ann]
+
+
+def test_a_caller_without_a_user_record_imports_nothing(api: ApiClient) -> None:
+    reply = api.post("/api/contacts", {"contacts": [{"email": "a@example.com"}]}, user="stranger")
+    assert reply.status == 403, reply.body
+    assert stored("stranger") == {}

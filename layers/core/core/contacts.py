@@ -6,13 +6,12 @@ or unsubscribe recorded by another writer is kept whatever runs concurrently; th
 earlier read, is the guarantee. (A BatchWrite put replaces the whole item: it would undo such a
 change, so contacts are never put.)
 
-Speed: contacts not stored yet are written 100 to a TransactWriteItems request (the same expression
-per item; two write units an item instead of one), stored ones with one UpdateItem each, several
-requests at a time. Transactions only for new contacts, because DynamoDB refuses an UpdateItem on
-an item inside a running transaction (TransactionConflictException, which the SDK does not retry):
-a transaction over stored contacts could make a concurrent unsubscribe fail. Which contacts are
-stored is read first (BatchGet, keys only); that read only picks the request, and a stale answer
-costs speed, never a merge.
+Speed: contacts are written 100 to a TransactWriteItems request (the same expression per item;
+two write units an item instead of one), several requests at a time, so 1,000 rows are 10 requests.
+DynamoDB refuses an UpdateItem on an item inside a running transaction
+(TransactionConflictException, which the SDK does not retry): every conditional update of a
+contact goes through `core.models.update_if`, which retries it, so a concurrent unsubscribe waits
+a few milliseconds instead of failing; a transaction cancelled by such a conflict is retried here.
 
 Everything is validated (by the schema) before the first write. A DynamoDB failure half way leaves
 some contacts imported and is answered ServiceUnavailable (503): importing the same request again
@@ -47,6 +46,7 @@ from core.schemas import (
     unique,
 )
 from core.states import ContactStatus
+from core.users import require_tenant
 
 CONTACT_ID_PATTERN = r"ct_[0-9a-f]{24}"
 _BATCH_GET_LIMIT = 100
@@ -67,31 +67,21 @@ def import_contacts(
     latest: dict[str, ContactIn] = {}
     for row in request.contacts:
         latest[contact_id_for(str(row.email))] = row
+    require_tenant(caller)
     now = clock.now()
     user_id = caller.user_id
+    rows = list(latest.items())
     try:
-        stored = _stored_ids(user_id, latest)
-        new = [(contact_id, row) for contact_id, row in latest.items() if contact_id not in stored]
         connection = transaction_connection()
-        if new:
-            connection.client  # noqa: B018 - made once here, not by several threads racing to make it
+        connection.client  # noqa: B018 - made once here, not by several threads racing to make it
         with ThreadPoolExecutor(max_workers=writers) as pool:
-            writes = [pool.submit(_create, connection, user_id, rows, now, clock) for rows in _chunks(new)]
-            writes += [pool.submit(_merge, user_id, contact_id, latest[contact_id], now) for contact_id in stored]
-            _wait_all(writes)
+            _wait_all([pool.submit(_merge_rows, connection, user_id, chunk, now, clock) for chunk in _chunks(rows)])
     except PynamoDBException as error:
         raise ServiceUnavailable(
             "the contacts table refused a write; some contacts may be imported. "
             "Send the same request again: an import is safe to repeat"
         ) from error
     return ContactImported(contact_ids=list(latest))
-
-
-def _stored_ids(user_id: str, contact_ids: Iterable[str]) -> set[str]:
-    """Which of the contacts exist (BatchGet of keys only, 100 a request)."""
-    keys = [(user_id, contact_id) for contact_id in contact_ids]
-    found = ContactModel.batch_get(keys, attributes_to_get=["user_id", "contact_id"])
-    return {contact.contact_id for contact in found}
 
 
 def _wait_all(writes: list[Future[None]]) -> None:
@@ -106,9 +96,11 @@ def _wait_all(writes: list[Future[None]]) -> None:
             raise failure
 
 
-def _create(connection: Connection, user_id: str, rows: list[tuple[str, ContactIn]], now: float, clock: Clock) -> None:
-    """Merges contacts believed new in one transaction, retried while DynamoDB cancels it only for
-    reasons that pass (a concurrent import of the same address, throttling)."""
+def _merge_rows(
+    connection: Connection, user_id: str, rows: list[tuple[str, ContactIn]], now: float, clock: Clock
+) -> None:
+    """Merges up to 100 contacts in one transaction, retried while DynamoDB cancels it only for
+    reasons that pass (a concurrent write of one of them, throttling)."""
     for attempt in range(_TRANSACTION_ATTEMPTS):
         try:
             with TransactWrite(connection=connection) as transaction:
@@ -120,10 +112,6 @@ def _create(connection: Connection, user_id: str, rows: list[tuple[str, ContactI
             if not reasons or not reasons <= _RETRYABLE_REASONS or attempt == _TRANSACTION_ATTEMPTS - 1:
                 raise
         clock.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
-
-
-def _merge(user_id: str, contact_id: str, row: ContactIn, now: float) -> None:
-    ContactModel(user_id, contact_id).update(actions=_merge_actions(row, now))
 
 
 def _merge_actions(row: ContactIn, now: float) -> list[Action]:

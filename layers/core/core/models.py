@@ -5,6 +5,8 @@ Table names are bound at cold start by `bind_tables(settings)`; the names here a
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -307,16 +309,26 @@ def bind_tables(settings: Settings) -> None:
         model._connection = None
 
 
+# An UpdateItem on an item a running transaction holds is refused (TransactionConflictException)
+# and botocore does not retry it; the transaction ends within milliseconds, so try again.
+_CONFLICT_ATTEMPTS = 5
+
+
 def update_if(item: Model, actions: Sequence[Action], condition: Condition) -> bool:
     """Applies a conditional update; False when its condition did not hold (another writer moved
     the item first, or it is missing). Any other failure raises."""
-    try:
-        item.update(actions=list(actions), condition=condition)
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    for attempt in range(_CONFLICT_ATTEMPTS):
+        try:
+            item.update(actions=list(actions), condition=condition)
+        except UpdateError as error:
+            if error.cause_response_code == "ConditionalCheckFailedException":
+                return False
+            if error.cause_response_code == "TransactionConflictException" and attempt + 1 < _CONFLICT_ATTEMPTS:
+                time.sleep(0.02 * 2**attempt * (0.5 + random.random() / 2))
+                continue
+            raise
+        return True
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def transaction_connection() -> Connection:
