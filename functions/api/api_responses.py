@@ -2,10 +2,10 @@
 body, and every error status it can give, each in the API's one error shape (`ErrorBody`).
 
 Left alone, Powertools documents a route as 200 with its return type plus its own 422
-`HTTPValidationError`. A route's `responses=` replaces both: the success entry given here without
-content takes the route's return type, and the 422 here (our shape, as `api_context` answers it)
-overrides Powertools' one. So each route's decorator says `responses=documented(201, CREATE, 403)`
-and the document matches what the API really sends."""
+`HTTPValidationError`. A route's `responses=` replaces the 200 (an entry without content takes the
+route's return type) and overrides the 422 with the same status, so every route documents a 422 in
+our shape (as `api_context` answers validation errors). Each route's decorator says, for example,
+`responses=documented(201, CREATE, 403)`, and the document matches what the API really sends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseContentModel
 
 from core.schemas import ErrorBody
 
@@ -33,14 +33,11 @@ ERROR_REASONS: dict[int, str] = {
     503: "A dependency is unavailable for now; retry (same Idempotency-Key allowed).",
 }
 
-# Error statuses shared by kinds of routes.
+# Error statuses shared by kinds of routes (every route also documents 422: input is validated).
 AUTH = (401,)  # every /api route: the caller comes from the bearer token
-QUERY = (*AUTH, 422)  # routes with query parameters (cursor, limit, tag, ...)
-BODY = (400, *AUTH, 415, 422)  # routes with a JSON body
+BODY = (400, *AUTH, 415)  # routes with a JSON body
 # Creating POSTs also honour Idempotency-Key: reused or in progress is 409, its store down is 503.
 CREATE = (*BODY, 409, 503)
-
-_ERROR_CONTENT = {"application/json": {"model": ErrorBody}}
 
 
 def documented(
@@ -50,16 +47,18 @@ def documented(
     links: dict[str, Any] | None = None,
 ) -> dict[int, OpenAPIResponse]:
     """The responses of one route: `status` with the route's return type (or a `media_type` body
-    of text), then each error status given (alone or in groups such as CREATE) with ErrorBody."""
+    of text), then 422 and each error status given (alone or in groups such as CREATE), all with
+    ErrorBody."""
     success: OpenAPIResponse = {"description": HTTPStatus(status).phrase}
     if media_type is not None:
         success["content"] = {media_type: {"schema": {"type": "string"}}}
     if links:
         success["links"] = links
-    codes = sorted({code for group in errors for code in ((group,) if isinstance(group, int) else group)})
+    codes = sorted({422, *(code for group in errors for code in ((group,) if isinstance(group, int) else group))})
     responses: dict[int, OpenAPIResponse] = {int(status): success}
     for code in codes:
-        responses[code] = {"description": ERROR_REASONS[code], "content": dict(_ERROR_CONTENT)}  # type: ignore[dict-item]
+        error_body: OpenAPIResponseContentModel = {"model": ErrorBody}
+        responses[code] = {"description": ERROR_REASONS[code], "content": {"application/json": error_body}}
     return responses
 
 

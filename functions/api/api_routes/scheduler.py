@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from api_context import current_caller, deps
+from api_responses import AUTH, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core import scheduler_control
@@ -14,21 +15,21 @@ def _control_deps() -> scheduler_control.ControlDeps:
     return scheduler_control.ControlDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules)
 
 
-@router.post("/api/scheduler/start")
+@router.post("/api/scheduler/start", responses=documented(200, AUTH, 403))
 def start_scheduler() -> SchedulerStateOut:
     return scheduler_control.set_running(current_caller(router), True, _control_deps())
 
 
-@router.post("/api/scheduler/stop")
+@router.post("/api/scheduler/stop", responses=documented(200, AUTH, 403))
 def stop_scheduler() -> SchedulerStateOut:
     return scheduler_control.set_running(current_caller(router), False, _control_deps())
 
 
-@router.post("/api/scheduler/tasks/<task_id>/pause")
+@router.post("/api/scheduler/tasks/<task_id>/pause", responses=documented(200, AUTH, 404, 409))
 def pause_task(task_id: str) -> TaskOut:
     return scheduler_control.pause_task(current_caller(router), task_id, _control_deps())
 
 
-@router.post("/api/scheduler/tasks/<task_id>/resume")
+@router.post("/api/scheduler/tasks/<task_id>/resume", responses=documented(200, AUTH, 404, 409))
 def resume_task(task_id: str) -> TaskOut:
     return scheduler_control.resume_task(current_caller(router), task_id, _control_deps())

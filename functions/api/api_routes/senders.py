@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from api_context import current_caller, deps
-from api_responses import CREATE, QUERY, documented
+from api_responses import AUTH, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
@@ -20,7 +20,7 @@ def create_sender(request: SenderIn) -> tuple[SenderOut, int]:
     return senders.create_sender(current_caller(router), request, api.clock, api.ses, limit), 201
 
 
-@router.get("/api/senders", responses=documented(200, QUERY))
+@router.get("/api/senders", responses=documented(200, AUTH))
 def list_senders(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=senders.MAX_SENDERS_PAGE)] = senders.MAX_SENDERS_PAGE,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from api_context import current_caller, deps
+from api_responses import AUTH, BODY, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core import email_services
@@ -14,16 +15,16 @@ def _service_deps() -> email_services.ServiceDeps:
     return email_services.ServiceDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules)
 
 
-@router.post("/api/services")
+@router.post("/api/services", responses=documented(201, CREATE, 403))
 def create_service(request: ServiceIn) -> tuple[ServiceOut, int]:
     return email_services.create_service(current_caller(router), request, _service_deps()), 201
 
 
-@router.get("/api/services")
+@router.get("/api/services", responses=documented(200, AUTH))
 def list_services() -> ServiceList:
     return email_services.list_services(current_caller(router), deps().clock)
 
 
-@router.patch("/api/services/<service_id>")
+@router.patch("/api/services/<service_id>", responses=documented(200, BODY, 403, 404))
 def update_service(service_id: str, request: ServicePatch) -> ServiceOut:
     return email_services.update_service(current_caller(router), service_id, request, _service_deps())

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from api_context import current_caller, deps
+from api_responses import AUTH, BODY, CREATE, documented, link
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
@@ -11,18 +12,25 @@ from core.schemas import PreviewIn, RenderedOut, TemplateIn, TemplateOut, Templa
 
 router = Router()
 
+# The new template's id feeds the routes that read or preview it (OpenAPI links).
+_NEW_TEMPLATE = {"template_id": "$response.body#/template_id"}
+_TEMPLATE_LINKS = {
+    "GetTemplate": link("GET", "/api/templates/{template_id}", **_NEW_TEMPLATE),
+    "PreviewTemplate": link("POST", "/api/templates/{template_id}/preview", **_NEW_TEMPLATE),
+}
+
 
 def _render_budget() -> float:
     """Seconds of wall clock one render may take."""
     return deps().settings.render_budget_ms / 1000
 
 
-@router.post("/api/templates")
+@router.post("/api/templates", responses=documented(201, CREATE, links=_TEMPLATE_LINKS))
 def create_template(request: TemplateIn) -> tuple[TemplateOut, int]:
     return templates.create_template(current_caller(router), request, deps().clock, _render_budget()), 201
 
 
-@router.get("/api/templates")
+@router.get("/api/templates", responses=documented(200, AUTH))
 def list_templates(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=templates.MAX_TEMPLATES_PAGE)] = templates.MAX_TEMPLATES_PAGE,
@@ -30,11 +38,11 @@ def list_templates(
     return templates.list_templates(current_caller(router), cursor, limit)
 
 
-@router.get("/api/templates/<template_id>")
+@router.get("/api/templates/<template_id>", responses=documented(200, AUTH, 404))
 def get_template(template_id: str) -> TemplateOut:
     return templates.get_template(current_caller(router), template_id)
 
 
-@router.post("/api/templates/<template_id>/preview")
+@router.post("/api/templates/<template_id>/preview", responses=documented(200, BODY, 404))
 def preview_template(template_id: str, request: PreviewIn) -> RenderedOut:
     return templates.preview_template(current_caller(router), template_id, request, _render_budget())

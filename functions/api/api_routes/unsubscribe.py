@@ -8,6 +8,7 @@ import html
 from typing import Annotated
 
 from api_context import deps
+from api_responses import documented
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -27,7 +28,7 @@ def _page(body: str) -> Response[str]:
     return Response(status_code=200, content_type="text/html; charset=utf-8", body=document)
 
 
-@router.get("/unsubscribe")
+@router.get("/unsubscribe", responses=documented(200, media_type="text/html"))
 def confirm_unsubscribe(token: Token) -> Response[str]:
     verify_unsubscribe(deps().settings.unsubscribe_signing_key, token)  # a bad link is a 422 now
     safe = html.escape(token, quote=True)
@@ -37,7 +38,7 @@ def confirm_unsubscribe(token: Token) -> Response[str]:
     )
 
 
-@router.post("/unsubscribe")
+@router.post("/unsubscribe", responses=documented(200, media_type="text/html"))
 def one_click_unsubscribe(token: Token) -> Response[str]:
     api = deps()
     unsubscribe(token, api.settings.unsubscribe_signing_key, api.clock)

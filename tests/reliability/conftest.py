@@ -1,0 +1,55 @@
+"""The reliability suite's world: two populated tenants behind the in-process API gateway."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from local_runner.template import create_resources
+from tests.conftest import ApiClient
+from tests.reliability.gateway import api_gateway, template
+from tests.reliability.world import World, populate
+
+
+@pytest.fixture
+def new_world(api: ApiClient, planner: Any) -> Callable[..., World]:
+    """Builds the world afresh on the test's in-process AWS, emptied first: the given tenants, each
+    with a sender, contacts, a template and a planned (queued) task."""
+    import api_context
+
+    signing_key = api_context.deps().settings.unsubscribe_signing_key
+    session = boto3.Session()  # one session: its clients' service models are loaded once
+
+    built = 0
+
+    def build(tenants: tuple[str, ...] = ("alice",)) -> World:
+        nonlocal built
+        if built:  # the `aws` fixture made the resources for the first one
+            mock_aws().reset()  # every backend emptied; the same resources made again from the template
+            create_resources(session, template())
+        built += 1
+        populated = populate(api_gateway(), signing_key, tenants)
+        planner.drain()
+        return populated
+
+    return build
+
+
+@pytest.fixture
+def world(new_world: Callable[..., World]) -> World:
+    return new_world()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many requests the contract suite sent per operation (stateless and stateful)."""
+    contract = sys.modules.get("tests.reliability.test_openapi_contract")
+    counts = getattr(contract, "examples_run", None)
+    if counts:
+        terminalreporter.write_sep("-", f"reliability: {sum(counts.values())} requests over {len(counts)} operations")
+        for label, count in sorted(counts.items()):
+            terminalreporter.write_line(f"{count:6d}  {label}")
