@@ -20,6 +20,7 @@ def tenants(api: ApiClient) -> None:
     given_user(api, "alice")
     given_user(api, "bob")
 
+
 VALID = {"name": "welcome", "subject": "Hello {{ name }}", "html": "<p>Hi {{ name }}</p>", "text": "Hi {{ name }}"}
 MARGIN = 2.0  # seconds past the render budget: generous; each slow template below takes >= 5 s
 # ~2 s per urlize of a megabyte, `reps` times: one call that only a killed worker stops.

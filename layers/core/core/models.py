@@ -5,6 +5,7 @@ Table names are bound at cold start by `bind_tables(settings)`; the names here a
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Sequence
@@ -307,6 +308,7 @@ def bind_tables(settings: Settings) -> None:
     for setting_name, model in ALL_MODELS.items():
         model.Meta.table_name = getattr(settings, setting_name)
         model._connection = None
+    transaction_connection.cache_clear()
 
 
 # An UpdateItem on an item a running transaction holds is refused (TransactionConflictException)
@@ -331,8 +333,10 @@ def update_if(item: Model, actions: Sequence[Action], condition: Condition) -> b
     raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
+@functools.lru_cache(maxsize=1)
 def transaction_connection() -> Connection:
-    """TransactWrite needs its own Connection; endpoint and region come from standard config."""
+    """TransactWrite needs its own Connection; endpoint and region come from standard config. One
+    per container (a botocore client takes tens of milliseconds to build; it is thread-safe)."""
     return Connection(max_retry_attempts=5)
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from core.header_rules import check_address, check_header_text
 
@@ -79,10 +80,17 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+class ErrorDetail(BaseModel):
+    field: str | None  # the request field, header or query parameter at fault (null when none)
+    reason: str
+
+
 class ErrorBody(BaseModel):
+    """Every API error (4xx, 503): a code, a sentence, and what was wrong where."""
+
     error: str
     message: str
-    details: list[dict[str, Any]] = []
+    details: list[ErrorDetail]
 
 
 def unique(values: list[Any]) -> list[Any]:
@@ -93,7 +101,7 @@ def unique(values: list[Any]) -> list[Any]:
 class UserIn(StrictModel):
     user_id: Identifier
     email: EmailAddress
-    quota: int = Field(ge=0, le=10_000_000_000)
+    quota: StrictInt = Field(ge=0, le=10_000_000_000)
 
 
 class UserOut(BaseModel):
@@ -140,13 +148,14 @@ class ServicePatch(StrictModel):
     """Only the fields given change. `from_domain` / `configuration_set` may be set to null to clear
     them; the other fields cannot be null."""
 
-    name: Name | None = None
-    region: Region | None = None
-    sending_rate: SendingRate | None = None
-    daily_quota: DailyQuota | None = None
+    # SkipJsonSchema: omitted is allowed, null is not (the document must not offer it).
+    name: Name | SkipJsonSchema[None] = None
+    region: Region | SkipJsonSchema[None] = None
+    sending_rate: SendingRate | SkipJsonSchema[None] = None
+    daily_quota: DailyQuota | SkipJsonSchema[None] = None
     from_domain: DomainName | None = None
     configuration_set: ConfigurationSetName | None = None
-    enabled: StrictBool | None = None
+    enabled: StrictBool | SkipJsonSchema[None] = None
 
     @field_validator("name", "region", "sending_rate", "daily_quota", "enabled", mode="before")
     @classmethod
