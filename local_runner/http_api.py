@@ -150,35 +150,27 @@ def _token_request(body: bytes) -> tuple[str, list[str]] | dict[str, Any]:
     return sub, groups
 
 
-class LocalApiGateway:
-    """A threaded HTTP server in front of the template's API functions."""
+class ApiGateway:
+    """API Gateway without a transport: routing and the authorizer from the template, REST proxy
+    events in, the function's reply out as HTTP (status, headers, body). The local server below and
+    the reliability suite's in-process client both use it. `integration_errors`: a function that
+    raises is API Gateway's 502, as in AWS (False: the exception propagates, for tests)."""
 
-    def __init__(self, template: dict[str, Any], invoke: Invoke, *, host: str = "127.0.0.1", port: int = 3000) -> None:
+    def __init__(
+        self,
+        template: dict[str, Any],
+        invoke: Invoke,
+        tokens: TokenIssuer | None = None,
+        *,
+        integration_errors: bool = True,
+    ) -> None:
         self.routes = routes_from_template(template)
-        self.tokens = TokenIssuer()
+        self.tokens = tokens or TokenIssuer()
         self._invoke = invoke
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-api", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:  # shutdown() waits for serve_forever, so only once it runs
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
+        self._integration_errors = integration_errors
 
     def handle(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str
+        self, method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str = "127.0.0.1"
     ) -> tuple[int, dict[str, list[str]], bytes]:
         """One HTTP request -> (status, headers, body), as API Gateway would answer it."""
         url = urlsplit(target)
@@ -211,8 +203,36 @@ class LocalApiGateway:
             try:
                 return _lambda_reply(self._invoke(route.function, event))
             except Exception:  # logged by the function host; API Gateway answers a failed integration so
+                if not self._integration_errors:
+                    raise
                 return _json_reply(HTTPStatus.BAD_GATEWAY, {"message": "Internal server error"})
         return _json_reply(HTTPStatus.FORBIDDEN, {"message": "Missing Authentication Token"})
+
+
+class LocalApiGateway(ApiGateway):
+    """A threaded HTTP server in front of the template's API functions."""
+
+    def __init__(self, template: dict[str, Any], invoke: Invoke, *, host: str = "127.0.0.1", port: int = 3000) -> None:
+        super().__init__(template, invoke)
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-api", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:  # shutdown() waits for serve_forever, so only once it runs
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         gateway = self
