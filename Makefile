@@ -48,29 +48,21 @@ check-python:
 
 # ------------------------------------------------------------------ virtualenvs
 # The stamp files make the install re-run only when a requirements file changes.
+# venv_rule(DIR, REQUIREMENTS...): DIR/.stamp, a virtualenv with the first requirements file installed.
+define venv_rule
+$(1)/.stamp: $(2) | check-python
+	$$(call say,creating $(1) from $(firstword $(2)))
+	@test -x $(1)/bin/python || $$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install $$(PIP_FLAGS) -r $(firstword $(2))
+	@touch $$@
+endef
+
 venv: $(VENV)/.stamp
-
-$(VENV)/.stamp: requirements-dev.txt layers/core/requirements.txt | check-python
-	$(call say,creating $(VENV) from requirements-dev.txt)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_FLAGS) -r requirements-dev.txt
-	@touch $@
-
 venv-sam: $(VENV_SAM)/.stamp
-
-$(VENV_SAM)/.stamp: requirements-sam.txt | check-python
-	$(call say,creating $(VENV_SAM) from requirements-sam.txt)
-	@test -x $(SAM_BIN)/python || $(PYTHON) -m venv $(VENV_SAM)
-	$(SAM_BIN)/python -m pip install $(PIP_FLAGS) -r requirements-sam.txt
-	@touch $@
-
 venv-checkov: $(VENV_CHECKOV)/.stamp
-
-$(VENV_CHECKOV)/.stamp: requirements-checkov.txt | check-python
-	$(call say,creating $(VENV_CHECKOV) from requirements-checkov.txt)
-	@test -x $(CHECKOV_BIN)/python || $(PYTHON) -m venv $(VENV_CHECKOV)
-	$(CHECKOV_BIN)/python -m pip install $(PIP_FLAGS) -r requirements-checkov.txt
-	@touch $@
+$(eval $(call venv_rule,$(VENV),requirements-dev.txt layers/core/requirements.txt))
+$(eval $(call venv_rule,$(VENV_SAM),requirements-sam.txt))
+$(eval $(call venv_rule,$(VENV_CHECKOV),requirements-checkov.txt))
 
 # ------------------------------------------------------------------ lint and test
 lint: venv
