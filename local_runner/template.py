@@ -221,18 +221,10 @@ def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) ->
     return None
 
 
-# A variable `<NAME>_SECRET_ARN` names a secret whose value the function reads at cold start in
-# place of `<NAME>` (core/secrets.py).
-SECRET_ARN_SUFFIX = "_SECRET_ARN"  # noqa: S105 - a name suffix, not a password
-
-
 def environment_for(created: CreatedResources, functions: Iterable[str] = ()) -> dict[str, str]:
     """The environment variables the template's Globals give every function, resolved; then those
-    each of `functions` (logical ids) declares itself, which win as they do in AWS.
-
-    A `<NAME>_SECRET_ARN` that names a template secret also comes with `<NAME>` set to the secret's
-    value, which the functions would read from it anyway: so code that reads `Settings()` itself (a
-    test signing an unsubscribe link) sees the key the functions resolve. In AWS only the ARN is set."""
+    each of `functions` (logical ids) declares itself, which win as they do in AWS. A secret is
+    given by its ARN only, as in AWS: the functions read its value at cold start (core/secrets.py)."""
     template = load_template()
     variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
     for function in functions:
@@ -243,7 +235,4 @@ def environment_for(created: CreatedResources, functions: Iterable[str] = ()) ->
         text = _resolve(value, template, created)
         if text is not None:
             resolved[key] = text
-        secret = value.get("Ref") if isinstance(value, dict) else None
-        if key.endswith(SECRET_ARN_SUFFIX) and secret in created.secrets:
-            resolved[key.removesuffix(SECRET_ARN_SUFFIX)] = created.secrets[secret]
     return resolved

@@ -29,6 +29,7 @@ for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
 from moto import mock_aws  # noqa: E402
 
 from core.models import bind_tables  # noqa: E402
+from core.secrets import resolve_signing_key  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from local_runner import moto_speedups  # noqa: E402
 from local_runner.apigw import claims_for, rest_event  # noqa: E402
@@ -68,7 +69,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
         # The API function's own variables too (dispatcher ARN, schedule group, ...).
         for key, value in environment_for(created, functions=("ApiFunction",)).items():
             monkeypatch.setenv(key, value)
-        settings = Settings()
+        # As the functions do at cold start: the signing key from the template's secret.
+        settings = resolve_signing_key(Settings(), boto3.client("secretsmanager"))
         bind_tables(settings)
         yield settings
 

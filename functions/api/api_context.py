@@ -21,6 +21,7 @@ from core.auth import Caller, Unauthenticated, caller_from_claims
 from core.clock import Clock, SystemClock
 from core.models import bind_tables
 from core.schedules import ScheduleConfig
+from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
 
 logger = Logger()
@@ -40,8 +41,6 @@ class ApiDeps:
 
 @lru_cache(maxsize=1)
 def deps() -> ApiDeps:
-    from core.secrets import resolve_signing_key
-
     retries = Config(retries={"mode": "standard", "max_attempts": 3})
     settings = resolve_signing_key(load_settings(), boto3.client("secretsmanager", config=retries))
     bind_tables(settings)

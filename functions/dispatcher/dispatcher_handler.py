@@ -17,6 +17,7 @@ from core.clock import Clock, SystemClock
 from core.dispatcher import DispatcherDeps, dispatch_service
 from core.models import bind_tables
 from core.schemas import Identifier
+from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
 
 logger = Logger()
@@ -44,8 +45,6 @@ class Runtime:
 
 @lru_cache(maxsize=1)
 def runtime() -> Runtime:
-    from core.secrets import resolve_signing_key
-
     secretsmanager = boto3.client("secretsmanager", config=Config(retries={"mode": "standard", "max_attempts": 3}))
     settings = resolve_signing_key(load_settings(), secretsmanager)
     bind_tables(settings)

@@ -11,6 +11,7 @@ import pytest
 from moto.core.models import botocore_stubber
 
 from core.models import bind_tables
+from core.secrets import resolve_signing_key
 from core.settings import Settings
 from local_runner.moto_server import EmbeddedAws
 from local_runner.template import create_resources, environment_for
@@ -38,7 +39,7 @@ def aws_server(embedded_aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> It
     created = create_resources(boto3.Session())
     for key, value in environment_for(created).items():
         monkeypatch.setenv(key, value)
-    settings = Settings()
+    settings = resolve_signing_key(Settings(), boto3.client("secretsmanager"))  # as the functions do
     bind_tables(settings)  # drops cached PynamoDB connections, so they pick up the endpoint
     yield settings
     monkeypatch.undo()
