@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any
 
 from pynamodb.models import Model
 
-from core.clock import Clock
+from core.clock import Clock, backoff
 
 BATCH_WRITE_LIMIT = 25  # DynamoDB's BatchWriteItem maximum
 MAX_WRITE_ATTEMPTS = 8
@@ -24,6 +23,6 @@ def put_items(dynamodb: Any, table: str, items: Sequence[Model], clock: Clock) -
             requests = reply.get("UnprocessedItems", {}).get(table, [])
             if not requests:
                 break
-            clock.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+            clock.sleep(backoff(attempt))
         else:
             raise RuntimeError(f"{len(requests)} items stayed unprocessed in {table}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -23,6 +24,12 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+
+def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
+    """Seconds to wait before retry `attempt` (0-based): exponential from `base`, at most `cap`,
+    jittered to between half and all of it so that writers refused together do not retry together."""
+    return min(cap, base * 2.0**attempt) * (0.5 + random.random() / 2)
 
 
 def to_datetime(epoch_seconds: float) -> datetime:

@@ -19,7 +19,6 @@ is safe (it is an upsert)."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -30,7 +29,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from core.auth import Caller
-from core.clock import Clock, iso
+from core.clock import Clock, backoff, iso
 from core.errors import ServiceUnavailable
 from core.ids import contact_id_for
 from core.models import ContactModel, transaction_connection
@@ -111,7 +110,7 @@ def _merge_rows(
             reasons = {reason.code for reason in error.cancellation_reasons if reason is not None}
             if not reasons or not reasons <= _RETRYABLE_REASONS or attempt == _TRANSACTION_ATTEMPTS - 1:
                 raise
-        clock.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+        clock.sleep(backoff(attempt, cap=1.0))
 
 
 def _merge_actions(row: ContactIn, now: float) -> list[Action]:

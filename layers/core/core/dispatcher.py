@@ -50,7 +50,7 @@ from core.models import (
     UserModel,
     update_if,
 )
-from core.rendering import RenderTimeout, render_template
+from core.rendering import DEFAULT_RENDER_BUDGET, RenderTimeout, render_template
 from core.schedules import scheduler_running
 from core.send_errors import SendErrorClass, classify_send_error
 from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
@@ -97,7 +97,7 @@ class DispatcherDeps:
     unsubscribe_base_url: str
     unsubscribe_signing_key: str
     max_in_flight: int = 8
-    render_budget_seconds: float = 0.2  # wall clock for rendering one email
+    render_budget_seconds: float = DEFAULT_RENDER_BUDGET  # wall clock for rendering one email
     # Test seam: called at "before_claim", "after_claim", "after_send", "after_record".
     fault: FaultHook = _no_fault
 

@@ -6,7 +6,6 @@ Table names are bound at cold start by `bind_tables(settings)`; the names here a
 from __future__ import annotations
 
 import functools
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
+from core.clock import backoff
 from core.settings import Settings
 
 
@@ -319,18 +319,18 @@ _CONFLICT_ATTEMPTS = 5
 def update_if(item: Model, actions: Sequence[Action], condition: Condition) -> bool:
     """Applies a conditional update; False when its condition did not hold (another writer moved
     the item first, or it is missing). Any other failure raises."""
-    for attempt in range(_CONFLICT_ATTEMPTS):
+    attempt = 0
+    while True:
         try:
             item.update(actions=list(actions), condition=condition)
+            return True
         except UpdateError as error:
             if error.cause_response_code == "ConditionalCheckFailedException":
                 return False
-            if error.cause_response_code == "TransactionConflictException" and attempt + 1 < _CONFLICT_ATTEMPTS:
-                time.sleep(0.02 * 2**attempt * (0.5 + random.random() / 2))
-                continue
-            raise
-        return True
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+            attempt += 1
+            if error.cause_response_code != "TransactionConflictException" or attempt == _CONFLICT_ATTEMPTS:
+                raise
+        time.sleep(backoff(attempt - 1, base=0.02))
 
 
 @functools.lru_cache(maxsize=1)

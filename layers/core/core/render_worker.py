@@ -472,7 +472,11 @@ class RenderWorkers:
             worker.kill()
             with self._lock:
                 spare, self._spare = self._spare, Worker(self.memory_limit)
-            worker = spare if spare is not None and spare.process.poll() is None else Worker(self.memory_limit)
+            if spare is None or spare.process.poll() is not None:
+                if spare is not None:
+                    spare.kill()  # the spare died waiting: reap it
+                spare = Worker(self.memory_limit)
+            worker = spare
         with self._lock:
             if len(self._idle) < self.idle_limit:
                 self._idle.append(worker)
