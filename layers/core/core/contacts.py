@@ -53,8 +53,8 @@ TRANSACTION_LIMIT = 100  # DynamoDB's TransactWriteItems maximum
 # Requests in flight at once; below PynamoDB's 10 pooled connections per client, so none is dropped.
 IMPORT_WRITERS = 8
 _TRANSACTION_ATTEMPTS = 5
-# Cancellation reasons that another attempt can clear: a concurrent import of the same new
-# address (TransactionConflict) or throttling.
+# Cancellation reasons that another attempt can clear: a concurrent write of one of the contacts
+# (an unsubscribe, another import: TransactionConflict) or throttling.
 _RETRYABLE_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 
 
