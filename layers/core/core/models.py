@@ -287,6 +287,12 @@ class SchedulerStateModel(_Base):
     paused_reason = UnicodeAttribute(null=True)  # e.g. daily quota exhausted until a UTC day
     updated_at = NumberAttribute(null=True)
     last_health_check = NumberAttribute(null=True)
+    # "scheduler": bumped by every control change (pause, resume, cancel, a task queued, a service
+    # changed), so a sending dispatcher learns of one from a single read of this item.
+    control_seq = NumberAttribute(null=True)
+    # "service#<id>": bumped by each wake-up that found the lease held, so a holder about to stop
+    # for lack of work looks once more instead (core.dispatch.lease).
+    wake_seq = NumberAttribute(null=True)
 
 
 ALL_MODELS: dict[str, type[Model]] = {
