@@ -192,8 +192,9 @@ class LocalRunner:
         for poller in self._pollers:
             if poller is not self.outbox:
                 poller.stop()
-        if self.scheduler is not None and not self.scheduler.wait_for_invocations(STOP_GRACE_SECONDS):
-            log.warning("stopping with scheduled invocations still running (cut off as at a Lambda timeout)")
+        invokers = [poller for poller in self._pollers if isinstance(poller, ScheduleFirer | QueueTrigger)]
+        if not all(invoker.wait_for_invocations(STOP_GRACE_SECONDS) for invoker in invokers):
+            log.warning("stopping with invocations still running (cut off as at a Lambda timeout)")
         self.functions.stopping = True
         if self.outbox is not None:
             self.outbox.stop()

@@ -4,9 +4,12 @@
   invokes the function with them, deletes what succeeded (all but the reported `batchItemFailures`
   when the mapping says `ReportBatchItemFailures`), leaves the rest to reappear after the
   visibility timeout, as Lambda's poller does.
+- `QueueTrigger`'s concurrency is the mapping's `ScalingConfig.MaximumConcurrency` (one batch at a
+  time without it): the dispatcher's wake-up queue runs one long invocation per service at once.
 - `ScheduleFirer`: EventBridge Scheduler. moto stores schedules but never fires them; this reads
-  every ENABLED `rate(...)` schedule and invokes its target with its `Input`, each fire on its own
-  thread, so a long invocation overlaps the next one as it would in AWS.
+  every ENABLED `rate(...)` schedule and invokes its target with its `Input` once per period, at a
+  random second of each period as AWS does (60-second precision: two fires of a one-minute rate may
+  be 1 s or 119 s apart), each fire on its own thread, so a long invocation overlaps the next one.
 - `OutboxWriter`: writes every message SES accepted to `<outbox>/<n>-<message id>.eml`.
 
 Polls never long-poll: the embedded server answers one request at a time, and a 20-second
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -93,6 +97,20 @@ class QueueMapping:
     queue_arn: str
     batch_size: int
     reports_item_failures: bool
+    concurrency: int = 1  # batches in flight at once
+
+
+def _maximum_concurrency(template: dict[str, Any], props: dict[str, Any]) -> int:
+    """The mapping's ScalingConfig.MaximumConcurrency (a number or a parameter's default); 1 when
+    absent or conditional: handlers that keep per-module batch state then never share it."""
+    value = (
+        (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
+        if isinstance(props.get("ScalingConfig"), dict)
+        else None
+    )
+    if isinstance(value, dict) and "Ref" in value:
+        value = template.get("Parameters", {}).get(value["Ref"], {}).get("Default")
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 1
 
 
 def queue_mappings(template: dict[str, Any], created: CreatedResources) -> list[QueueMapping]:
@@ -103,6 +121,7 @@ def queue_mappings(template: dict[str, Any], created: CreatedResources) -> list[
             queue_arn=created.queue_arns[props["Queue"]["Fn::GetAtt"][0]],
             batch_size=int(props.get("BatchSize", 10)),  # Lambda's default for SQS
             reports_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+            concurrency=_maximum_concurrency(template, props),
         )
         for logical_id, props in function_events(template, "SQS")
     ]
@@ -160,8 +179,8 @@ def _failed_message_ids(result: Any, messages: list[dict[str, Any]]) -> set[str]
 
 
 class QueueTrigger(PollingThread):
-    """One batch at a time: the handlers keep per-module state (Powertools' batch processor) that
-    concurrent batches would share."""
+    """Up to `mapping.concurrency` batches at once (each on its own thread when above one); with one,
+    batches run on the polling thread, one after the other."""
 
     def __init__(self, sqs: Any, mapping: QueueMapping, invoke: Invoke, interval: float = 0.5) -> None:
         super().__init__(interval)
@@ -169,9 +188,14 @@ class QueueTrigger(PollingThread):
         self._sqs = sqs
         self._mapping = mapping
         self._invoke = invoke
+        self._running: set[threading.Thread] = set()
+        self._running_lock = threading.Lock()
 
     def poll_once(self) -> bool:
         mapping = self._mapping
+        with self._running_lock:
+            if len(self._running) >= mapping.concurrency:
+                return False
         received = self._sqs.receive_message(
             QueueUrl=mapping.queue_url,
             MaxNumberOfMessages=mapping.batch_size,
@@ -182,10 +206,32 @@ class QueueTrigger(PollingThread):
         messages = received.get("Messages", [])
         if not messages:
             return False
+        if mapping.concurrency <= 1:
+            self._process(messages)
+            return True
+        thread = threading.Thread(
+            target=self._process_on_thread, args=(messages,), name=f"{self.name}-batch", daemon=True
+        )
+        with self._running_lock:
+            self._running.add(thread)
+        thread.start()
+        return True
+
+    def _process_on_thread(self, messages: list[dict[str, Any]]) -> None:
+        try:
+            self._process(messages)
+        except (BotoCoreError, ClientError) as error:  # the messages reappear after their visibility timeout
+            log.warning("%s: %s", self.name, error)
+        finally:
+            with self._running_lock:
+                self._running.discard(threading.current_thread())
+
+    def _process(self, messages: list[dict[str, Any]]) -> None:
+        mapping = self._mapping
         try:
             result = self._invoke(mapping.function, sqs_event(messages, mapping.queue_arn))
         except Exception:
-            return True
+            return  # the whole batch reappears after the visibility timeout
         failed = _failed_message_ids(result, messages) if mapping.reports_item_failures else set()
         done = [message for message in messages if message["MessageId"] not in failed]
         if done:
@@ -193,7 +239,19 @@ class QueueTrigger(PollingThread):
                 QueueUrl=mapping.queue_url,
                 Entries=[{"Id": str(index), "ReceiptHandle": m["ReceiptHandle"]} for index, m in enumerate(done)],
             )
-        return True
+
+    def wait_for_invocations(self, timeout: float) -> bool:
+        """Waits for batches still running on their own threads; True when none is left."""
+        return _join_all(self._running, self._running_lock, timeout)
+
+
+def _join_all(threads: set[threading.Thread], lock: threading.Lock, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with lock:
+        running = list(threads)
+    for thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() for thread in running)
 
 
 # ------------------------------------------------------------------ EventBridge Scheduler -> Lambda
@@ -207,8 +265,15 @@ def rate_seconds(expression: str) -> float | None:
     return int(found.group(1)) * _UNIT_SECONDS[found.group(2).rstrip("s")]
 
 
+def random_second(period: float) -> float:
+    """Where in its period a schedule fires: anywhere, as EventBridge Scheduler's 60-second
+    precision allows."""
+    return random.uniform(0.0, period)
+
+
 class ScheduleFirer(PollingThread):
-    """Fires each ENABLED rate schedule when first seen enabled, then once per period."""
+    """Fires each ENABLED rate schedule once in every period counted from when it was first seen
+    enabled, at the offset `offset(period)` gives for that period (a random second by default)."""
 
     name = "scheduler"
 
@@ -219,13 +284,16 @@ class ScheduleFirer(PollingThread):
         invoke: Invoke,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        offset: Callable[[float], float] = random_second,
     ) -> None:
         super().__init__(interval)
         self._scheduler = scheduler
         self._functions = functions
         self._invoke = invoke
         self._clock = clock
+        self._offset = offset
         self._next_fire: dict[tuple[str, str], float] = {}
+        self._window: dict[tuple[str, str], float] = {}  # start of the period the next fire falls in
         self._warned: set[tuple[str, str]] = set()
         self._running: set[threading.Thread] = set()
         self._running_lock = threading.Lock()
@@ -239,6 +307,7 @@ class ScheduleFirer(PollingThread):
         for summary in enabled:
             key = (summary.get("GroupName", "default"), summary["Name"])
             seen.add(key)
+            self._window.setdefault(key, now)  # first seen enabled: its first period starts now
             due = self._next_fire.get(key)
             if due is not None and due > now:
                 continue
@@ -249,9 +318,10 @@ class ScheduleFirer(PollingThread):
             except Exception:  # a schedule the runner cannot read (bad Input, ...) skips its turn
                 log.exception("schedule %s/%s could not be fired", *key)
                 self._next_fire[key] = now + UNFIRED_RECHECK_SECONDS
-        # A schedule disabled (or deleted) and enabled again fires at once, like a new one.
-        for key in set(self._next_fire) - seen:
-            del self._next_fire[key]
+        # A schedule disabled (or deleted) and enabled again starts a new period, like a new one.
+        for key in set(self._window) - seen:
+            self._window.pop(key, None)
+            self._next_fire.pop(key, None)
         return False
 
     def _fire_if_possible(self, key: tuple[str, str], due: float | None, now: float) -> None:
@@ -270,10 +340,16 @@ class ScheduleFirer(PollingThread):
                 )
             self._next_fire[key] = now + UNFIRED_RECHECK_SECONDS  # not re-read every poll
             return
+        if due is None:  # first look: its fire falls somewhere in the current period
+            self._next_fire[key] = self._window[key] + self._offset(period)
+            if self._next_fire[key] > now:
+                return
         event = json.loads(schedule["Target"].get("Input") or "{}")
-        # The period counts from when the fire was due, not from this poll, so fires do not drift;
-        # after a long stall the next one is a period from now (no burst of missed fires).
-        self._next_fire[key] = due + period if due is not None and due + period > now else now + period
+        # Periods follow each other from the first, so fires do not drift; after a long stall the
+        # next period starts now (no burst of missed fires).
+        window = self._window[key] + period
+        self._window[key] = window if window + period > now else now
+        self._next_fire[key] = self._window[key] + self._offset(period)
         self._fire(target.logical_id, schedule["Name"], event)
 
     def _fire(self, function: str, name: str, event: dict[str, Any]) -> None:
@@ -297,12 +373,7 @@ class ScheduleFirer(PollingThread):
 
     def wait_for_invocations(self, timeout: float) -> bool:
         """Waits for fired invocations still running; True when none is left."""
-        deadline = time.monotonic() + timeout
-        with self._running_lock:
-            running = list(self._running)
-        for thread in running:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in running)
+        return _join_all(self._running, self._running_lock, timeout)
 
 
 # ------------------------------------------------------------------ SES -> outbox/

@@ -19,6 +19,7 @@ from botocore.config import Config
 from core import errors
 from core.auth import Caller, Unauthenticated, caller_from_claims
 from core.clock import Clock, SystemClock
+from core.dispatch.wakeups import WakeQueue
 from core.models import bind_tables
 from core.schedules import ScheduleConfig
 from core.secrets import resolve_signing_key
@@ -37,6 +38,7 @@ class ApiDeps:
     scheduler: Any  # EventBridge Scheduler: one dispatch schedule per email service
     ses: Any  # SES v2: sender identities
     schedules: ScheduleConfig
+    wake: WakeQueue  # starts dispatchers at once (scheduler start, resume, a service enabled)
 
 
 @lru_cache(maxsize=1)
@@ -44,13 +46,15 @@ def deps() -> ApiDeps:
     retries = Config(retries={"mode": "standard", "max_attempts": 3})
     settings = resolve_signing_key(load_settings(), boto3.client("secretsmanager", config=retries))
     bind_tables(settings)
+    sqs = boto3.client("sqs", config=retries)
     return ApiDeps(
         settings=settings,
         clock=SystemClock(),
-        sqs=boto3.client("sqs", config=retries),
+        sqs=sqs,
         scheduler=boto3.client("scheduler", config=retries),
         ses=boto3.client("sesv2", config=retries),
         schedules=ScheduleConfig.from_settings(settings),
+        wake=WakeQueue(sqs, settings.dispatch_wake_queue_url),
     )
 
 

@@ -1,7 +1,9 @@
-"""Dispatcher Lambda: one EventBridge Scheduler tick for one email service (`{"service_id": …}`)."""
+"""Dispatcher Lambda for one email service: an EventBridge Scheduler tick (`{"service_id": …}`, the
+watchdog) or a message of the dispatch wake-up queue (a wake-up, or a hand-off to a successor)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,12 +13,11 @@ import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
-from pydantic import BaseModel, ConfigDict
 
 from core.clock import Clock, SystemClock
+from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.dispatcher import DispatcherDeps, dispatch_service
 from core.models import bind_tables
-from core.schemas import Identifier
 from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
 
@@ -29,18 +30,13 @@ LEASE_MARGIN_SECONDS = 5.0
 DEADLINE_MARGIN_SECONDS = 10.0
 
 
-class DispatchRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    service_id: Identifier
-
-
 @dataclass
 class Runtime:
     settings: Settings
     clock: Clock
     ses: Any
     dynamodb: Any
+    wake: WakeQueue
 
 
 @lru_cache(maxsize=1)
@@ -55,6 +51,10 @@ def runtime() -> Runtime:
         # transient errors are retried after retry_delay): botocore must not retry them silently.
         ses=boto3.client("sesv2", config=Config(retries={"mode": "standard", "max_attempts": 1})),
         dynamodb=boto3.client("dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 5})),
+        wake=WakeQueue(
+            boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3})),
+            settings.dispatch_wake_queue_url,
+        ),
     )
 
 
@@ -75,14 +75,22 @@ def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
         unsubscribe_base_url=settings.unsubscribe_base_url,
         unsubscribe_signing_key=settings.unsubscribe_signing_key,
         render_budget_seconds=settings.render_budget_ms / 1000,
+        wake=rt.wake,
+        handoff_lead_seconds=settings.dispatcher_handoff_lead_seconds,
     )
 
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    request = DispatchRequest.model_validate(event)
     rt = runtime()
-    report = dispatch_service(request.service_id, deps_for(context, rt))
-    summary = report.summary()
-    logger.info("dispatcher tick finished", extra=summary)
-    return summary
+    # The wake-up queue's event source has BatchSize 1: one service per invocation, as for a tick.
+    records = event.get("Records")
+    bodies = [json.loads(record["body"]) for record in records] if isinstance(records, list) else [event]
+    summaries = []
+    for body in bodies:
+        request = WakeRequest.model_validate(body)
+        report = dispatch_service(request.service_id, deps_for(context, rt), request)
+        summary = {**report.summary(), "trigger": request.reason or "schedule"}
+        logger.info("dispatcher invocation finished", extra=summary)
+        summaries.append(summary)
+    return summaries[0] if len(summaries) == 1 else {"invocations": summaries}

@@ -8,6 +8,7 @@ from itertools import pairwise
 import pytest
 
 from core.clock import utc_day
+from core.dispatch.control import control_changed
 from core.dispatcher import StopReason
 from core.models import ServiceUsageModel, SubtaskModel, TaskModel
 from core.settings import Settings
@@ -141,6 +142,7 @@ def test_paused_task_gets_no_further_send_after_the_current_one(world: World, cl
                     TaskModel.active_sort.remove(),
                 ]
             )
+            control_changed()  # as every status writer announces it (scheduler_control.pause_task)
 
     world.tick("svc", budget=59.0, fault=pause_after_first_send)
 

@@ -11,6 +11,7 @@ import boto3
 from botocore.config import Config
 
 from core.clock import Clock
+from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.dispatcher import DispatcherDeps, DispatchReport, FaultHook, dispatch_service
 from core.models import SchedulerStateModel, SenderModel, SubtaskModel, TaskModel, TemplateModel
 from core.planner import PlannerDeps, PlanOutcome, plan_task
@@ -86,6 +87,9 @@ class World:
         fault: FaultHook | None = None,
         owner: str | None = None,
         max_in_flight: int = 1,
+        wake: WakeQueue | None = None,
+        request: WakeRequest | None = None,
+        handoff_lead: float = 5.0,
     ) -> DispatchReport:
         deps = DispatcherDeps(
             clock=self.clock,
@@ -101,10 +105,12 @@ class World:
             unsubscribe_base_url="https://api.example.com/v1/unsubscribe",
             unsubscribe_signing_key=self.settings.unsubscribe_signing_key,
             max_in_flight=max_in_flight,
+            wake=wake,
+            handoff_lead_seconds=handoff_lead,
         )
         if fault is not None:
             deps.fault = fault
-        return dispatch_service(service_id, deps)
+        return dispatch_service(service_id, deps, request)
 
 
 def sent_subtasks(task_id: str | None = None) -> list[SubtaskModel]:

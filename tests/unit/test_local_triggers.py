@@ -14,10 +14,22 @@ import pytest
 from moto import mock_aws
 
 from local_runner.functions import function_specs
-from local_runner.template import load_template
-from local_runner.triggers import QueueMapping, QueueTrigger, ScheduleFirer, rate_seconds
+from local_runner.template import create_resources, load_template
+from local_runner.triggers import (
+    QueueMapping,
+    QueueTrigger,
+    ScheduleFirer,
+    queue_mappings,
+    random_second,
+    rate_seconds,
+)
 
 DISPATCHER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:DispatcherFunction"
+
+
+def AT_PERIOD_START(period: float) -> float:  # noqa: N802 - reads as a constant at the call sites
+    """Fires at the start of each period (the tests of period bookkeeping); AWS picks any second."""
+    return 0.0
 
 
 class Clock:
@@ -102,7 +114,7 @@ def test_enabled_schedules_fire_at_once_then_every_period_and_overlap_a_long_inv
     _schedule(scheduler, "svc_a")
     _schedule(scheduler, "svc_off", state="DISABLED")
     invoke, clock = BlockingInvoke(), Clock()
-    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock)
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock, offset=AT_PERIOD_START)
     try:
         firer.poll_once()  # first seen enabled: fires now
         _wait_started(invoke, 1)
@@ -122,7 +134,7 @@ def test_a_schedule_enabled_again_fires_at_once(scheduler: Any) -> None:
     _schedule(scheduler, "svc_a")
     invoke, clock = BlockingInvoke(), Clock()
     invoke.release.set()
-    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock)
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock, offset=AT_PERIOD_START)
     firer.poll_once()
     _set_state(scheduler, "svc_a", "DISABLED")
     clock.now += 120
@@ -139,7 +151,7 @@ def test_schedules_it_cannot_fire_are_skipped(scheduler: Any) -> None:
     _schedule(scheduler, "svc_cron", expression="cron(0 * * * ? *)")
     invoke = BlockingInvoke()
     invoke.release.set()
-    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock(), offset=AT_PERIOD_START)
     firer.poll_once()
     assert firer.fired == 0
     assert firer.wait_for_invocations(5) and invoke.calls == []
@@ -157,7 +169,7 @@ def test_a_schedule_with_unreadable_input_is_skipped_and_the_others_still_fire(s
     )
     invoke = BlockingInvoke()
     invoke.release.set()
-    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock(), offset=AT_PERIOD_START)
     firer.poll_once()
     assert firer.wait_for_invocations(5)
     assert invoke.calls == [("DispatcherFunction", {"service_id": "svc_a"})]
@@ -168,7 +180,7 @@ def test_more_schedules_than_one_page_all_fire(scheduler: Any) -> None:
         _schedule(scheduler, f"svc_{number:02d}")
     invoke = BlockingInvoke()
     invoke.release.set()
-    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock())
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=Clock(), offset=AT_PERIOD_START)
     firer.poll_once()
     assert firer.wait_for_invocations(10)
     assert sorted(event["service_id"] for _, event in invoke.calls) == [f"svc_{n:02d}" for n in range(60)]
@@ -178,7 +190,7 @@ def test_fires_keep_to_their_period_however_late_the_poll(scheduler: Any) -> Non
     _schedule(scheduler, "svc_a")
     invoke, clock = BlockingInvoke(), Clock()
     invoke.release.set()
-    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock)
+    firer = ScheduleFirer(scheduler, function_specs(load_template()), invoke, clock=clock, offset=AT_PERIOD_START)
     firer.poll_once()  # t = 0: fires; due again at 60
     clock.now += 60.7
     firer.poll_once()  # polled 0.7 s late: fires; due again at 120, not 120.7
@@ -186,6 +198,45 @@ def test_fires_keep_to_their_period_however_late_the_poll(scheduler: Any) -> Non
     firer.poll_once()  # t = 120
     assert firer.fired == 3
     assert firer.wait_for_invocations(5)
+
+
+def test_each_period_fires_once_at_the_second_its_offset_picks(scheduler: Any) -> None:
+    """As in AWS (60-second precision): consecutive fires of a one-minute rate can be 1 s apart
+    (late in one minute, early in the next) or 119 s apart (early, then late)."""
+    _schedule(scheduler, "svc_a")
+    invoke, clock = BlockingInvoke(), Clock()
+    invoke.release.set()
+    offsets = iter([59.0, 0.0, 0.0, 59.0, 30.0])
+    firer = ScheduleFirer(
+        scheduler, function_specs(load_template()), invoke, clock=clock, offset=lambda p: next(offsets)
+    )
+    fired_at = []
+    for _ in range(240):
+        before = firer.fired
+        firer.poll_once()
+        if firer.fired > before:
+            fired_at.append(clock.now - 1000.0)
+        clock.now += 1
+    assert fired_at == [59.0, 60.0, 120.0, 239.0]
+    assert [b - a for a, b in zip(fired_at, fired_at[1:], strict=False)] == [1.0, 60.0, 119.0]
+    assert firer.wait_for_invocations(5)
+
+
+def test_the_default_offset_is_anywhere_in_the_period() -> None:
+    picks = [random_second(60.0) for _ in range(2000)]
+    assert all(0.0 <= pick < 60.0 for pick in picks)
+    assert min(picks) < 5.0 and max(picks) > 55.0  # spread over the minute, not at its start
+
+
+def test_the_template_wake_up_mapping_runs_batches_concurrently() -> None:
+    with mock_aws():
+        created = create_resources(boto3.Session(region_name="us-east-1"))
+    template = load_template()
+    mappings = {mapping.function: mapping for mapping in queue_mappings(template, created)}
+    wake = mappings["DispatcherFunction"]
+    assert wake.batch_size == 1
+    assert wake.concurrency == int(template["Parameters"]["DispatchWakeConcurrency"]["Default"]) >= 2
+    assert mappings["PlannerFunction"].concurrency == 1  # conditional ScalingConfig: one batch at a time locally
 
 
 # ------------------------------------------------------------------ SQS
@@ -237,3 +288,24 @@ def test_a_failed_invocation_returns_its_whole_batch(queue: tuple[Any, str, str]
     trigger = QueueTrigger(sqs, QueueMapping("PlannerFunction", url, arn, 10, True), crash)
     assert trigger.poll_once() is True
     assert _counts(sqs, url) == (0, 1)
+
+
+def test_a_concurrent_mapping_runs_long_batches_side_by_side(queue: tuple[Any, str, str]) -> None:
+    """The dispatcher's wake-up queue: one long invocation per service, several services at once."""
+    sqs, url, arn = queue
+    for number in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": number}))
+    invoke = BlockingInvoke()
+    trigger = QueueTrigger(sqs, QueueMapping("DispatcherFunction", url, arn, 1, False, concurrency=2), invoke)
+    try:
+        assert trigger.poll_once() and trigger.poll_once()
+        _wait_started(invoke, 2)
+        assert trigger.poll_once() is False  # both slots busy: the third waits in the queue
+        assert invoke.most_at_once == 2 and _counts(sqs, url) == (1, 2)
+    finally:
+        invoke.release.set()
+    assert trigger.wait_for_invocations(5)
+    while trigger.poll_once():
+        pass
+    assert trigger.wait_for_invocations(5)
+    assert len(invoke.calls) == 3 and _counts(sqs, url) == (0, 0)

@@ -12,7 +12,9 @@ router = Router()
 
 def _control_deps() -> scheduler_control.ControlDeps:
     api = deps()
-    return scheduler_control.ControlDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules)
+    return scheduler_control.ControlDeps(
+        clock=api.clock, scheduler=api.scheduler, schedules=api.schedules, wake=api.wake
+    )
 
 
 @router.post("/api/scheduler/start", responses=documented(200, AUTH, 403))

@@ -12,7 +12,7 @@ router = Router()
 
 def _service_deps() -> email_services.ServiceDeps:
     api = deps()
-    return email_services.ServiceDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules)
+    return email_services.ServiceDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules, wake=api.wake)
 
 
 @router.post("/api/services", responses=documented(201, CREATE, 403))

@@ -1,8 +1,9 @@
 """One dispatcher invocation for one email service: paced, fair, quota-safe, at most once.
 
 The invocation
-  1. takes the service's lease (a conditional write; an overlapping invocation exits at once) and
-     stops at once while the scheduler is stopped or the service is disabled or unhealthy;
+  1. takes the service's lease (a conditional write; an overlapping invocation exits at once, a
+     successor waits for its predecessor's hand-off: core.dispatch.lease) and stops at once while
+     the scheduler is stopped or the service is disabled or unhealthy;
   2. marks `unknown` whatever a dead predecessor left `sending` (never re-sent automatically);
   3. until its time budget is spent, picks work round robin user -> task -> subtask from a pointer
      persisted in DynamoDB, one email per user per round, tasks of a user in turn;
@@ -11,7 +12,12 @@ The invocation
      invocation's token), takes one unit of a service-quota block (reserved with a conditional
      ADD), renders and sends through SES v2, and buffers the outcome;
   5. flushes outcomes in batches: subtask items (BatchWriteItem; the claim makes this invocation
-     their only writer), task counters, user refunds; completes tasks with nothing left queued.
+     their only writer), task counters, user refunds; completes tasks with nothing left queued;
+  6. near the end of its budget, with work left, starts its successor (a wake-up naming itself), so
+     sending continues across invocations at the service's pace (docs/dispatch.md).
+
+Control (stop, pause, cancel, disable) is looked at every second of sending time with one request
+(core.dispatch.control); tasks and the service are reloaded only when it says something changed.
 
 `attempts` counts failed tries: throttling and account-level errors spend none, a transient
 error spends one and is retried after `retry_delay` while attempts < max_retries.
@@ -31,11 +37,14 @@ from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.expressions.update import Action
 
 from core import service_quota
 from core.batch_writes import BATCH_WRITE_LIMIT, put_items
 from core.clock import Clock, utc_day
+from core.dispatch import lease
+from core.dispatch.control import read_control
+from core.dispatch.lease import Release, Saved, service_state_key
+from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
 from core.ids import SUBTASK_SHARDS, queue_key
 from core.mime import build_campaign_message
@@ -51,24 +60,25 @@ from core.models import (
     update_if,
 )
 from core.rendering import DEFAULT_RENDER_BUDGET, RenderTimeout, render_template
-from core.schedules import scheduler_running
 from core.send_errors import SendErrorClass, classify_send_error
 from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
 RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
+# Tasks and the service are reloaded at least this often even when no control change was announced.
+FULL_RELOAD_SECONDS = 30.0
+DRY_RECHECK_SECONDS = 5.0  # a task queue found empty is queried again after this long (retries fall due)
 THROTTLE_BACKOFF_SECONDS = 1.0
-
-
-def service_state_key(service_id: str) -> str:
-    return f"service#{service_id}"
+# Slower services are not handed off: their next send is at most one watchdog tick away anyway.
+HANDOFF_MAX_INTERVAL_SECONDS = 60.0
 
 
 class StopReason(StrEnum):
     BUDGET_SPENT = "budget_spent"
     NO_WORK = "no_work"
     LEASE_BUSY = "lease_busy"
+    LEASE_LOST = "lease_lost"
     SCHEDULER_STOPPED = "scheduler_stopped"
     SERVICE_UNAVAILABLE = "service_unavailable"
     DAILY_QUOTA = "daily_quota_exhausted"
@@ -98,6 +108,10 @@ class DispatcherDeps:
     unsubscribe_signing_key: str
     max_in_flight: int = 8
     render_budget_seconds: float = DEFAULT_RENDER_BUDGET  # wall clock for rendering one email
+    # Starts successors (hand-off); without one an invocation simply stops at its budget.
+    wake: WakeQueue | None = None
+    # A successor is started this long before the budget ends (its cold start and queue delay).
+    handoff_lead_seconds: float = 5.0
     # Test seam: called at "before_claim", "after_claim", "after_send", "after_record".
     fault: FaultHook = _no_fault
 
@@ -110,6 +124,7 @@ class DispatchReport:
     failed: int = 0
     requeued: int = 0
     recovered_unknown: int = 0
+    handed_off: bool = False
     send_times: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -121,38 +136,11 @@ class DispatchReport:
             "failed": self.failed,
             "requeued": self.requeued,
             "recovered_unknown": self.recovered_unknown,
+            "handed_off": self.handed_off,
         }
 
 
-# ---------------------------------------------------------------- lease and control state
-
-
-def _acquire_lease(service_id: str, deps: DispatcherDeps, now: float) -> SchedulerStateModel | None:
-    state = SchedulerStateModel(service_state_key(service_id))
-    acquired = update_if(
-        state,
-        [
-            SchedulerStateModel.lease_owner.set(deps.owner),
-            SchedulerStateModel.lease_until.set(now + deps.lease_seconds),
-        ],
-        SchedulerStateModel.lease_until.does_not_exist() | (SchedulerStateModel.lease_until < now),
-    )
-    return state if acquired else None
-
-
-def _save_and_release(
-    state: SchedulerStateModel, deps: DispatcherDeps, last_send_at: float | None, pointer: Pointer
-) -> None:
-    actions: list[Action] = [
-        SchedulerStateModel.lease_until.set(0),
-        SchedulerStateModel.pointer_user.set(pointer.user),
-        SchedulerStateModel.pointer_tasks.set(dict(pointer.tasks)),
-        SchedulerStateModel.updated_at.set(deps.clock.now()),
-    ]
-    if last_send_at is not None:
-        actions.append(SchedulerStateModel.last_send_at.set(last_send_at))
-    # False: the lease expired and a later invocation holds it; its state wins.
-    update_if(state, actions, SchedulerStateModel.lease_owner == deps.owner)
+# ---------------------------------------------------------------- service
 
 
 def _load_service(service_id: str) -> EmailServiceModel | None:
@@ -398,6 +386,10 @@ class Dispatcher:
         self.block_left = 0
         self.block_reserved_at = 0.0
         self.next_refresh = 0.0
+        self.next_reload = 0.0  # tasks and service: reloaded when control changes, or by this time
+        self.next_dry_recheck = 0.0
+        self.control_seen: tuple[int, int] | None = None  # (control_seq, wake_seq) at the last reload
+        self.wake_seen = int(state.wake_seq or 0)
         self.backoff_until = 0.0
         self.latency = 0.05  # SES call latency estimate (EWMA), sizes the in-flight pool
         self.in_flight: deque[tuple[SubtaskModel, Future[str], float]] = deque()
@@ -406,18 +398,38 @@ class Dispatcher:
     # ---------------------------------------------------------------- control
 
     def refresh(self, now: float) -> None:
-        """Re-reads which tasks may send (pause, cancel, new tasks) and the service's switches."""
-        if not scheduler_running():
+        """Looks at the controls (one request). Reloads tasks and service when a control change was
+        announced, a wake-up came in, a scheduled task fell due, or FULL_RELOAD_SECONDS passed."""
+        control = read_control(self.service.service_id)
+        if not control.running:
             raise _StopSending(StopReason.SCHEDULER_STOPPED)
+        if control.lease_owner != self.deps.owner:
+            raise _StopSending(StopReason.LEASE_LOST)  # expired while this invocation stalled
+        self.wake_seen = control.wake_seq
+        seen = (control.control_seq, control.wake_seq)
+        if seen != self.control_seen or now >= self.next_reload:
+            self.reload(now)
+            self.control_seen = seen
+        elif now >= self.next_dry_recheck:
+            # Retries fall due without any write announcing them: queues found empty are looked at again.
+            for work in self.works.values():
+                work.dry = False
+            self.next_dry_recheck = now + DRY_RECHECK_SECONDS
+        self.next_refresh = now + CONTROL_REFRESH_SECONDS
+
+    def reload(self, now: float) -> None:
+        """Re-reads the service's switches and which tasks may send (pause, cancel, new tasks)."""
         service = _load_service(self.service.service_id)
         if service is None or not service.enabled or not service.is_healthy:
             raise _StopSending(StopReason.SERVICE_UNAVAILABLE)
         self.service = service
         works: dict[str, TaskWork] = {}
+        next_due = now + FULL_RELOAD_SECONDS
         for task in TaskModel.active.query("active"):
-            if task.status not in DISPATCHABLE or (task.scheduled_at or 0) > now:
+            if task.status not in DISPATCHABLE or self.service.service_id not in set(task.plan.routing or []):
                 continue
-            if self.service.service_id not in set(task.plan.routing or []):
+            if (task.scheduled_at or 0) > now:
+                next_due = min(next_due, float(task.scheduled_at))
                 continue
             known = self.works.get(task.task_id)
             works[task.task_id] = known if known else self._load_work(task)
@@ -425,7 +437,8 @@ class Dispatcher:
             works[task.task_id].dry = False
         self.works = works
         self.fairness.replace_tasks(works)
-        self.next_refresh = now + CONTROL_REFRESH_SECONDS
+        self.next_reload = next_due
+        self.next_dry_recheck = now + DRY_RECHECK_SECONDS
 
     def _load_work(self, task: TaskModel) -> TaskWork:
         templates = {t.template_id: t for t in TemplateModel.batch_get([(task.user_id, i) for i in task.template_ids])}
@@ -657,20 +670,40 @@ class Dispatcher:
 
     def run(self, started: float) -> DispatchReport:
         deadline = started + self.deps.budget_seconds
+        first = True
+        while True:
+            try:
+                self.report.stop_reason = self.send_until_stopped(deadline, first)
+            except BaseException:
+                self.finish(unless_woken_since=None)
+                raise
+            first = False
+            # Stopping for lack of work is called off by a wake-up that came in since the last look.
+            woken = self.wake_seen if self.report.stop_reason is StopReason.NO_WORK else None
+            if self.finish(unless_woken_since=woken) is not Release.WOKEN:
+                break
+            self.next_refresh = 0.0
+        if self.report.stop_reason is StopReason.DAILY_QUOTA:
+            self.explain_waiting(f"waiting_for_daily_quota:{self.service.service_id}")
+        return self.report
+
+    def send_until_stopped(self, deadline: float, first: bool) -> StopReason:
         try:
-            self.refresh(started)
-            self.report.recovered_unknown = _recover_in_flight(self.service.service_id, self.deps)
+            self.refresh(self.deps.clock.now())
+            if first:
+                self.report.recovered_unknown = _recover_in_flight(self.service.service_id, self.deps)
             while True:
                 if not self.wait_for_pace(deadline):
-                    self.report.stop_reason = StopReason.BUDGET_SPENT
-                    break
+                    self.hand_off(deadline)
+                    return StopReason.BUDGET_SPENT
                 now = self.deps.clock.now()
                 if now >= self.next_refresh:
                     self.refresh(now)
                 work = self.fairness.next_work(self.has_ready)
                 if work is None:
-                    self.report.stop_reason = StopReason.NO_WORK
-                    break
+                    return StopReason.NO_WORK
+                if now >= deadline - self.deps.handoff_lead_seconds:
+                    self.hand_off(deadline)
                 subtask = work.candidates.popleft()
                 self.take_quota_unit(now, deadline)  # before the claim: no claim waits on quota
                 if not self.claim(subtask, now):
@@ -678,12 +711,15 @@ class Dispatcher:
                     continue
                 self.send_one(work, subtask, now)
         except _StopSending as stop:
-            self.report.stop_reason = stop.reason
-        finally:
-            self.finish()
-        if self.report.stop_reason is StopReason.DAILY_QUOTA:
-            self.explain_waiting(f"waiting_for_daily_quota:{self.service.service_id}")
-        return self.report
+            return stop.reason
+
+    def hand_off(self, deadline: float) -> None:
+        """Starts the successor that takes the lease when this invocation lets it go (once)."""
+        if self.report.handed_off or self.deps.wake is None:
+            return
+        if float(self.service.sending_rate) > HANDOFF_MAX_INTERVAL_SECONDS:
+            return
+        self.report.handed_off = self.deps.wake.successor(self.service.service_id, self.deps.owner, deadline)
 
     def explain_waiting(self, reason: str) -> None:
         """Tasks with work left on this service say why nothing moves (cleared by their next send)."""
@@ -691,43 +727,68 @@ class Dispatcher:
             if work.candidates or not work.dry:
                 TaskModel(work.task.task_id).update(actions=[TaskModel.reason.set(reason)])
 
-    def finish(self) -> None:
+    def finish(self, unless_woken_since: int | None) -> Release:
         """Settles every email still in flight and writes every buffered outcome, even when one of
         them fails: a failure makes only its own email `unknown` (it stays `sending`), and is
-        re-raised once the rest is recorded."""
+        re-raised once the rest is recorded. Then gives the lease up (see lease.release)."""
         first_error: BaseException | None = None
+        released = Release.LOST
         try:
             while self.in_flight:
                 try:
                     self.settle_oldest()
                 except _StopSending as stop:
                     self.report.stop_reason = stop.reason
+                    unless_woken_since = None
                 except Exception as error:  # recorded, re-raised once the rest is written
                     first_error = first_error or error
             self.recorder.flush()
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
+                self.pool = None
             service_quota.release(self.service.service_id, self.block_left, self.block_reserved_at)
             self.block_left = 0
             if self.report.send_times:
                 EmailServiceModel(self.service.service_id).update(
                     actions=[EmailServiceModel.last_sent.set(self.report.send_times[-1])]
                 )
-            _save_and_release(self.state, self.deps, self.last_send_at, self.fairness.pointer)
+            saved = Saved(self.fairness.pointer.user, dict(self.fairness.pointer.tasks), self.last_send_at)
+            released = lease.release(
+                self.service.service_id,
+                self.deps.owner,
+                saved,
+                self.deps.clock.now(),
+                unless_woken_since=unless_woken_since if first_error is None else None,
+            )
         if first_error is not None:
             raise first_error
+        return released
 
 
-def dispatch_service(service_id: str, deps: DispatcherDeps) -> DispatchReport:
-    """Runs one tick of the service's dispatcher (see the module docstring)."""
+# A successor waits this long past its predecessor's deadline for the lease (the predecessor's last
+# flush); longer means the predecessor is stalled or dead, and the watchdog tick takes over.
+HANDOFF_GRACE_SECONDS = 30.0
+
+
+def dispatch_service(service_id: str, deps: DispatcherDeps, request: WakeRequest | None = None) -> DispatchReport:
+    """Runs one invocation of the service's dispatcher (see the module docstring): a schedule tick
+    or a wake-up (request=None is a tick), or a successor taking over its predecessor's lease."""
     started = deps.clock.now()
-    state = _acquire_lease(service_id, deps, started)
+    if request is not None and request.predecessor and request.handoff_at is not None:
+        wait_until = min(request.handoff_at + HANDOFF_GRACE_SECONDS, started + deps.budget_seconds)
+        state = lease.await_release(
+            service_id, deps.owner, request.predecessor, request.handoff_at, deps.clock, deps.lease_seconds, wait_until
+        )
+    else:
+        if request is not None and request.is_wake_up:
+            lease.note_wake(service_id)  # before trying the lease: see core.dispatch.lease
+        state = lease.acquire(service_id, deps.owner, started, deps.lease_seconds)
     if state is None:
         return DispatchReport(service_id=service_id, stop_reason=StopReason.LEASE_BUSY)
-    state.refresh(consistent_read=True)
     service = _load_service(service_id)
     if service is None:
-        _save_and_release(state, deps, state.last_send_at, Pointer(state.pointer_user or "", {}))
+        saved = Saved(state.pointer_user or "", {}, state.last_send_at)
+        lease.release(service_id, deps.owner, saved, deps.clock.now())
         return DispatchReport(service_id=service_id, stop_reason=StopReason.SERVICE_UNAVAILABLE)
-    return Dispatcher(service, deps, state).run(started)
+    return Dispatcher(service, deps, state).run(deps.clock.now())

@@ -14,6 +14,8 @@ from pynamodb.expressions.update import Action
 
 from core.auth import Caller
 from core.clock import Clock, iso, utc_day
+from core.dispatch.control import control_changed
+from core.dispatch.wakeups import WakeQueue, WakeReason
 from core.errors import NotFound
 from core.ids import new_id
 from core.models import EmailServiceModel, ServiceUsageModel, UserModel, update_if
@@ -28,6 +30,7 @@ class ServiceDeps:
     clock: Clock
     scheduler: Any  # boto3 EventBridge Scheduler client
     schedules: ScheduleConfig
+    wake: WakeQueue | None = None
 
 
 def _recheck_running(service: EmailServiceModel, deps: ServiceDeps, running: bool) -> None:
@@ -83,6 +86,7 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
         # One conditional UpdateItem: an unknown id is a 404 and never creates an item.
         if not update_if(service, actions, EmailServiceModel.service_id.exists()):
             raise NotFound("email service", service_id)
+        control_changed()  # its dispatcher picks up rate, quota and switches within a second
     else:
         try:
             service = EmailServiceModel.get(service_id, consistent_read=True)
@@ -92,6 +96,8 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
     running = scheduler_running()
     sync_service_schedule(deps.scheduler, deps.schedules, service, running)
     _recheck_running(service, deps, running)
+    if running and service.enabled and deps.wake is not None:
+        deps.wake.wake([service_id], WakeReason.ENABLED)  # enabled again: work waiting on it starts now
     return service_out(service, used_today=_used_today([service_id], deps.clock).get(service_id, 0))
 
 

@@ -12,6 +12,8 @@ from pynamodb.expressions.update import Action
 
 from core.auth import Caller
 from core.clock import Clock, iso
+from core.dispatch.control import control_changed, services_with_work
+from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import InvalidState
 from core.models import SchedulerStateModel, TaskModel, update_if
 from core.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
@@ -25,6 +27,7 @@ class ControlDeps:
     clock: Clock
     scheduler: Any  # boto3 EventBridge Scheduler client
     schedules: ScheduleConfig
+    wake: WakeQueue | None = None
 
 
 # ---------------------------------------------------------------- start / stop
@@ -46,6 +49,9 @@ def set_running(caller: Caller, running: bool, deps: ControlDeps) -> SchedulerSt
     # The flag is written before the scan: a service created meanwhile either is in the scan or
     # reads the new flag when it re-checks it after saving (core.email_services).
     services = sync_all_schedules(deps.scheduler, deps.schedules, running)
+    if running and deps.wake is not None:
+        # Sending starts now, not at each schedule's first tick (up to a minute away).
+        deps.wake.wake(services_with_work(deps.clock.now()), WakeReason.START)
     return SchedulerStateOut(
         is_running=bool(state.running),
         services=services,
@@ -79,6 +85,7 @@ def pause_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
             task.refresh(consistent_read=True)
             if task.status != TaskStatus.PAUSED:
                 raise InvalidState(f"the task became {task.status} meanwhile and cannot be paused")
+        control_changed()  # a dispatcher sending it stops within a second
     return task_out(task)
 
 
@@ -102,4 +109,10 @@ def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
         task.refresh(consistent_read=True)
         if TaskStatus(task.status) not in DISPATCHABLE:
             raise InvalidState(f"the task became {task.status} meanwhile and cannot be resumed")
+        return task_out(task)
+    control_changed()
+    if deps.wake is not None:  # a task due within SQS's 15-minute delay is woken at its time
+        delay = (task.scheduled_at or now) - now
+        if delay <= SQS_MAX_DELAY_SECONDS:
+            deps.wake.wake(task.plan.routing or [], WakeReason.RESUME, delay_seconds=delay)
     return task_out(task)

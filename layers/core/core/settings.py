@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     scheduler_role_arn: str = Field(default="")
     schedule_group: str = Field(default="default")
     dispatch_dead_letter_queue_arn: str = Field(default="")
-    dispatcher_budget_seconds: float = Field(default=50.0, gt=0, le=55)
+    dispatcher_budget_seconds: float = Field(default=240.0, gt=0, le=840)
+    # The dispatch wake-up queue (core.dispatch.wakeups): prompt starts and hand-offs.
+    dispatch_wake_queue_url: str = Field(default="")
+    # A dispatcher starts its successor this long before its budget ends (cold start, queue delay).
+    dispatcher_handoff_lead_seconds: float = Field(default=5.0, ge=0, le=60)
 
     # One-click unsubscribe links (RFC 8058) carried in every campaign email.
     unsubscribe_base_url: str = Field(default="http://127.0.0.1:3000/unsubscribe")

@@ -10,6 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from core.auth import Caller
 from core.clock import Clock, iso
 from core.contacts import load_contacts
+from core.dispatch.control import control_changed
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
 from core.ids import new_id
 from core.models import EmailServiceModel, TaskModel, update_if
@@ -172,6 +173,7 @@ def cancel_task(caller: Caller, task_id: str, deps: TaskDeps) -> TaskOut:
     )
     if not cancelled:
         raise InvalidState("the task finished or changed state meanwhile; read it again")
+    control_changed()  # a dispatcher sending it stops within a second
     try:
         enqueue(deps.sqs, deps.planner_queue_url, PlannerJob(task_id=task_id, job="cancel"))
     except (BotoCoreError, ClientError) as error:
