@@ -161,6 +161,7 @@ class PlanState(MapAttribute[str, Any]):
     routing = ListAttribute[Any](of=UnicodeAttribute, default=list)  # frozen service cycle
     chunks = NumberAttribute(default=0)
     invocations = NumberAttribute(default=0)
+    reserved_at = NumberAttribute(null=True)  # when the quota was reserved: every subtask's created_at
 
 
 class TasksByUserIndex(GlobalSecondaryIndex["TaskModel"]):
