@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -36,6 +39,70 @@ from local_runner.apigw import claims_for, rest_event  # noqa: E402
 from local_runner.template import create_resources, environment_for  # noqa: E402
 
 moto_speedups.install()
+
+TESTS = Path(__file__).resolve().parent
+# Every test is marked by its folder (pyproject.toml registers them; `slow` is marked by hand).
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "concurrency": "concurrency",
+    "e2e": "e2e",
+    "reliability": "reliability",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.resolve()
+        marker = FOLDER_MARKERS.get(path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else "")
+        if marker is None:
+            raise pytest.UsageError(f"{item.nodeid}: not in a tier folder; add its folder to FOLDER_MARKERS")
+        item.add_marker(marker)
+
+
+# The reliability suite's request counts (tests/reliability/test_openapi_contract.py), printed at the
+# end: counted in this process, or under pytest-xdist in the workers, which hand them to the
+# controller (the only process that prints the summary) through `workeroutput`.
+_RELIABILITY_COUNTS = "reliability_requests"
+_counts_from_workers: Counter[str] = Counter()
+
+
+def _reliability_counts() -> Counter[str]:
+    contract = sys.modules.get("tests.reliability.test_openapi_contract")
+    return Counter(getattr(contract, "examples_run", None) or {})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)  # set on an xdist worker only
+    if workeroutput is not None:
+        workeroutput[_RELIABILITY_COUNTS] = dict(_reliability_counts())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _counts_from_workers.update(getattr(node, "workeroutput", {}).get(_RELIABILITY_COUNTS, {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many requests the contract suite sent per operation (stateless and stateful)."""
+    counts = _reliability_counts() + _counts_from_workers
+    if counts:
+        terminalreporter.write_sep("-", f"reliability: {sum(counts.values())} requests over {len(counts)} operations")
+        for label, count in sorted(counts.items()):
+            terminalreporter.write_line(f"{count:6d}  {label}")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Whatever a test sets in os.environ (an in-process local runner points AWS_ENDPOINT_URL at its
+    embedded AWS) is undone after it, so no later test on the same worker sees it."""
+    before = dict(os.environ)
+    yield
+    for key in os.environ.keys() - before.keys():
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""The reliability suite's world: two populated tenants behind the in-process API gateway."""
+"""The reliability suite's world: two populated tenants behind the in-process API gateway. (Its request
+counts are printed by tests/conftest.py, which also gathers them from pytest-xdist's workers.)"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,13 +43,3 @@ def new_world(api: ApiClient, planner: Any) -> Callable[..., World]:
 @pytest.fixture
 def world(new_world: Callable[..., World]) -> World:
     return new_world()
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many requests the contract suite sent per operation (stateless and stateful)."""
-    contract = sys.modules.get("tests.reliability.test_openapi_contract")
-    counts = getattr(contract, "examples_run", None)
-    if counts:
-        terminalreporter.write_sep("-", f"reliability: {sum(counts.values())} requests over {len(counts)} operations")
-        for label, count in sorted(counts.items()):
-            terminalreporter.write_line(f"{count:6d}  {label}")
