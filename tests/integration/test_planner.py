@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from core.models import SubtaskModel, TaskModel, UserModel
-from core.states import TaskStatus
+from collections import Counter
+from typing import Any
+
+import boto3
+import pytest
+
+from core.models import ContactModel, SubtaskModel, TaskModel, UserModel
+from core.planner import PlannerDeps, PlanOutcome, plan_task
+from core.settings import Settings
+from core.states import ContactStatus, TaskStatus
 from tests.conftest import FakeClock
 from tests.support.planning import (
     PlannerDriver,
@@ -260,3 +268,134 @@ def test_twenty_thousand_recipients_plan_across_invocations(planner: PlannerDriv
     assert (task.status, task.counts.total, task.counts.queued) == (TaskStatus.QUEUED, 20_000, 20_000)
     assert UserModel.get("alice").remaining_quota == 5_000
     assert SubtaskModel.count() == 20_000
+
+
+# ---------------------------------------------------------------- reads, crashes, redelivery
+
+
+class _CountingDynamoDB:
+    """The planner's DynamoDB client, counting its calls by operation; after `writes_before_crash`
+    BatchWriteItem calls the process "dies" (every later call raises)."""
+
+    def __init__(self, writes_before_crash: int | None = None) -> None:
+        self.client = boto3.client("dynamodb")
+        self.calls: Counter[str] = Counter()
+        self.writes_before_crash = writes_before_crash
+
+    def __getattr__(self, operation: str) -> Any:
+        method = getattr(self.client, operation)
+
+        def call(**request: Any) -> Any:
+            if operation == "batch_write_item" and self.calls[operation] == self.writes_before_crash:
+                raise RuntimeError("the planner died mid-chunk")
+            self.calls[operation] += 1
+            return method(**request)
+
+        return call
+
+
+def _deps(settings: Settings, clock: FakeClock, owner: str, dynamodb: Any, *, page_size: int = 2000) -> PlannerDeps:
+    return PlannerDeps(
+        clock=clock,
+        dynamodb=dynamodb,
+        subtasks_table=settings.subtasks_table,
+        seconds_left=lambda: 60.0,
+        owner=owner,
+        lease_seconds=300.0,
+        page_size=page_size,
+        write_concurrency=1,  # the crash point is then one exact BatchWriteItem
+    )
+
+
+def _items(task_id: str) -> dict[str, dict[str, Any]]:
+    return {s.contact_id: s.serialize() for s in subtasks_of(task_id)}
+
+
+def test_a_plan_that_fits_one_invocation_reads_each_contact_once(aws: Settings, clock: FakeClock) -> None:
+    # Given 500 tagged contacts, read 100 a page
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 1000, ["svc"], now)
+    seed_contacts("alice", 500, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"])
+    dynamodb = _CountingDynamoDB()
+
+    # When it is planned in one invocation
+    assert plan_task(task.task_id, _deps(aws, clock, "run", dynamodb, page_size=100)) is PlanOutcome.DONE
+
+    # Then the write pass wrote from the pages the count pass had read: five Queries, not ten
+    assert dynamodb.calls["query"] <= 6  # DynamoDB may end the last full page with a LastEvaluatedKey
+    assert dynamodb.calls["batch_write_item"] == 20
+    assert len(subtasks_of(task.task_id)) == 500
+
+
+def test_a_write_pass_in_a_later_invocation_reads_again_and_skips_who_unsubscribed_meanwhile(
+    planner: PlannerDriver, clock: FakeClock
+) -> None:
+    # Given a task whose count pass ended with the first invocation (3 pages of 100)
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 1000, ["svc"], now)
+    contact_ids = seed_contacts("alice", 300, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"])
+    planner.enqueue(task.task_id)
+    planner.drain(chunks_per_invocation=3, page_size=100, max_invocations=1, must_settle=False)
+    task.refresh()
+    assert (task.plan.phase, task.plan.counted) == ("reserve", 300)
+
+    # When a recipient unsubscribes before the subtasks are written, and planning goes on
+    ContactModel("alice", contact_ids[7]).update(actions=[ContactModel.status.set(ContactStatus.UNSUBSCRIBED)])
+    planner.drain(page_size=100)
+
+    # Then no subtask is written for them and their share of the reservation comes back
+    task.refresh()
+    assert contact_ids[7] not in _items(task.task_id)
+    assert (task.status, task.counts.total, task.quota_reserved, task.quota_refunded) == ("queued", 299, 300, 1)
+    assert UserModel.get("alice").remaining_quota == 1000 - 299
+
+
+def test_a_chunk_redone_after_a_crash_rewrites_the_same_subtasks(aws: Settings, clock: FakeClock) -> None:
+    # Given a planner that dies after writing two of its first chunk's BatchWriteItems
+    now = clock.now()
+    seed_service("svc_a", now, sending_rate=0.5)
+    seed_service("svc_b", now)
+    seed_user("alice", 1000, ["svc_a", "svc_b"], now)
+    seed_contacts("alice", 120, now, tags=["all"])
+    task = seed_task("alice", now, include=["all"], templates=["tpl_1", "tpl_2"])
+    with pytest.raises(RuntimeError, match="died"):
+        plan_task(task.task_id, _deps(aws, clock, "first", _CountingDynamoDB(writes_before_crash=2), page_size=100))
+    written_before = _items(task.task_id)
+    task.refresh()
+    assert len(written_before) == 50 and task.plan.written == 0  # written, never committed
+
+    # When its lease has expired and the redelivered message plans the task later
+    clock.advance(301)
+    assert plan_task(task.task_id, _deps(aws, clock, "second", _CountingDynamoDB(), page_size=100)) is PlanOutcome.DONE
+
+    # Then the redone chunk rewrote those subtasks exactly as they were, and the plan is whole
+    written = _items(task.task_id)
+    assert {contact_id: written[contact_id] for contact_id in written_before} == written_before
+    assert sorted(int(item["seq"]["N"]) for item in written.values()) == list(range(120))
+    task.refresh()
+    assert (task.status, task.counts.total, task.counts.queued, task.quota_reserved) == ("queued", 120, 120, 120)
+    assert UserModel.get("alice").remaining_quota == 1000 - 120
+
+
+def test_explicit_contacts_beyond_one_batch_get_are_planned_in_one_chunk(aws: Settings, clock: FakeClock) -> None:
+    # Given a task naming 250 contacts explicitly, two of them unknown and one excluded by tag
+    now = clock.now()
+    seed_service("svc", now)
+    seed_user("alice", 1000, ["svc"], now)
+    named = seed_contacts("alice", 249, now, tags=[])
+    blocked = seed_contacts("alice", 1, now, tags=["blocked"], start=1000)
+    task = seed_task("alice", now, exclude=["blocked"], contacts=[*named, *blocked, "ct_missing1", "ct_missing2"])
+    dynamodb = _CountingDynamoDB()
+
+    # When it is planned
+    assert plan_task(task.task_id, _deps(aws, clock, "run", dynamodb)) is PlanOutcome.DONE
+
+    # Then every named contact that exists and is not excluded has its subtask, read in one chunk
+    assert set(_items(task.task_id)) == set(named)
+    assert dynamodb.calls["batch_get_item"] == 3  # 252 keys, 100 a request, read once
+    task.refresh()
+    assert (task.counts.total, task.plan.chunks) == (249, 2)  # one count chunk, one write chunk

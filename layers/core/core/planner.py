@@ -11,21 +11,30 @@ stalls past it is dead, never a second writer. When time runs out the run return
 handler enqueues a continuation; a crashed run's message comes back after the visibility timeout.
 
 Recipients are frozen at task creation: contacts created later are not recipients, and at most the
-reserved count is written even if tags change meanwhile (fewer is refunded at the end)."""
+reserved count is written even if tags change meanwhile (fewer is refunded at the end).
+
+Cost: each contact is read once when both passes run in one invocation (the write pass takes the
+recipients the count pass kept, `RememberedPages`), and again only for pages a later invocation
+writes. Contacts and subtasks stay in DynamoDB's wire format (no model per item), a chunk keeps a
+few BatchWriteItem requests in flight, and a commit's answer (ALL_NEW) is the task's new state, so
+a chunk costs one page read, its BatchWriteItems and one UpdateItem. A subtask depends only on its
+task, position and contact (its `created_at` is the reservation's time), so a chunk redone after a
+crash rewrites the same items."""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from core.batch_writes import put_items
-from core.clock import Clock, utc_day
+from core.batch_writes import WireItem, put_wire_items
+from core.clock import Clock, backoff, utc_day
 from core.errors import DomainError
 from core.ids import queue_key, subtask_partition
 from core.models import (
@@ -34,7 +43,6 @@ from core.models import (
     ContactModel,
     EmailServiceModel,
     ServiceUsageModel,
-    SubtaskModel,
     TaskModel,
     UserModel,
     transaction_connection,
@@ -55,52 +63,167 @@ class LeaseLost(DomainError):
     code = "lease_lost"
 
 
+ContactItem = WireItem  # a contact as DynamoDB returns it; the planner reads no contact model
+
+BATCH_GET_LIMIT = 100  # DynamoDB's BatchGetItem maximum
+MAX_READ_ATTEMPTS = 8
+_ASSUMED_REPLY_BYTES = 1 << 20  # a reply whose size is not given counts as a full Query page
+
+
 @dataclass
 class PlannerDeps:
     clock: Clock
-    dynamodb: Any  # boto3 DynamoDB client, for BatchWriteItem with our own backoff
+    dynamodb: Any  # boto3 DynamoDB client: contact pages and BatchWriteItem with our own backoff
     subtasks_table: str
     seconds_left: Callable[[], float]  # time budget left in this invocation
     owner: str  # this run's lease token
     lease_seconds: float
-    page_size: int = 2000  # contacts read per chunk (one Query, well under its 1 MB page)
+    page_size: int = 2000  # contacts read per chunk (one Query each, well under its 1 MB page)
+    write_concurrency: int = 4  # BatchWriteItem requests a chunk keeps in flight at once
+    # Recipients the count pass keeps for the write pass of the same invocation, measured as the
+    # bytes DynamoDB sent for their pages (held as Python objects they take about 4x that).
+    remember_bytes: int = 16 << 20
 
 
 # ---------------------------------------------------------------- recipients
 
 
-def _is_recipient(contact: ContactModel, task: TaskModel, explicit: set[str]) -> bool:
-    """Named by the task (explicit id or included tag) and not excluded by tag."""
-    if contact.created_at > task.created_at:
-        return False
-    tags = set(contact.tags or [])
-    if tags & set(task.exclude_tags or []):
-        return False
-    return contact.contact_id in explicit or (task.has_rule and bool(tags & set(task.include_tags or [])))
+@dataclass(frozen=True)
+class Audience:
+    """Who a task names, from the fields frozen at its creation."""
 
+    created_at: float
+    explicit: frozenset[str]
+    include: frozenset[str]
+    exclude: frozenset[str]
+    has_rule: bool
 
-def _is_deliverable(contact: ContactModel) -> bool:
-    return contact.status == ContactStatus.SUBSCRIBED
-
-
-def _candidate_page(task: TaskModel, cursor: str, page_size: int) -> tuple[list[ContactModel], str, bool]:
-    """The next contacts after `cursor` in contact-id order: (contacts, new cursor, exhausted)."""
-    if task.has_rule:
-        condition = ContactModel.contact_id > cursor if cursor else None
-        page = list(
-            ContactModel.query(task.user_id, condition, limit=page_size, page_size=page_size, consistent_read=True)
+    @classmethod
+    def of(cls, task: TaskModel) -> Audience:
+        return cls(
+            created_at=float(task.created_at),
+            explicit=frozenset(task.contact_ids or ()),
+            include=frozenset(task.include_tags or ()),
+            exclude=frozenset(task.exclude_tags or ()),
+            has_rule=bool(task.has_rule),
         )
-        exhausted = len(page) < page_size
-        return page, (page[-1].contact_id if page else cursor), exhausted
+
+    def names(self, contact: ContactItem) -> bool:
+        """Named by the task (explicit id or included tag), not excluded by tag, and not created
+        after the task."""
+        created_at = contact.get("created_at", {}).get("N")
+        if created_at is None or float(created_at) > self.created_at:
+            return False
+        tags = {tag["S"] for tag in contact.get("tags", {}).get("L", ())}
+        if tags & self.exclude:
+            return False
+        return contact["contact_id"]["S"] in self.explicit or (self.has_rule and bool(tags & self.include))
+
+
+def is_deliverable(contact: ContactItem) -> bool:
+    return bool(contact.get("status", {}).get("S") == ContactStatus.SUBSCRIBED)
+
+
+@dataclass(frozen=True)
+class Page:
+    contacts: list[ContactItem]  # in contact-id order
+    cursor: str  # the last contact id (or explicit id) this page covers
+    exhausted: bool  # nothing after it
+    wire_bytes: int = 0  # what DynamoDB sent for it
+
+
+@dataclass
+class RememberedPages:
+    """The recipients of the pages the count pass read, kept for the write pass of the same
+    invocation, which then writes from them instead of reading each page a second time: a plan
+    that fits in one invocation reads every contact once, and writes exactly what it counted.
+    Bounded by `budget` bytes; pages beyond it, and pages an earlier invocation counted, are read
+    again (and then skip whoever unsubscribed meanwhile).
+
+    The price: a recipient who unsubscribes after the count read their page and before their
+    subtask is written still gets a queued subtask (the unsubscribe found none to suppress). A
+    re-read at write time only narrows that window (to one chunk's writes); closing it takes the
+    unsubscribe recording the contact on tasks still in `planning`, for `_finish` to suppress."""
+
+    budget: int
+    pages: dict[str, Page] = field(default_factory=dict)  # by the cursor each page starts after
+    held: int = 0
+
+    def keep(self, after: str, page: Page) -> None:
+        if self.held + page.wire_bytes <= self.budget:
+            self.pages[after] = page
+            self.held += page.wire_bytes
+
+    def take(self, after: str) -> Page | None:
+        page = self.pages.pop(after, None)
+        if page is not None:
+            self.held -= page.wire_bytes
+        return page
+
+
+def _reply_bytes(reply: dict[str, Any]) -> int:
+    length = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-length")
+    return int(length) if length and str(length).isdigit() else _ASSUMED_REPLY_BYTES
+
+
+def _candidate_page(task: TaskModel, cursor: str, deps: PlannerDeps) -> Page:
+    """The next contacts after `cursor` in contact-id order."""
+    if task.has_rule:
+        return _query_page(task.user_id, cursor, deps)
     explicit = sorted(set(task.contact_ids or []))
     start = bisect.bisect_right(explicit, cursor) if cursor else 0
-    ids = explicit[start : start + min(page_size, 100)]  # BatchGetItem takes 100 keys
-    found = {
-        contact.contact_id: contact
-        for contact in ContactModel.batch_get([(task.user_id, contact_id) for contact_id in ids])
-    }
+    ids = explicit[start : start + deps.page_size]
+    contacts, wire_bytes = _get_contacts(task.user_id, ids, deps)
+    found = {contact["contact_id"]["S"]: contact for contact in contacts}
     exhausted = start + len(ids) >= len(explicit)
-    return [found[i] for i in ids if i in found], (ids[-1] if ids else cursor), exhausted
+    return Page([found[i] for i in ids if i in found], ids[-1] if ids else cursor, exhausted, wire_bytes)
+
+
+def _query_page(user_id: str, cursor: str, deps: PlannerDeps) -> Page:
+    request: dict[str, Any] = {
+        "TableName": ContactModel.Meta.table_name,
+        "KeyConditionExpression": "user_id = :user",
+        "ExpressionAttributeValues": {":user": {"S": user_id}},
+        "Limit": deps.page_size,
+        "ConsistentRead": True,
+    }
+    if cursor:
+        # Resume after the cursor with ExclusiveStartKey rather than a `contact_id > cursor` key
+        # condition: the same contacts, and the embedded moto server then skips to the cursor
+        # instead of sizing every contact of the user on every page.
+        request["ExclusiveStartKey"] = {"user_id": {"S": user_id}, "contact_id": {"S": cursor}}
+    reply = deps.dynamodb.query(**request)
+    contacts: list[ContactItem] = reply["Items"]
+    last = reply.get("LastEvaluatedKey")
+    if last is None:
+        last_id = contacts[-1]["contact_id"]["S"] if contacts else cursor
+        return Page(contacts, last_id, exhausted=True, wire_bytes=_reply_bytes(reply))
+    # A page may stop short of the limit (DynamoDB's 1 MB page): the next one starts after it.
+    return Page(contacts, last["contact_id"]["S"], exhausted=False, wire_bytes=_reply_bytes(reply))
+
+
+def _get_contacts(user_id: str, contact_ids: Sequence[str], deps: PlannerDeps) -> tuple[list[ContactItem], int]:
+    """The contacts among `contact_ids` that exist (BatchGetItem, 100 keys a request), and the
+    bytes their replies took."""
+    table = ContactModel.Meta.table_name
+    found: list[ContactItem] = []
+    wire_bytes = 0
+    for start in range(0, len(contact_ids), BATCH_GET_LIMIT):
+        keys = [
+            {"user_id": {"S": user_id}, "contact_id": {"S": i}} for i in contact_ids[start : start + BATCH_GET_LIMIT]
+        ]
+        request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
+        for attempt in range(MAX_READ_ATTEMPTS):
+            reply = deps.dynamodb.batch_get_item(RequestItems=request)
+            wire_bytes += _reply_bytes(reply)
+            found.extend(reply.get("Responses", {}).get(table, []))
+            request = reply.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            deps.clock.sleep(backoff(attempt))
+        else:
+            raise RuntimeError(f"contacts of {user_id} stayed unprocessed in {table}")
+    return found, wire_bytes
 
 
 # ---------------------------------------------------------------- lease
@@ -108,8 +231,9 @@ def _candidate_page(task: TaskModel, cursor: str, page_size: int) -> tuple[list[
 
 def acquire_lease(task_id: str, deps: PlannerDeps, expected: TaskStatus) -> TaskModel | None:
     now = deps.clock.now()
+    task = TaskModel(task_id)
     acquired = update_if(
-        TaskModel(task_id),
+        task,
         [
             TaskModel.planner_lease_owner.set(deps.owner),
             TaskModel.planner_lease_until.set(now + deps.lease_seconds),
@@ -122,7 +246,8 @@ def acquire_lease(task_id: str, deps: PlannerDeps, expected: TaskStatus) -> Task
             | (TaskModel.planner_lease_owner == deps.owner)
         ),
     )
-    return TaskModel.get(task_id, consistent_read=True) if acquired else None
+    # The update answers with the whole item as it now stands (ALL_NEW): no read after it.
+    return task if acquired else None
 
 
 def release_lease(task: TaskModel, deps: PlannerDeps) -> None:
@@ -135,6 +260,8 @@ def _holding(deps: PlannerDeps) -> Any:
 
 
 def _commit(task: TaskModel, deps: PlannerDeps, old_cursor: str, actions: list[Any]) -> None:
+    """Advances the plan from `old_cursor`; `task` then holds the item as committed (the update's
+    ALL_NEW answer), so the next chunk starts without reading it again."""
     if not update_if(task, actions, _holding(deps) & (TASK_PLAN.cursor == old_cursor)):
         raise LeaseLost("planner lease lost or task left planning")
 
@@ -142,25 +269,23 @@ def _commit(task: TaskModel, deps: PlannerDeps, old_cursor: str, actions: list[A
 # ---------------------------------------------------------------- phases
 
 
-def _count_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
-    """Counts one page; returns True when the count pass is complete."""
+def _count_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembered: RememberedPages) -> None:
+    """Counts one page; the count pass is complete when the phase has moved on to `reserve`."""
     cursor = task.plan.cursor
-    page, new_cursor, exhausted = _candidate_page(task, cursor, deps.page_size)
-    explicit = set(task.contact_ids or [])
-    named = [contact for contact in page if _is_recipient(contact, task, explicit)]
-    eligible = sum(1 for contact in named if _is_deliverable(contact))
+    page = _candidate_page(task, cursor, deps)
+    named = [contact for contact in page.contacts if audience.names(contact)]
+    recipients = [contact for contact in named if is_deliverable(contact)]
     actions = [
-        TASK_PLAN.cursor.set("" if exhausted else new_cursor),
-        TASK_PLAN.counted.add(eligible),
-        TASK_COUNTS.suppressed.add(len(named) - eligible),
+        TASK_PLAN.cursor.set("" if page.exhausted else page.cursor),
+        TASK_PLAN.counted.add(len(recipients)),
+        TASK_COUNTS.suppressed.add(len(named) - len(recipients)),
         TASK_PLAN.chunks.add(1),
         TaskModel.updated_at.set(deps.clock.now()),
     ]
-    if exhausted:
+    if page.exhausted:
         actions.append(TASK_PLAN.phase.set("reserve"))
     _commit(task, deps, cursor, actions)
-    task.refresh(consistent_read=True)
-    return exhausted
+    remembered.keep(cursor, Page(recipients, page.cursor, page.exhausted, page.wire_bytes))
 
 
 def _service_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
@@ -202,8 +327,9 @@ def _reserve(task: TaskModel, deps: PlannerDeps) -> PlanOutcome | None:
     if needed == 0:
         return _reject(task, deps, "no_eligible_recipients")
     user = UserModel.get(task.user_id, consistent_read=True)
+    now = deps.clock.now()
     try:
-        cycle = routing_cycle(service_weights(_service_capacities(user, deps.clock.now())))
+        cycle = routing_cycle(service_weights(_service_capacities(user, now)))
     except NoServiceAvailable:
         return _reject(task, deps, "no_service")
     try:
@@ -219,7 +345,8 @@ def _reserve(task: TaskModel, deps: PlannerDeps) -> PlanOutcome | None:
                     TaskModel.quota_reserved.set(needed),
                     TASK_PLAN.phase.set("write"),
                     TASK_PLAN.routing.set(cycle),
-                    TaskModel.updated_at.set(deps.clock.now()),
+                    TASK_PLAN.reserved_at.set(now),
+                    TaskModel.updated_at.set(now),
                 ],
                 condition=_holding(deps) & TaskModel.quota_reserved.does_not_exist() & (TASK_PLAN.phase == "reserve"),
             )
@@ -236,60 +363,77 @@ def _reserve(task: TaskModel, deps: PlannerDeps) -> PlanOutcome | None:
     return None
 
 
-def _subtasks_for(
-    task: TaskModel, recipients: Iterable[ContactModel], first_seq: int, now: float
-) -> list[SubtaskModel]:
-    cycle = list(task.plan.routing)
-    templates = list(task.template_ids)
-    subtasks = []
-    for offset, contact in enumerate(recipients):
-        seq = first_seq + offset
-        service_id = cycle[seq % len(cycle)]
-        subtasks.append(
-            SubtaskModel(
-                subtask_partition(task.task_id, contact.contact_id),
-                contact.contact_id,
-                task_id=task.task_id,
-                user_id=task.user_id,
-                seq=seq,
-                email=contact.email,
-                name=contact.name,
-                attributes=contact.attributes.as_dict() if contact.attributes else {},
-                template_id=templates[seq % len(templates)],
-                service_id=service_id,
-                status=SubtaskStatus.QUEUED,
-                queue_key=queue_key(service_id, task.task_id),
-                attempts=0,
-                next_attempt_at=0,
-                created_at=now,
-            )
-        )
-    return subtasks
+_ZERO = {"N": "0"}
 
 
-def _write_chunk(task: TaskModel, deps: PlannerDeps) -> bool:
-    """Writes one page of subtasks; returns True when the write pass is complete."""
+def subtask_items(
+    task_id: str,
+    user_id: str,
+    routing: Sequence[str],
+    template_ids: Sequence[str],
+    recipients: Iterable[ContactItem],
+    first_seq: int,
+    planned_at: float,
+) -> list[WireItem]:
+    """The queued subtasks of `recipients` from position `first_seq` on, in SubtaskModel's wire
+    format, built straight from the contacts' own wire attributes (no model per item). Each item
+    depends only on its task, position and contact, so a chunk written again after a crash writes
+    the same items."""
+    created_at = {"N": json.dumps(planned_at)}  # as NumberAttribute encodes it
+    queued = {"S": SubtaskStatus.QUEUED.value}
+    items = []
+    for seq, contact in enumerate(recipients, start=first_seq):
+        contact_id = contact["contact_id"]["S"]
+        service_id = routing[seq % len(routing)]
+        attributes = contact.get("attributes")
+        item = {
+            "partition": {"S": subtask_partition(task_id, contact_id)},
+            "contact_id": {"S": contact_id},
+            "task_id": {"S": task_id},
+            "user_id": {"S": user_id},
+            "seq": {"N": str(seq)},
+            "email": contact["email"],
+            "attributes": attributes if attributes and "M" in attributes else {"M": {}},
+            "template_id": {"S": template_ids[seq % len(template_ids)]},
+            "service_id": {"S": service_id},
+            "status": queued,
+            "queue_key": {"S": queue_key(service_id, task_id)},
+            "attempts": _ZERO,
+            "next_attempt_at": _ZERO,
+            "created_at": created_at,
+        }
+        name = contact.get("name")
+        if name and "S" in name:
+            item["name"] = name
+        items.append(item)
+    return items
+
+
+def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembered: RememberedPages) -> None:
+    """Writes one page of subtasks; the write pass is complete when the phase is `finish`."""
     cursor = task.plan.cursor
-    page, new_cursor, exhausted = _candidate_page(task, cursor, deps.page_size)
-    explicit = set(task.contact_ids or [])
-    recipients = [c for c in page if _is_recipient(c, task, explicit) and _is_deliverable(c)]
+    page = remembered.take(cursor) or _candidate_page(task, cursor, deps)
+    recipients = [contact for contact in page.contacts if audience.names(contact) and is_deliverable(contact)]
     written = int(task.plan.written)
     room = int(task.quota_reserved or 0) - written
     recipients = recipients[: max(room, 0)]
-    now = deps.clock.now()
-    put_items(deps.dynamodb, deps.subtasks_table, _subtasks_for(task, recipients, written, now), deps.clock)
+    # Subtasks carry the reservation's time, not the chunk's: a chunk redone after a crash
+    # rewrites its subtasks unchanged.
+    planned_at = task.plan.reserved_at if task.plan.reserved_at is not None else deps.clock.now()
+    items = subtask_items(
+        task.task_id, task.user_id, list(task.plan.routing), list(task.template_ids), recipients, written, planned_at
+    )
+    put_wire_items(deps.dynamodb, deps.subtasks_table, items, deps.clock, in_flight=deps.write_concurrency)
     actions = [
-        TASK_PLAN.cursor.set(new_cursor),
+        TASK_PLAN.cursor.set(page.cursor),
         TASK_PLAN.written.add(len(recipients)),
         TASK_COUNTS.queued.add(len(recipients)),
         TASK_PLAN.chunks.add(1),
-        TaskModel.updated_at.set(now),
+        TaskModel.updated_at.set(deps.clock.now()),
     ]
-    if exhausted or len(recipients) == room:
+    if page.exhausted or len(recipients) == room:
         actions.append(TASK_PLAN.phase.set("finish"))
     _commit(task, deps, cursor, actions)
-    task.refresh(consistent_read=True)
-    return task.plan.phase == "finish"
 
 
 def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
@@ -340,6 +484,8 @@ def plan_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
     task = acquire_lease(task_id, deps, TaskStatus.PLANNING)
     if task is None:
         return PlanOutcome.SKIPPED
+    audience = Audience.of(task)
+    remembered = RememberedPages(deps.remember_bytes)
     try:
         while True:
             phase = task.plan.phase
@@ -349,13 +495,13 @@ def plan_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
                 release_lease(task, deps)
                 return PlanOutcome.CONTINUE
             if phase == "count":
-                _count_chunk(task, deps)
+                _count_chunk(task, deps, audience, remembered)
             elif phase == "reserve":
                 outcome = _reserve(task, deps)
                 if outcome is not None:
                     return outcome
             elif phase == "write":
-                _write_chunk(task, deps)
+                _write_chunk(task, deps, audience, remembered)
             else:
                 return PlanOutcome.SKIPPED
     except LeaseLost:
