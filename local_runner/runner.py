@@ -17,7 +17,7 @@ import os
 import threading
 import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,6 +60,9 @@ class RunnerConfig:
     aws_port: int | None = None  # the moto server's; None picks a free one
     outbox: Path = DEFAULT_OUTBOX
     log_level: str = "INFO"  # the handlers' POWERTOOLS_LOG_LEVEL
+    # Function settings over the template's (as `sam local --env-vars`), e.g. a short
+    # DISPATCHER_BUDGET_SECONDS to watch hand-offs in a test or a benchmark.
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 def prepare_functions(
@@ -160,6 +163,7 @@ class LocalRunner:
                 "POWERTOOLS_TRACE_DISABLED": "1",
                 "POWERTOOLS_METRICS_NAMESPACE": "edm-scheduler-local",
                 "UNSUBSCRIBE_BASE_URL": f"{self.gateway.url}/unsubscribe",
+                **config.environment,
             },
         )
         for name in self.functions.specs:  # import now: a broken handler fails the start, not a request

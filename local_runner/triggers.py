@@ -17,13 +17,14 @@ ReceiveMessage would stall every other client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import random
 import re
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ _RATE = re.compile(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 EML_SUFFIX = ".eml"
 UNFIRED_RECHECK_SECONDS = 60.0  # how often a schedule the runner cannot fire is read again
+SCHEDULE_CONCURRENCY = 256  # fired invocations running at once (Lambda's own limit is the account's)
 
 
 class PollingThread(ABC):
@@ -188,14 +190,12 @@ class QueueTrigger(PollingThread):
         self._sqs = sqs
         self._mapping = mapping
         self._invoke = invoke
-        self._running: set[threading.Thread] = set()
-        self._running_lock = threading.Lock()
+        self._workers = WarmThreads(self.name, mapping.concurrency)
 
     def poll_once(self) -> bool:
         mapping = self._mapping
-        with self._running_lock:
-            if len(self._running) >= mapping.concurrency:
-                return False
+        if self._workers.busy >= mapping.concurrency:
+            return False
         received = self._sqs.receive_message(
             QueueUrl=mapping.queue_url,
             MaxNumberOfMessages=mapping.batch_size,
@@ -209,22 +209,14 @@ class QueueTrigger(PollingThread):
         if mapping.concurrency <= 1:
             self._process(messages)
             return True
-        thread = threading.Thread(
-            target=self._process_on_thread, args=(messages,), name=f"{self.name}-batch", daemon=True
-        )
-        with self._running_lock:
-            self._running.add(thread)
-        thread.start()
+        self._workers.submit(lambda: self._process_on_worker(messages))
         return True
 
-    def _process_on_thread(self, messages: list[dict[str, Any]]) -> None:
+    def _process_on_worker(self, messages: list[dict[str, Any]]) -> None:
         try:
             self._process(messages)
         except (BotoCoreError, ClientError) as error:  # the messages reappear after their visibility timeout
             log.warning("%s: %s", self.name, error)
-        finally:
-            with self._running_lock:
-                self._running.discard(threading.current_thread())
 
     def _process(self, messages: list[dict[str, Any]]) -> None:
         mapping = self._mapping
@@ -241,17 +233,66 @@ class QueueTrigger(PollingThread):
             )
 
     def wait_for_invocations(self, timeout: float) -> bool:
-        """Waits for batches still running on their own threads; True when none is left."""
-        return _join_all(self._running, self._running_lock, timeout)
+        """Waits for batches still running on worker threads; True when none is left."""
+        return self._workers.wait(timeout)
 
 
-def _join_all(threads: set[threading.Thread], lock: threading.Lock, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    with lock:
-        running = list(threads)
-    for thread in running:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return not any(thread.is_alive() for thread in running)
+class WarmThreads:
+    """Daemon threads reused from one invocation to the next, as Lambda reuses a warm execution
+    environment: per-thread state (PynamoDB's botocore sessions) is built once per thread, not once
+    per invocation. At most `most` run at once; more jobs wait. Daemon threads: stopping the runner
+    never waits for a long invocation (it is cut off, as at a Lambda timeout)."""
+
+    def __init__(self, name: str, most: int) -> None:
+        self._name = name
+        self._most = max(1, most)
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Condition()
+        self._threads = 0
+        self._idle = 0  # threads waiting for a job and not yet promised one
+        self._busy = 0  # jobs submitted and not finished
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return self._busy
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._busy += 1
+            if self._idle > 0:
+                self._idle -= 1  # promised this job: the next submit does not count on it
+            elif self._threads < self._most:
+                self._threads += 1
+                name = f"{self._name}-{self._threads}"
+                threading.Thread(target=self._work, args=(job,), name=name, daemon=True).start()
+                return
+        self._jobs.put(job)
+
+    def _work(self, first: Callable[[], None]) -> None:
+        job = first
+        while True:
+            try:
+                # A failed invocation must not end the thread; the function host has logged it.
+                with contextlib.suppress(Exception):
+                    job()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    self._idle += 1
+                    self._lock.notify_all()
+            job = self._jobs.get()
+
+    def wait(self, timeout: float) -> bool:
+        """Waits until no job is running or waiting; True when none is left."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
 
 
 # ------------------------------------------------------------------ EventBridge Scheduler -> Lambda
@@ -295,8 +336,8 @@ class ScheduleFirer(PollingThread):
         self._next_fire: dict[tuple[str, str], float] = {}
         self._window: dict[tuple[str, str], float] = {}  # start of the period the next fire falls in
         self._warned: set[tuple[str, str]] = set()
-        self._running: set[threading.Thread] = set()
-        self._running_lock = threading.Lock()
+        # Overlapping fires each get a thread (a long invocation overlaps the next fire, as in AWS).
+        self._workers = WarmThreads(self.name, SCHEDULE_CONCURRENCY)
         self.fired = 0
 
     def poll_once(self) -> bool:
@@ -355,25 +396,12 @@ class ScheduleFirer(PollingThread):
     def _fire(self, function: str, name: str, event: dict[str, Any]) -> None:
         self.fired += 1
         log.info("schedule %s fired -> %s %s", name, function, json.dumps(event))
-        thread = threading.Thread(
-            target=self._run_invocation, args=(function, event), name=f"fire-{name}-{uuid.uuid4().hex[:6]}", daemon=True
-        )
-        with self._running_lock:
-            self._running.add(thread)
-        thread.start()
-
-    def _run_invocation(self, function: str, event: dict[str, Any]) -> None:
-        try:
-            self._invoke(function, event)
-        except Exception:  # noqa: S110 - logged by the function host; a failed tick waits for the next fire
-            pass
-        finally:
-            with self._running_lock:
-                self._running.discard(threading.current_thread())
+        # A failed tick waits for the next fire (the function host has logged it).
+        self._workers.submit(lambda: self._invoke(function, event))
 
     def wait_for_invocations(self, timeout: float) -> bool:
         """Waits for fired invocations still running; True when none is left."""
-        return _join_all(self._running, self._running_lock, timeout)
+        return self._workers.wait(timeout)
 
 
 # ------------------------------------------------------------------ SES -> outbox/

@@ -392,7 +392,8 @@ class Dispatcher:
         self.wake_seen = int(state.wake_seq or 0)
         self.backoff_until = 0.0
         self.latency = 0.05  # SES call latency estimate (EWMA), sizes the in-flight pool
-        self.in_flight: deque[tuple[SubtaskModel, Future[str], float]] = deque()
+        # (subtask, its SES call, monotonic start, the paced instant it was sent at)
+        self.in_flight: deque[tuple[SubtaskModel, Future[str], float, float]] = deque()
         self.pool: ThreadPoolExecutor | None = None
 
     # ---------------------------------------------------------------- control
@@ -569,12 +570,12 @@ class Dispatcher:
             except (ClientError, BotoCoreError) as error:
                 future.set_exception(error)
             self._observe(time.monotonic() - started)
-            self.settle(subtask, future)
+            self.settle(subtask, future, now)
             return
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=self.deps.max_in_flight, thread_name_prefix="ses")
         self.in_flight.append(
-            (subtask, self.pool.submit(self._send, work.sender.email, subtask, raw), time.monotonic())
+            (subtask, self.pool.submit(self._send, work.sender.email, subtask, raw), time.monotonic(), now)
         )
         while len(self.in_flight) >= allowed:
             self.settle_oldest()
@@ -583,18 +584,19 @@ class Dispatcher:
         self.latency = 0.8 * self.latency + 0.2 * seconds
 
     def settle_oldest(self) -> None:
-        subtask, future, started = self.in_flight.popleft()
+        subtask, future, started, sent_at = self.in_flight.popleft()
         future.exception()  # waits
         self._observe(time.monotonic() - started)
-        self.settle(subtask, future)
+        self.settle(subtask, future, sent_at)
 
-    def settle(self, subtask: SubtaskModel, future: Future[str]) -> None:
+    def settle(self, subtask: SubtaskModel, future: Future[str], sent_at: float) -> None:
+        """Records the SES call's outcome; `sent_at` is the paced instant the call was made at."""
         error = future.exception()
         if error is None:
             self.deps.fault("after_send", subtask)
             subtask.status = SubtaskStatus.SENT
             subtask.message_id = future.result()
-            subtask.sent_at = self.deps.clock.now()
+            subtask.sent_at = sent_at
             subtask.inflight_key = None
             subtask.error = None
             subtask.error_class = None
