@@ -7,6 +7,9 @@ run: 1,000 raw UpdateItem calls one after the other, and 40 raw BatchWriteItem c
 DynamoDB requests are counted on the wire (retries included) for the contacts table only.
 
     .venv/bin/python -m bench.contact_import [--contacts 1000] [--rounds 1]
+
+`measure(quick)` is the `python -m bench` entry (1,000 contacts, 200 when quick; reported figures,
+no target).
 """
 
 from __future__ import annotations
@@ -151,14 +154,12 @@ def timed(server_pid: int, action: Callable[[], Any]) -> Measure:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contacts", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=1, help="new-contact imports, each for another user")
-    args = parser.parse_args(argv)
-    count: int = args.contacts
+Row = tuple[str, Measure, Counter[str]]
 
-    rows: list[tuple[str, Measure, Counter[str]]] = []
+
+def run(count: int, rounds: int = 1) -> list[Row]:
+    """The two baselines, then per round a new import and a re-import of `count` contacts."""
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as outbox:
         config = RunnerConfig(port=0, outbox=Path(outbox), log_level="WARNING")
         with LocalRunner(config) as runner:
@@ -185,13 +186,61 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(("baseline: raw UpdateItem, one after another", measure, counter.take()))
                 measure = timed(server, lambda: raw_batch_writes(dynamodb, table, "raw-batch", count))
                 rows.append((f"baseline: raw BatchWriteItem of {BATCH_WRITE_LIMIT} puts", measure, counter.take()))
-                for number in range(args.rounds):
+                for number in range(rounds):
                     user = f"bench-{number}"
                     measure = timed(server, partial(import_contacts, user, contact_rows(count, 1)))
                     rows.append((f"import {count} new contacts", measure, counter.take()))
                     measure = timed(server, partial(import_contacts, user, contact_rows(count, 2)))
                     rows.append((f"re-import the same {count}", measure, counter.take()))
+    return rows
 
+
+def measure(quick: bool = False) -> dict[str, Any]:
+    """The `python -m bench` entry: 1,000 contacts (200 when quick), one round; reported, no target."""
+    count = 200 if quick else 1000
+    rows = run(count)
+    update_baseline, batch_baseline = rows[0][1].seconds, rows[1][1].seconds
+    figures = {
+        label: {
+            "seconds": round(measure.seconds, 3),
+            "server_cpu_seconds": round(measure.server_cpu, 3),
+            "runner_cpu_seconds": round(measure.client_cpu, 3),
+            "requests_per_contact": round(sum(counts.values()) / count, 3),
+            "requests": dict(sorted(counts.items())),
+        }
+        for label, measure, counts in rows
+    }
+    table = [
+        {
+            "measure": f"POST /api/contacts: {label}",
+            "figure": (
+                f"{measure.seconds:.2f} s, {sum(counts.values()) / count:.2f} requests/contact "
+                f"({measure.seconds / update_baseline:.2f}x raw UpdateItem, "
+                f"{measure.seconds / batch_baseline:.1f}x raw BatchWriteItem)"
+            ),
+            "target": "report",
+            "met": None,
+        }
+        for label, measure, counts in rows[2:]
+    ]
+    return {
+        "name": "contact_import",
+        "quick": quick,
+        "contacts": count,
+        "runs": figures,
+        "target": None,
+        "met": None,
+        "rows": table,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contacts", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1, help="new-contact imports, each for another user")
+    args = parser.parse_args(argv)
+    count: int = args.contacts
+    rows = run(count, args.rounds)
     update_baseline, batch_baseline = rows[0][1].seconds, rows[1][1].seconds
     print(f"local runner (embedded single-threaded moto server), {count} contacts; POST /api/contacts over HTTP")
     print(f"  {'':<44} {'seconds':>8} {'server CPU':>11} {'runner CPU':>11}  requests/contact  vs raw UpdateItem")
