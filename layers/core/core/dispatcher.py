@@ -37,10 +37,14 @@ from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
 
 from core import service_quota
 from core.batch_writes import BATCH_WRITE_LIMIT, put_items
-from core.clock import Clock, utc_day
+from core.clock import Clock, backoff, utc_day
 from core.dispatch import lease
 from core.dispatch.control import read_control
 from core.dispatch.lease import Release, Saved, service_state_key
@@ -57,6 +61,7 @@ from core.models import (
     TaskModel,
     TemplateModel,
     UserModel,
+    transaction_connection,
     update_if,
 )
 from core.rendering import DEFAULT_RENDER_BUDGET, RenderTimeout, render_template
@@ -65,6 +70,12 @@ from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
 RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
+# Claims are made for about this much sending time ahead, in one transaction (a control change still
+# takes effect at the next look: claimed emails of a paused task go back). A crash leaves at most
+# that many claimed emails `unknown`.
+CLAIM_AHEAD_SECONDS = 2.0
+CLAIM_BATCH_LIMIT = 25
+CLAIM_ATTEMPTS = 4
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 # Tasks and the service are reloaded at least this often even when no control change was announced.
 FULL_RELOAD_SECONDS = 30.0
@@ -226,6 +237,111 @@ class Fairness:
                     self.pointer.tasks[user_id] = task_id
                     return tasks[task_id]
         return None
+
+
+# ---------------------------------------------------------------- claims
+
+
+def _claim_actions(owner: str, service_id: str) -> list[Action]:
+    return [
+        SubtaskModel.status.set(SubtaskStatus.SENDING),
+        SubtaskModel.claim_owner.set(owner),
+        SubtaskModel.inflight_key.set(service_id),
+        SubtaskModel.queue_key.remove(),
+    ]
+
+
+def _claimed_locally(subtask: SubtaskModel, owner: str, service_id: str) -> None:
+    """What the claim wrote, on the object the outcome is later recorded from (a transaction does
+    not return the new items)."""
+    subtask.status = SubtaskStatus.SENDING
+    subtask.claim_owner = owner
+    subtask.inflight_key = service_id
+    subtask.queue_key = None
+
+
+def update_all(
+    subtasks: list[SubtaskModel], actions_of: Callable[[SubtaskModel], list[Action]], condition: Condition
+) -> list[SubtaskModel]:
+    """Applies each subtask's actions where `condition` holds, in one TransactWriteItems (at most
+    CLAIM_BATCH_LIMIT subtasks); those whose condition fails (a canceller, an unsubscribe or
+    another dispatcher moved them first) are left out and the rest retried. Returns the updated."""
+    pending = list(subtasks)
+    for attempt in range(CLAIM_ATTEMPTS):
+        if len(pending) <= 1:
+            break
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                for subtask in pending:
+                    transaction.update(subtask, actions=actions_of(subtask), condition=condition)
+        except TransactWriteError as error:
+            reasons = list(error.cancellation_reasons or [])
+            if len(reasons) != len(pending):
+                raise
+            codes = [reason.code if reason else "None" for reason in reasons]
+            pending = [s for s, code in zip(pending, codes, strict=True) if code != "ConditionalCheckFailed"]
+            if "TransactionConflict" in codes:
+                time.sleep(backoff(attempt, base=0.02))
+            continue
+        return pending
+    # One left, or a transaction that kept conflicting: one by one.
+    return [subtask for subtask in pending if update_if(subtask, actions_of(subtask), condition)]
+
+
+def claim_subtasks(subtasks: list[SubtaskModel], owner: str, service_id: str, now: float) -> set[tuple[str, str]]:
+    """`queued -> sending` for each subtask still queued and due, in one request; returns the keys
+    claimed (and sets on each object what the claim wrote: a transaction returns no items)."""
+    actions = _claim_actions(owner, service_id)
+    condition = (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now)
+    claimed = update_all(subtasks, lambda _: actions, condition)
+    for subtask in claimed:
+        _claimed_locally(subtask, owner, service_id)
+    return {(s.partition, s.contact_id) for s in claimed}
+
+
+def release_claims(subtasks: list[SubtaskModel], owner: str, now: float) -> int:
+    """Claimed, unsent subtasks back to their queue; cancelled and refunded when their task was
+    cancelled meanwhile (the cancel sweep leaves claimed subtasks to their dispatcher). A subtask no
+    longer held (a successor recovered it as `unknown` after this invocation's lease expired) is
+    left alone. Returns how many were released (their quota units are unused)."""
+    released = 0
+    held = (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == owner)
+    by_task: dict[str, list[SubtaskModel]] = {}
+    for subtask in subtasks:
+        by_task.setdefault(subtask.task_id, []).append(subtask)
+    for task_id, claimed in by_task.items():
+        task = TaskModel.get(task_id, consistent_read=True)
+        if task.status != TaskStatus.CANCELLED:
+            released += len(update_all(claimed, _release_actions, held))
+            continue
+        cancelled = len(
+            update_all(
+                claimed,
+                lambda _: [SubtaskModel.status.set(SubtaskStatus.CANCELLED), SubtaskModel.inflight_key.remove()],
+                held,
+            )
+        )
+        if cancelled:
+            TaskModel(task_id).update(
+                actions=[
+                    TASK_COUNTS.cancelled.add(cancelled),
+                    TASK_COUNTS.queued.add(-cancelled),
+                    TaskModel.quota_refunded.add(cancelled),
+                    TaskModel.updated_at.set(now),
+                ]
+            )
+            UserModel(task.user_id).update(actions=[UserModel.remaining_quota.add(cancelled)])
+        released += cancelled
+    return released
+
+
+def _release_actions(subtask: SubtaskModel) -> list[Action]:
+    return [
+        SubtaskModel.status.set(SubtaskStatus.QUEUED),
+        SubtaskModel.queue_key.set(queue_key(subtask.service_id, subtask.task_id)),
+        SubtaskModel.claim_owner.remove(),
+        SubtaskModel.inflight_key.remove(),
+    ]
 
 
 # ---------------------------------------------------------------- outcomes
@@ -392,8 +508,11 @@ class Dispatcher:
         self.wake_seen = int(state.wake_seq or 0)
         self.backoff_until = 0.0
         self.latency = 0.05  # SES call latency estimate (EWMA), sizes the in-flight pool
+        self.cycle = 0.0  # seconds from one send to the next as achieved (EWMA), sizes the claims
         # (subtask, its SES call, monotonic start, the paced instant it was sent at)
         self.in_flight: deque[tuple[SubtaskModel, Future[str], float, float]] = deque()
+        self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
+        self.taken: set[tuple[str, str]] = set()  # keys picked by this invocation (not to be picked again)
         self.pool: ThreadPoolExecutor | None = None
 
     # ---------------------------------------------------------------- control
@@ -439,6 +558,11 @@ class Dispatcher:
         self.works = works
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
+        # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.
+        dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
+        if dropped:
+            self.claimed = deque(pick for pick in self.claimed if pick[1].task_id in works)
+            self.block_left += release_claims(dropped, self.deps.owner, now)
         self.next_dry_recheck = now + DRY_RECHECK_SECONDS
 
     def _load_work(self, task: TaskModel) -> TaskWork:
@@ -456,7 +580,8 @@ class Dispatcher:
         page = SubtaskModel.queue.query(
             key, filter_condition=SubtaskModel.next_attempt_at <= now, limit=self.deps.batch_size
         )
-        work.candidates.extend(page)
+        # Picked subtasks stay `queued` until their batch is claimed (and an index read may lag): skip them.
+        work.candidates.extend(s for s in page if (s.partition, s.contact_id) not in self.taken)
         work.dry = not work.candidates
         if work.dry and not work.reconciled:
             work.reconciled = True
@@ -494,22 +619,51 @@ class Dispatcher:
             self.block_reserved_at = now
         self.block_left -= 1
 
-    def claim(self, subtask: SubtaskModel, now: float) -> bool:
-        self.deps.fault("before_claim", subtask)
-        claimed = update_if(
-            subtask,
-            [
-                SubtaskModel.status.set(SubtaskStatus.SENDING),
-                SubtaskModel.claim_owner.set(self.deps.owner),
-                SubtaskModel.inflight_key.set(self.service.service_id),
-                SubtaskModel.queue_key.remove(),
-            ],
-            (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now),
-        )
-        if not claimed:
-            return False  # cancelled, or taken by another dispatcher
-        self.deps.fault("after_claim", subtask)
+    def claim_next(self, now: float, deadline: float) -> bool:
+        """Picks the next sends in fair order (about CLAIM_AHEAD_SECONDS of pace, at most
+        CLAIM_BATCH_LIMIT, no more than the budget leaves time for), takes a quota unit for each and
+        claims them in one request. False when nothing is left to pick."""
+        # What the loop achieves, when slower than the pace (SES latency, a loaded machine): claims
+        # are for sends that will happen, not for ones the budget ends before.
+        interval = max(float(self.service.sending_rate), self.cycle, 0.001)
+        sends_left = max(1, math.ceil((deadline - now) / interval))
+        size = max(1, min(CLAIM_BATCH_LIMIT, math.ceil(CLAIM_AHEAD_SECONDS / interval), sends_left))
+        picks: list[tuple[TaskWork, SubtaskModel]] = []
+        while len(picks) < size:
+            work = self.fairness.next_work(self.has_ready)
+            if work is None:
+                break
+            subtask = work.candidates.popleft()
+            self.taken.add((subtask.partition, subtask.contact_id))
+            picks.append((work, subtask))
+        if not picks:
+            return False
+        for _, subtask in picks:
+            self.deps.fault("before_claim", subtask)
+        taken = 0
+        try:
+            for _ in picks:  # before the claim: no claim waits on quota
+                self.take_quota_unit(now, deadline)
+                taken += 1
+        except _StopSending:
+            if taken == 0:
+                raise
+            picks = picks[:taken]  # the rest stay queued; the next pick finds the quota spent
+        claimed = claim_subtasks([subtask for _, subtask in picks], self.deps.owner, self.service.service_id, now)
+        batch = [(work, subtask) for work, subtask in picks if (subtask.partition, subtask.contact_id) in claimed]
+        self.block_left += len(picks) - len(batch)  # cancelled, suppressed or taken meanwhile: units go back
+        self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
+        for _, subtask in batch:
+            self.deps.fault("after_claim", subtask)
         return True
+
+    def give_back_claims(self) -> None:
+        """Claimed emails this invocation stops before sending go back to their queue (or, when
+        their task was cancelled meanwhile, are cancelled and refunded: the task's sweep skipped
+        them as claimed)."""
+        claimed, self.claimed = [subtask for _, subtask in self.claimed], deque()
+        if claimed:
+            self.block_left += release_claims(claimed, self.deps.owner, self.deps.clock.now())
 
     def build(self, work: TaskWork, subtask: SubtaskModel) -> bytes:
         template = work.template[subtask.template_id]
@@ -559,6 +713,8 @@ class Dispatcher:
             self.block_left += 1
             self.fail(subtask, "message", str(error))
             return
+        if self.last_send_at is not None and 0 < now - self.last_send_at < 60:
+            self.cycle = 0.8 * self.cycle + 0.2 * (now - self.last_send_at)
         self.last_send_at = now
         self.report.send_times.append(now)
         allowed = min(self.deps.max_in_flight, max(1, math.ceil(self.latency / float(self.service.sending_rate))))
@@ -652,6 +808,7 @@ class Dispatcher:
         subtask.error = message[:500]
         if spend_attempt:
             subtask.attempts = int(subtask.attempts or 0) + 1
+        self.taken.discard((subtask.partition, subtask.contact_id))  # may be picked again when due
         self.report.requeued += 1
         self.recorder.add(subtask)
 
@@ -701,16 +858,13 @@ class Dispatcher:
                 now = self.deps.clock.now()
                 if now >= self.next_refresh:
                     self.refresh(now)
-                work = self.fairness.next_work(self.has_ready)
-                if work is None:
+                if not self.claimed and not self.claim_next(now, deadline):
                     return StopReason.NO_WORK
+                if not self.claimed:
+                    continue  # every pick was taken meanwhile: pick again
                 if now >= deadline - self.deps.handoff_lead_seconds:
                     self.hand_off(deadline)
-                subtask = work.candidates.popleft()
-                self.take_quota_unit(now, deadline)  # before the claim: no claim waits on quota
-                if not self.claim(subtask, now):
-                    self.block_left += 1
-                    continue
+                work, subtask = self.claimed.popleft()
                 self.send_one(work, subtask, now)
         except _StopSending as stop:
             return stop.reason
@@ -736,6 +890,7 @@ class Dispatcher:
         first_error: BaseException | None = None
         released = Release.LOST
         try:
+            self.give_back_claims()
             while self.in_flight:
                 try:
                     self.settle_oldest()
