@@ -17,6 +17,7 @@ from botocore.config import Config
 
 from core.cancellation import sweep_cancelled_task
 from core.clock import Clock, SystemClock
+from core.dispatch.wakeups import WakeQueue
 from core.models import bind_tables
 from core.planner import PlannerDeps, PlanOutcome, plan_task
 from core.planner_jobs import PlannerJob, enqueue
@@ -58,6 +59,7 @@ def run_job(job: PlannerJob, context: LambdaContext) -> PlanOutcome:
         owner=f"{context.aws_request_id}:{uuid.uuid4().hex[:8]}",
         lease_seconds=rt.settings.planner_lease_seconds,
         page_size=rt.settings.planner_page_size,
+        wake=WakeQueue(rt.sqs, rt.settings.dispatch_wake_queue_url),
     )
     outcome = plan_task(job.task_id, deps) if job.job == "plan" else sweep_cancelled_task(job.task_id, deps)
     logger.info("planner job finished", extra={"task_id": job.task_id, "job": job.job, "outcome": outcome})

@@ -6,10 +6,12 @@ schedule's ticks and the queue's messages."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import dispatcher_handler
+import pytest
 
 from core.dispatch.wakeups import WakeRequest
 from core.models import SchedulerStateModel, TaskModel
@@ -17,9 +19,9 @@ from core.schedules import SCHEDULER_STATE_KEY
 from core.settings import Settings
 from core.states import TaskStatus
 from tests.conftest import ApiClient, FakeClock
-from tests.integration.given import given_service
+from tests.integration.given import given_contacts, given_service, given_template, given_user
 from tests.support.dispatching import World, sent_subtasks, start_scheduler
-from tests.support.planning import seed_task
+from tests.support.planning import PlannerDriver, seed_task
 
 
 def wake_ups(settings: Settings) -> list[dict[str, Any]]:
@@ -152,3 +154,43 @@ def test_the_handler_takes_a_tick_and_a_wake_up_message(aws: Settings, clock: Fa
     tick = dispatcher_handler.lambda_handler({"service_id": "svc"}, Context())
     assert tick["trigger"] == "schedule" and tick["sent"] == 0
     assert len(sent_subtasks()) == 3
+
+
+@pytest.mark.parametrize(("starts_in", "woken", "delayed"), [(None, "queued", 0), (300, None, 1), (7200, None, 0)])
+def test_a_planned_task_wakes_its_services_now_or_at_its_time(
+    api: ApiClient,
+    aws: Settings,
+    clock: FakeClock,
+    planner: PlannerDriver,
+    starts_in: int | None,
+    woken: str | None,
+    delayed: int,
+) -> None:
+    # Given alice with two services, a sender, a template and three contacts
+    services = [given_service(api, "a"), given_service(api, "b")]
+    given_user(api, "alice", quota=10, service_ids=services)
+    given_contacts(api, "alice", *({"email": f"r{n}@example.org", "tags": ["news"]} for n in range(3)))
+    sender = api.post("/api/senders", {"email": "news@example.com", "name": "News"}, user="alice").body["sender_id"]
+    body: dict[str, Any] = {
+        "name": "n",
+        "sender_id": sender,
+        "templates": [given_template(api, "alice")],
+        "recipient_rule": {"type": "tag_based", "include_tags": ["news"], "exclude_tags": []},
+    }
+    if starts_in is not None:
+        body["scheduled_at"] = datetime.fromtimestamp(clock.now() + starts_in, UTC).isoformat()
+    task_id = api.post("/api/tasks", body, user="alice").body["task_id"]
+    before = control_seq()
+
+    # When the planner has planned it
+    planner.drain()
+
+    # Then it is announced, and its services are woken now, at its time, or by their schedules
+    task = TaskModel.get(task_id, consistent_read=True)
+    assert control_seq() == before + 1
+    routed = sorted(set(task.plan.routing))  # the routing is a cycle: each service once
+    assert wake_ups(aws) == ([{"service_id": s, "reason": woken} for s in routed] if woken else [])
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws.dispatch_wake_queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )
+    assert int(attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"]) == delayed * len(routed)

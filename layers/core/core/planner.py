@@ -35,6 +35,8 @@ from pynamodb.transactions import TransactWrite
 
 from core.batch_writes import WireItem, put_wire_items
 from core.clock import Clock, backoff, utc_day
+from core.dispatch.control import control_changed
+from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
 from core.ids import queue_key, subtask_partition
 from core.models import (
@@ -83,6 +85,8 @@ class PlannerDeps:
     # Recipients the count pass keeps for the write pass of the same invocation, measured as the
     # bytes DynamoDB sent for their pages (held as Python objects they take about 4x that).
     remember_bytes: int = 16 << 20
+    # Wakes the task's services once it is queued (core.dispatch.wakeups); None sends nothing.
+    wake: WakeQueue | None = None
 
 
 # ---------------------------------------------------------------- recipients
@@ -473,7 +477,18 @@ def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
         if task.planner_lease_owner != deps.owner or task.status != TaskStatus.PLANNING:
             raise LeaseLost("planner lease lost while finishing") from error
         raise
+    if not reason:
+        _announce(task, deps, now)
     return PlanOutcome.DONE
+
+
+def _announce(task: TaskModel, deps: PlannerDeps, now: float) -> None:
+    """A task that may send: sending dispatchers reload at their next look, idle services of its
+    routing are woken now (or, for a task due within SQS's 15-minute delay, at its time)."""
+    control_changed()
+    delay = max(0.0, (task.scheduled_at or now) - now)
+    if deps.wake is not None and delay <= SQS_MAX_DELAY_SECONDS:
+        deps.wake.wake(task.plan.routing or [], WakeReason.QUEUED if delay == 0 else WakeReason.DUE, delay)
 
 
 # ---------------------------------------------------------------- entry point
