@@ -48,8 +48,8 @@ from local_runner.triggers import (
 log = logging.getLogger("local_runner")
 
 DEFAULT_OUTBOX = REPO_ROOT / "outbox"
-# How long Ctrl-C waits for running invocations (a dispatcher tick can run for 50 s; it is cut off
-# as a Lambda at its timeout would be: whatever it had claimed is reported `unknown` next tick).
+# How long Ctrl-C waits for running invocations (a dispatcher can run for its 240 s budget; it is cut
+# off as a Lambda at its timeout would be: whatever it had claimed is reported `unknown` next time).
 STOP_GRACE_SECONDS = 3.0
 
 

@@ -1,9 +1,10 @@
 """Routing: which of a user's email services a subtask goes to.
 
-The rule (documented in README and docs/data-model.md): among the user's assigned services that
+The rule (documented in docs/planning.md): among the user's assigned services that
 are enabled and healthy and still have daily quota today, each gets a share proportional to what
 it can deliver in the next 24 hours, `min(remaining daily quota, 86,400 / sending_rate)`. When
-none qualifies, the enabled services share equally and the work waits (or fails over at dispatch).
+none qualifies, the enabled services share equally and the work waits (failover between services
+is not built yet).
 Shares become a short cycle by smooth weighted round robin (the nginx algorithm), so consecutive
 recipients interleave across services instead of arriving in blocks, and the service of the
 recipient at plan position `seq` is `cycle[seq % len(cycle)]`: deterministic, so a resumed or
