@@ -48,7 +48,7 @@ TARGET_RATIO = 0.8  # plan at least this fast relative to the raw BatchWriteItem
 TARGET_REQUESTS_PER_25 = 1.1  # DynamoDB requests per 25 subtasks (one BatchWriteItem is 1.0)
 BATCH_WRITE_LIMIT = 25
 FULL_RECIPIENTS = 20_000
-QUICK_RECIPIENTS = 2_000
+QUICK_RECIPIENTS = 5_000  # enough that a plan's fixed requests (lease, reservation, finish) are not the figure
 USER_ID = "bench-user"
 SERVICE_ID = "svc_bench"
 FUNCTION = "PlannerFunction"
@@ -391,12 +391,15 @@ def summary(results: list[Round]) -> dict[str, Any]:
     ratio = median(r.ratio for r in results)
     per_25 = median(r.plan.per_25(recipients) for r in results)
     requests = results[len(results) // 2].plan.requests if len(results) % 2 else results[-1].plan.requests
+    baseline_seconds = median(r.baseline.seconds for r in results)
+    ratio_met, requests_met = ratio >= TARGET_RATIO, per_25 <= TARGET_REQUESTS_PER_25
     return {
         "name": NAME,
         "recipients": recipients,
         "rounds": len(results),
         "seconds": round(seconds, 3),
-        "baseline_seconds": round(median(r.baseline.seconds for r in results), 3),
+        "plan_seconds": round(seconds, 3),  # `seconds` again: the bench harness stores its own run time there
+        "baseline_seconds": round(baseline_seconds, 3),
         "ratio": round(ratio, 3),
         "requests_per_25": round(per_25, 3),
         "requests": dict(sorted(requests.items())),
@@ -410,12 +413,26 @@ def summary(results: list[Round]) -> dict[str, Any]:
             {"seconds": round(r.plan.seconds, 3), "baseline_seconds": round(r.baseline.seconds, 3)} for r in results
         ],
         "target": {"ratio": TARGET_RATIO, "requests_per_25": TARGET_REQUESTS_PER_25},
-        "met": ratio >= TARGET_RATIO and per_25 <= TARGET_REQUESTS_PER_25,
+        "met": ratio_met and requests_met,
+        "rows": [
+            {
+                "measure": f"{recipients:,} recipients vs raw BatchWriteItem (baseline/plan)",
+                "figure": f"{ratio:.2f}x ({seconds:.1f} s vs {baseline_seconds:.1f} s)",
+                "target": f">= {TARGET_RATIO}x",
+                "met": ratio_met,
+            },
+            {
+                "measure": "DynamoDB requests per 25 subtasks",
+                "figure": f"{per_25:.3f}",
+                "target": f"<= {TARGET_REQUESTS_PER_25}",
+                "met": requests_met,
+            },
+        ],
     }
 
 
 def measure(quick: bool = False) -> dict[str, Any]:
-    """The `python -m bench` entry: one round of 2,000 recipients when quick, else 3 of 20,000."""
+    """The `python -m bench` entry: one round of 5,000 recipients when quick, else 3 of 20,000."""
     return summary(run(QUICK_RECIPIENTS, rounds=1) if quick else run(FULL_RECIPIENTS, rounds=3))
 
 
