@@ -688,7 +688,7 @@ def dynamodb_client() -> Any:
 # ---------------------------------------------------------------- the dispatcher in-process
 
 
-DEFAULT_BUDGET_SECONDS = 50.0  # the template's DispatcherBudgetSeconds default
+DEFAULT_BUDGET_SECONDS = 240.0  # the template's DispatcherBudgetSeconds default
 
 
 def dispatcher_deps(settings: Settings, ses: Any, dynamodb: Any, budget_seconds: float) -> DispatcherDeps:

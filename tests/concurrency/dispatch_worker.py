@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         unsubscribe_base_url=UNSUBSCRIBE_BASE_URL,
         unsubscribe_signing_key=UNSUBSCRIBE_SIGNING_KEY,
         max_in_flight=args.max_in_flight,
+        wake=runtime.wake,  # hands off to a successor near its budget's end, as the Lambda does
+        handoff_lead_seconds=0.5,
     )
     print("ready", flush=True)
     if args.wait and not sys.stdin.readline():

@@ -7,12 +7,14 @@ The invocation
   2. marks `unknown` whatever a dead predecessor left `sending` (never re-sent automatically);
   3. until its time budget is spent, picks work round robin user -> task -> subtask from a pointer
      persisted in DynamoDB, one email per user per round, tasks of a user in turn;
-  4. for each email: waits for the service's pace (`sending_rate` seconds since the last send,
-     also across invocations), claims the subtask (`queued -> sending`, conditional, with this
-     invocation's token), takes one unit of a service-quota block (reserved with a conditional
-     ADD), renders and sends through SES v2, and buffers the outcome;
+  4. claims about two seconds of pace ahead in one request (`queued -> sending`, conditional, with
+     this invocation's token; one unit each of a service-quota block reserved with a conditional
+     ADD), then for each email waits for the service's pace (`sending_rate` seconds since the last
+     send, also across invocations), renders and sends through SES v2, and buffers the outcome;
+     claimed emails it stops before sending go back to their queue;
   5. flushes outcomes in batches: subtask items (BatchWriteItem; the claim makes this invocation
-     their only writer), task counters, user refunds; completes tasks with nothing left queued;
+     their only writer), and every few seconds task counters and user refunds; completes tasks
+     with nothing left queued;
   6. near the end of its budget, with work left, starts its successor (a wake-up naming itself), so
      sending continues across invocations at the service's pace (docs/dispatch.md).
 
@@ -22,8 +24,9 @@ Control (stop, pause, cancel, disable) is looked at every second of sending time
 `attempts` counts failed tries: throttling and account-level errors spend none, a transient
 error spends one and is retried after `retry_delay` while attempts < max_retries.
 
-Requests per sent email at steady state: one claim (UpdateItem) plus amortised shares of the
-queue Query, the batched record, the counters and the quota block."""
+Requests per sent email at steady state: shares of the claim transaction, the queue Query, the
+batched record, the counters and the quota block, plus the one-request look each second (so slow
+services pay most per email; bench/dispatch.py measures it)."""
 
 from __future__ import annotations
 
@@ -70,6 +73,11 @@ from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
 RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
+# Task counters move once this many outcomes are buffered or this long after they last moved (and at
+# the end of an invocation): with many tasks sending at once, one update per task per record batch
+# was most of the writes, and on a slow service one per task every few seconds was one per email.
+COUNTER_FLUSH_OUTCOMES = 100
+COUNTER_FLUSH_SECONDS = 30.0
 # Claims are made for about this much sending time ahead, in one transaction (a control change still
 # takes effect at the next look: claimed emails of a paused task go back). A crash leaves at most
 # that many claimed emails `unknown`.
@@ -79,7 +87,6 @@ CLAIM_ATTEMPTS = 4
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 # Tasks and the service are reloaded at least this often even when no control change was announced.
 FULL_RELOAD_SECONDS = 30.0
-DRY_RECHECK_SECONDS = 5.0  # a task queue found empty is queried again after this long (retries fall due)
 THROTTLE_BACKOFF_SECONDS = 1.0
 # Slower services are not handed off: their next send is at most one watchdog tick away anyway.
 HANDOFF_MAX_INTERVAL_SECONDS = 60.0
@@ -206,6 +213,8 @@ class TaskWork:
     sender: SenderModel
     candidates: deque[SubtaskModel] = field(default_factory=deque)
     dry: bool = False  # its queue on this service had nothing ready at the last look
+    recheck_at: float = math.inf  # when a dry queue may have something ready (its earliest retry)
+    read_to_end: bool = False  # the last read reached the queue's end: emptied candidates mean dry
     reconciled: bool = False  # counters checked against the subtasks in this invocation
 
 
@@ -365,6 +374,8 @@ class Recorder:
         self.tallies: dict[str, TaskTally] = {}
         self.user_of: dict[str, str] = {}
         self.started: set[str] = set()  # tasks already moved to `sending` by this invocation
+        self.next_counters = deps.clock.now() + COUNTER_FLUSH_SECONDS
+        self.outcomes = 0  # records written since the counters last moved
 
     def add(self, subtask: SubtaskModel, tally: Callable[[TaskTally], None] | None = None) -> None:
         self.items.append(subtask)
@@ -374,13 +385,21 @@ class Recorder:
         if len(self.items) >= RECORD_BATCH:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, move_counters: bool = False) -> None:
+        """Writes the buffered records; moves the task counters too when `move_counters` or when
+        COUNTER_FLUSH_SECONDS passed since they last moved (one update per task then, however many
+        record batches it spans)."""
         items, self.items = self.items, []
         put_items(self.deps.dynamodb, self.deps.subtasks_table, items, self.deps.clock)
         for item in items:
             self.deps.fault("after_record", item)
-        tallies, self.tallies = self.tallies, {}
         now = self.deps.clock.now()
+        self.outcomes += len(items)
+        if not move_counters and now < self.next_counters and self.outcomes < COUNTER_FLUSH_OUTCOMES:
+            return
+        self.outcomes = 0
+        self.next_counters = now + COUNTER_FLUSH_SECONDS
+        tallies, self.tallies = self.tallies, {}
         for task_id, tally in tallies.items():
             if task_id not in self.started:
                 _mark_sending(task_id)
@@ -503,7 +522,6 @@ class Dispatcher:
         self.block_reserved_at = 0.0
         self.next_refresh = 0.0
         self.next_reload = 0.0  # tasks and service: reloaded when control changes, or by this time
-        self.next_dry_recheck = 0.0
         self.control_seen: tuple[int, int] | None = None  # (control_seq, wake_seq) at the last reload
         self.wake_seen = int(state.wake_seq or 0)
         self.backoff_until = 0.0
@@ -530,11 +548,6 @@ class Dispatcher:
         if seen != self.control_seen or now >= self.next_reload:
             self.reload(now)
             self.control_seen = seen
-        elif now >= self.next_dry_recheck:
-            # Retries fall due without any write announcing them: queues found empty are looked at again.
-            for work in self.works.values():
-                work.dry = False
-            self.next_dry_recheck = now + DRY_RECHECK_SECONDS
         self.next_refresh = now + CONTROL_REFRESH_SECONDS
 
     def reload(self, now: float) -> None:
@@ -555,6 +568,7 @@ class Dispatcher:
             works[task.task_id] = known if known else self._load_work(task)
             works[task.task_id].task = task
             works[task.task_id].dry = False
+            works[task.task_id].read_to_end = False
         self.works = works
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
@@ -563,7 +577,6 @@ class Dispatcher:
         if dropped:
             self.claimed = deque(pick for pick in self.claimed if pick[1].task_id in works)
             self.block_left += release_claims(dropped, self.deps.owner, now)
-        self.next_dry_recheck = now + DRY_RECHECK_SECONDS
 
     def _load_work(self, task: TaskModel) -> TaskWork:
         templates = {t.template_id: t for t in TemplateModel.batch_get([(task.user_id, i) for i in task.template_ids])}
@@ -573,16 +586,29 @@ class Dispatcher:
     def has_ready(self, work: TaskWork) -> bool:
         if work.candidates:
             return True
-        if work.dry:
-            return False
         now = self.deps.clock.now()
+        if work.read_to_end and not work.dry:  # what the read found is used up: nothing else is queued
+            work.dry = True
+        if work.dry and now < work.recheck_at:
+            return False
         key = queue_key(self.service.service_id, work.task.task_id)
-        page = SubtaskModel.queue.query(
-            key, filter_condition=SubtaskModel.next_attempt_at <= now, limit=self.deps.batch_size
-        )
-        # Picked subtasks stay `queued` until their batch is claimed (and an index read may lag): skip them.
-        work.candidates.extend(s for s in page if (s.partition, s.contact_id) not in self.taken)
+        later: list[float] = []
+        last_key: dict[str, Any] | None = None
+        while True:  # pages until something is ready or the queue has been read to its end
+            page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=last_key)
+            for subtask in page:
+                if float(subtask.next_attempt_at or 0) > now:
+                    later.append(float(subtask.next_attempt_at))  # a retry not due yet
+                # Picked subtasks stay `queued` until their batch is claimed (and an index read may lag).
+                elif (subtask.partition, subtask.contact_id) not in self.taken:
+                    work.candidates.append(subtask)
+            last_key = page.last_evaluated_key
+            if work.candidates or not last_key:
+                break
+        work.read_to_end = not last_key
         work.dry = not work.candidates
+        # Nothing new reaches a read queue but this invocation's own retries (and a reload's news).
+        work.recheck_at = min(later, default=math.inf)
         if work.dry and not work.reconciled:
             work.reconciled = True
             if int(work.task.counts.queued or 0) > 0:
@@ -809,6 +835,9 @@ class Dispatcher:
         if spend_attempt:
             subtask.attempts = int(subtask.attempts or 0) + 1
         self.taken.discard((subtask.partition, subtask.contact_id))  # may be picked again when due
+        work = self.works.get(subtask.task_id)
+        if work is not None:  # its queue is looked at again once the retry is due (and recorded)
+            work.recheck_at = min(work.recheck_at, max(retry_at, self.deps.clock.now() + 1.0))
         self.report.requeued += 1
         self.recorder.add(subtask)
 
@@ -899,7 +928,7 @@ class Dispatcher:
                     unless_woken_since = None
                 except Exception as error:  # recorded, re-raised once the rest is written
                     first_error = first_error or error
-            self.recorder.flush()
+            self.recorder.flush(move_counters=True)
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
