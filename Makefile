@@ -3,8 +3,11 @@
 #   make demo          the whole system locally (embedded AWS) playing a scenario; exits 0 when it worked
 #   make serve         the whole system locally until Ctrl-C (PORT=3000, OUTBOX=outbox)
 #   make invoke        one function on one event: FN=<logical id> EVENT=events/<file>.json [ENDPOINT=url]
-#   make test          virtualenv + ruff + mypy + cfn-lint + pytest   (the test command)
+#   make test          virtualenv + ruff + mypy + cfn-lint + pytest -m "not slow" on every core (the test command)
+#   make test-slow     the `slow` tests (large crash and scale runs), one at a time; CI runs it after `make test`
+#   make test-fast     ruff + the unit tests (no mypy, cfn-lint or server process), under 90 s: the edit loop
 #   make lint          the linters only
+#   make bench         the benchmarks: python -m bench (bench/)
 #   make sam-validate  sam validate --lint (SAM CLI in its own virtualenv, throwaway HOME)
 #   make sam-build     sam build (no container: uses python3.11 from PATH)
 #   make checkov       checkov on template.yaml and its SAM transform, with the reviewed skips in .checkov.yaml
@@ -39,7 +42,8 @@ PIP_FLAGS := --disable-pip-version-check -qq
 
 say = @printf '\n==> %s\n' "$(1)"
 
-.PHONY: venv venv-sam venv-checkov lint test demo serve invoke sam-validate sam-build checkov clean check-python
+.PHONY: venv venv-sam venv-checkov lint test test-slow test-fast bench demo serve invoke sam-validate sam-build \
+	checkov clean check-python
 
 check-python:
 	@test -n "$(PYTHON)" || { echo "python3.11 not found on PATH" >&2; exit 1; }
@@ -75,9 +79,33 @@ lint: venv
 	$(call say,cfn-lint template.yaml)
 	$(BIN)/cfn-lint template.yaml && echo "cfn-lint: no problems"
 
+# Test tiers (pyproject.toml): every test is marked by its folder (unit, integration, concurrency,
+# e2e, reliability); `slow` ones (minutes of scale or chaos) are left to test-slow. pytest-xdist runs
+# the rest on WORKERS processes (auto: one per core; WORKERS=0 runs them in this process), each with
+# its own embedded AWS, ports and temp dirs. The slow tests run one at a time: they use the real
+# clock and kill processes, and want the machine to themselves.
+WORKERS ?= auto
+PYTEST  := $(BIN)/python -m pytest
+
 test: venv lint
-	$(call say,pytest)
-	$(BIN)/python -m pytest
+	$(call say,pytest -m 'not slow' -n $(WORKERS))
+	$(PYTEST) -n $(WORKERS) -m "not slow"
+
+test-slow: venv
+	$(call say,pytest -m slow)
+	$(PYTEST) -m slow
+
+# The edit loop: ruff (no mypy or cfn-lint) and the unit tests, which start no server process. In
+# this process: collecting tests/unit alone, once, takes less than xdist workers collecting it each.
+test-fast: venv
+	$(call say,ruff check + ruff format --check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(call say,pytest tests/unit -m 'not slow')
+	$(PYTEST) tests/unit -m "not slow"
+
+bench: venv
+	$(BIN)/python -m bench
 
 # ------------------------------------------------------------------ local runner (no AWS, no Docker)
 PORT   ?= 3000

@@ -29,6 +29,8 @@ os.environ.update(
 for _variable in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
     os.environ.pop(_variable, None)
 
+import botocore.loaders  # noqa: E402
+import botocore.session  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from core.models import bind_tables  # noqa: E402
@@ -36,9 +38,43 @@ from core.secrets import resolve_signing_key  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from local_runner import moto_speedups  # noqa: E402
 from local_runner.apigw import claims_for, rest_event  # noqa: E402
-from local_runner.template import create_resources, environment_for  # noqa: E402
+from local_runner.template import create_resources, environment_for, load_template  # noqa: E402
 
 moto_speedups.install()
+
+
+class _SharedModelCache:
+    """botocore's service models (the JSON files it ships), parsed once per test process instead of
+    once per botocore session: every test makes fresh sessions (PynamoDB's connections, bound anew
+    each test; boto3 Sessions), and parsing their models again was a third of a typical API test's
+    CPU. Read-only data, shared as one session already shares it between its clients; keyed by the
+    loader's search paths too, as boto3's loaders see more files (resources) than botocore's."""
+
+    entries: dict[tuple[Any, ...], Any] = {}
+
+    def __init__(self, loader: botocore.loaders.Loader) -> None:
+        self._loader = loader
+
+    def _key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (tuple(self._loader.search_paths), *key)
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        return self._key(key) in self.entries
+
+    def __getitem__(self, key: tuple[Any, ...]) -> Any:
+        return self.entries[self._key(key)]
+
+    def __setitem__(self, key: tuple[Any, ...], value: Any) -> None:
+        self.entries[self._key(key)] = value
+
+
+def _create_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+    loader = botocore.loaders.create_loader(search_path_string)
+    loader._cache = _SharedModelCache(loader)  # what botocore's @instance_cache reads and writes
+    return loader
+
+
+botocore.session.create_loader = _create_loader  # what each new botocore session calls
 
 TESTS = Path(__file__).resolve().parent
 # Every test is marked by its folder (pyproject.toml registers them; `slow` is marked by hand).
@@ -128,11 +164,19 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def resource_maker() -> tuple[boto3.Session, dict[str, Any]]:
+    """A boto3 Session and template.yaml, for making the template's resources in every test's fresh
+    AWS: made once (per xdist worker), as a new Session reloads every service model it uses, which
+    cost more than the rest of the `aws` fixture. It holds no state of a test's AWS."""
+    return boto3.Session(), load_template()
+
+
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def aws(monkeypatch: pytest.MonkeyPatch, resource_maker: tuple[boto3.Session, dict[str, Any]]) -> Iterator[Settings]:
     """A fresh in-process AWS with the template's resources; yields the functions' settings."""
     with mock_aws():
-        created = create_resources(boto3.Session())
+        created = create_resources(*resource_maker)
         # The API function's own variables too (dispatcher ARN, schedule group, ...).
         for key, value in environment_for(created, functions=("ApiFunction",)).items():
             monkeypatch.setenv(key, value)
