@@ -47,17 +47,11 @@ from botocore.config import Config
 
 from core import service_quota
 from core.clock import SystemClock
+from core.dispatch.claims import CLAIM_BATCH_LIMIT
+from core.dispatch.lease import service_state_key
+from core.dispatch.recorder import RECORD_BATCH
 from core.dispatch.wakeups import WakeQueue, WakeRequest
-from core.dispatcher import (
-    CLAIM_BATCH_LIMIT,
-    RECORD_BATCH,
-    DispatcherDeps,
-    DispatchReport,
-    FaultHook,
-    StopReason,
-    dispatch_service,
-    service_state_key,
-)
+from core.dispatcher import DispatcherDeps, DispatchReport, FaultHook, StopReason, dispatch_service
 from core.ids import queue_key
 from core.models import SchedulerStateModel, SubtaskModel, TaskModel
 from core.settings import Settings

@@ -4,6 +4,7 @@ partial failures, whole-batch failures)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from local_runner.triggers import (
 DISPATCHER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:DispatcherFunction"
 
 
-def AT_PERIOD_START(period: float) -> float:  # noqa: N802 - reads as a constant at the call sites
+def AT_PERIOD_START(period: float) -> float:
     """Fires at the start of each period (the tests of period bookkeeping); AWS picks any second."""
     return 0.0
 
@@ -218,7 +219,7 @@ def test_each_period_fires_once_at_the_second_its_offset_picks(scheduler: Any) -
             fired_at.append(clock.now - 1000.0)
         clock.now += 1
     assert fired_at == [59.0, 60.0, 120.0, 239.0]
-    assert [b - a for a, b in zip(fired_at, fired_at[1:], strict=False)] == [1.0, 60.0, 119.0]
+    assert [b - a for a, b in itertools.pairwise(fired_at)] == [1.0, 60.0, 119.0]
     assert firer.wait_for_invocations(5)
 
 

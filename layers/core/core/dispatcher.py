@@ -40,50 +40,33 @@ from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import TransactWriteError
-from pynamodb.expressions.condition import Condition
-from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
 
 from core import service_quota
-from core.batch_writes import BATCH_WRITE_LIMIT, put_items
-from core.clock import Clock, backoff, utc_day
+from core.clock import Clock, utc_day
 from core.dispatch import lease
+from core.dispatch.claims import CLAIM_AHEAD_SECONDS, CLAIM_BATCH_LIMIT, claim_subtasks, release_claims
 from core.dispatch.control import read_control
-from core.dispatch.lease import Release, Saved, service_state_key
+from core.dispatch.fairness import Fairness, Pointer, TaskWork
+from core.dispatch.lease import Release, Saved
+from core.dispatch.recorder import Recorder, TaskTally, complete_if_done
+from core.dispatch.repair import reconcile_if_drained, recover_in_flight
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
-from core.ids import SUBTASK_SHARDS, queue_key
+from core.ids import queue_key
 from core.mime import build_campaign_message
 from core.models import (
-    TASK_COUNTS,
     EmailServiceModel,
     SchedulerStateModel,
     SenderModel,
     SubtaskModel,
     TaskModel,
     TemplateModel,
-    UserModel,
-    transaction_connection,
-    update_if,
 )
 from core.rendering import DEFAULT_RENDER_BUDGET, RenderTimeout, render_template
 from core.send_errors import SendErrorClass, classify_send_error
-from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
+from core.states import DISPATCHABLE, SubtaskStatus
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
-RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
-# Task counters move once this many outcomes are buffered or this long after they last moved (and at
-# the end of an invocation): with many tasks sending at once, one update per task per record batch
-# was most of the writes, and on a slow service one per task every few seconds was one per email.
-COUNTER_FLUSH_OUTCOMES = 100
-COUNTER_FLUSH_SECONDS = 30.0
-# Claims are made for about this much sending time ahead, in one transaction (a control change still
-# takes effect at the next look: claimed emails of a paused task go back). A crash leaves at most
-# that many claimed emails `unknown`.
-CLAIM_AHEAD_SECONDS = 2.0
-CLAIM_BATCH_LIMIT = 25
-CLAIM_ATTEMPTS = 4
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 # Tasks and the service are reloaded at least this often even when no control change was announced.
 FULL_RELOAD_SECONDS = 30.0
@@ -168,336 +151,6 @@ def _load_service(service_id: str) -> EmailServiceModel | None:
         return None
 
 
-# ---------------------------------------------------------------- crash recovery
-
-
-def _recover_in_flight(service_id: str, deps: DispatcherDeps) -> int:
-    """Subtasks a dead invocation left `sending` may or may not have reached SES: `unknown`."""
-    recovered: dict[str, int] = {}
-    for entry in SubtaskModel.inflight.query(service_id):
-        if entry.claim_owner == deps.owner:
-            continue
-        subtask = SubtaskModel(entry.partition, entry.contact_id)
-        if not update_if(
-            subtask,
-            [
-                SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
-                SubtaskModel.inflight_key.remove(),
-                SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
-            ],
-            (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == entry.claim_owner),
-        ):
-            continue
-        recovered[entry.task_id] = recovered.get(entry.task_id, 0) + 1
-    for task_id, count in recovered.items():
-        TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
-        complete_if_done(task_id, deps.clock.now())
-    return sum(recovered.values())
-
-
-# ---------------------------------------------------------------- fairness
-
-
-@dataclass
-class Pointer:
-    """Round-robin position: the last user served, and per user the last task served."""
-
-    user: str = ""
-    tasks: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class TaskWork:
-    task: TaskModel
-    template: dict[str, TemplateModel]
-    sender: SenderModel
-    candidates: deque[SubtaskModel] = field(default_factory=deque)
-    dry: bool = False  # its queue on this service had nothing ready at the last look
-    recheck_at: float = math.inf  # when a dry queue may have something ready (its earliest retry)
-    read_to_end: bool = False  # the last read reached the queue's end: emptied candidates mean dry
-    reconciled: bool = False  # counters checked against the subtasks in this invocation
-
-
-def _next_after(ordered: list[str], last: str) -> list[str]:
-    """`ordered` rotated to start just after `last` (round robin)."""
-    later = [item for item in ordered if item > last]
-    return later + [item for item in ordered if item <= last]
-
-
-class Fairness:
-    """Users in turn, one email per user per round; a user's tasks in turn."""
-
-    def __init__(self, pointer: Pointer) -> None:
-        self.pointer = pointer
-        self.by_user: dict[str, dict[str, TaskWork]] = {}
-
-    def replace_tasks(self, works: dict[str, TaskWork]) -> None:
-        by_user: dict[str, dict[str, TaskWork]] = {}
-        for work in works.values():
-            by_user.setdefault(work.task.user_id, {})[work.task.task_id] = work
-        self.by_user = by_user
-
-    def next_work(self, has_ready: Callable[[TaskWork], bool]) -> TaskWork | None:
-        for user_id in _next_after(sorted(self.by_user), self.pointer.user):
-            tasks = self.by_user[user_id]
-            for task_id in _next_after(sorted(tasks), self.pointer.tasks.get(user_id, "")):
-                if has_ready(tasks[task_id]):
-                    self.pointer.user = user_id
-                    self.pointer.tasks[user_id] = task_id
-                    return tasks[task_id]
-        return None
-
-
-# ---------------------------------------------------------------- claims
-
-
-def _claim_actions(owner: str, service_id: str) -> list[Action]:
-    return [
-        SubtaskModel.status.set(SubtaskStatus.SENDING),
-        SubtaskModel.claim_owner.set(owner),
-        SubtaskModel.inflight_key.set(service_id),
-        SubtaskModel.queue_key.remove(),
-    ]
-
-
-def _claimed_locally(subtask: SubtaskModel, owner: str, service_id: str) -> None:
-    """What the claim wrote, on the object the outcome is later recorded from (a transaction does
-    not return the new items)."""
-    subtask.status = SubtaskStatus.SENDING
-    subtask.claim_owner = owner
-    subtask.inflight_key = service_id
-    subtask.queue_key = None
-
-
-def update_all(
-    subtasks: list[SubtaskModel], actions_of: Callable[[SubtaskModel], list[Action]], condition: Condition
-) -> list[SubtaskModel]:
-    """Applies each subtask's actions where `condition` holds, in one TransactWriteItems (at most
-    CLAIM_BATCH_LIMIT subtasks); those whose condition fails (a canceller, an unsubscribe or
-    another dispatcher moved them first) are left out and the rest retried. Returns the updated."""
-    pending = list(subtasks)
-    for attempt in range(CLAIM_ATTEMPTS):
-        if len(pending) <= 1:
-            break
-        try:
-            with TransactWrite(connection=transaction_connection()) as transaction:
-                for subtask in pending:
-                    transaction.update(subtask, actions=actions_of(subtask), condition=condition)
-        except TransactWriteError as error:
-            reasons = list(error.cancellation_reasons or [])
-            if len(reasons) != len(pending):
-                raise
-            codes = [reason.code if reason else "None" for reason in reasons]
-            pending = [s for s, code in zip(pending, codes, strict=True) if code != "ConditionalCheckFailed"]
-            if "TransactionConflict" in codes:
-                time.sleep(backoff(attempt, base=0.02))
-            continue
-        return pending
-    # One left, or a transaction that kept conflicting: one by one.
-    return [subtask for subtask in pending if update_if(subtask, actions_of(subtask), condition)]
-
-
-def claim_subtasks(subtasks: list[SubtaskModel], owner: str, service_id: str, now: float) -> set[tuple[str, str]]:
-    """`queued -> sending` for each subtask still queued and due, in one request; returns the keys
-    claimed (and sets on each object what the claim wrote: a transaction returns no items)."""
-    actions = _claim_actions(owner, service_id)
-    condition = (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now)
-    claimed = update_all(subtasks, lambda _: actions, condition)
-    for subtask in claimed:
-        _claimed_locally(subtask, owner, service_id)
-    return {(s.partition, s.contact_id) for s in claimed}
-
-
-def release_claims(subtasks: list[SubtaskModel], owner: str, now: float) -> int:
-    """Claimed, unsent subtasks back to their queue; cancelled and refunded when their task was
-    cancelled meanwhile (the cancel sweep leaves claimed subtasks to their dispatcher). A subtask no
-    longer held (a successor recovered it as `unknown` after this invocation's lease expired) is
-    left alone. Returns how many were released (their quota units are unused)."""
-    released = 0
-    held = (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == owner)
-    by_task: dict[str, list[SubtaskModel]] = {}
-    for subtask in subtasks:
-        by_task.setdefault(subtask.task_id, []).append(subtask)
-    for task_id, claimed in by_task.items():
-        task = TaskModel.get(task_id, consistent_read=True)
-        if task.status != TaskStatus.CANCELLED:
-            released += len(update_all(claimed, _release_actions, held))
-            continue
-        cancelled = len(
-            update_all(
-                claimed,
-                lambda _: [SubtaskModel.status.set(SubtaskStatus.CANCELLED), SubtaskModel.inflight_key.remove()],
-                held,
-            )
-        )
-        if cancelled:
-            TaskModel(task_id).update(
-                actions=[
-                    TASK_COUNTS.cancelled.add(cancelled),
-                    TASK_COUNTS.queued.add(-cancelled),
-                    TaskModel.quota_refunded.add(cancelled),
-                    TaskModel.updated_at.set(now),
-                ]
-            )
-            UserModel(task.user_id).update(actions=[UserModel.remaining_quota.add(cancelled)])
-        released += cancelled
-    return released
-
-
-def _release_actions(subtask: SubtaskModel) -> list[Action]:
-    return [
-        SubtaskModel.status.set(SubtaskStatus.QUEUED),
-        SubtaskModel.queue_key.set(queue_key(subtask.service_id, subtask.task_id)),
-        SubtaskModel.claim_owner.remove(),
-        SubtaskModel.inflight_key.remove(),
-    ]
-
-
-# ---------------------------------------------------------------- outcomes
-
-
-@dataclass
-class TaskTally:
-    sent: int = 0
-    failed: int = 0
-    unknown: int = 0
-    refund: int = 0
-    started: bool = False
-
-
-class Recorder:
-    """Buffers subtask outcomes and writes them in batches, with the task counters they move."""
-
-    def __init__(self, deps: DispatcherDeps) -> None:
-        self.deps = deps
-        self.items: list[SubtaskModel] = []
-        self.tallies: dict[str, TaskTally] = {}
-        self.user_of: dict[str, str] = {}
-        self.started: set[str] = set()  # tasks already moved to `sending` by this invocation
-        self.next_counters = deps.clock.now() + COUNTER_FLUSH_SECONDS
-        self.outcomes = 0  # records written since the counters last moved
-
-    def add(self, subtask: SubtaskModel, tally: Callable[[TaskTally], None] | None = None) -> None:
-        self.items.append(subtask)
-        if tally:
-            tally(self.tallies.setdefault(subtask.task_id, TaskTally()))
-            self.user_of[subtask.task_id] = subtask.user_id
-        if len(self.items) >= RECORD_BATCH:
-            self.flush()
-
-    def flush(self, *, move_counters: bool = False) -> None:
-        """Writes the buffered records; moves the task counters too when `move_counters` or when
-        COUNTER_FLUSH_SECONDS passed since they last moved (one update per task then, however many
-        record batches it spans)."""
-        items, self.items = self.items, []
-        put_items(self.deps.dynamodb, self.deps.subtasks_table, items, self.deps.clock)
-        for item in items:
-            self.deps.fault("after_record", item)
-        now = self.deps.clock.now()
-        self.outcomes += len(items)
-        if not move_counters and now < self.next_counters and self.outcomes < COUNTER_FLUSH_OUTCOMES:
-            return
-        self.outcomes = 0
-        self.next_counters = now + COUNTER_FLUSH_SECONDS
-        tallies, self.tallies = self.tallies, {}
-        for task_id, tally in tallies.items():
-            if task_id not in self.started:
-                _mark_sending(task_id)
-                self.started.add(task_id)
-            done = tally.sent + tally.failed + tally.unknown
-            if done:
-                cleared = [TaskModel.reason.remove()] if tally.sent else []
-                counters = TaskModel(task_id)
-                counters.update(  # answers with the new item: completion needs no extra read
-                    actions=[
-                        *cleared,
-                        TASK_COUNTS.queued.add(-done),
-                        TASK_COUNTS.sent.add(tally.sent),
-                        TASK_COUNTS.failed.add(tally.failed),
-                        TASK_COUNTS.unknown.add(tally.unknown),
-                        TaskModel.quota_refunded.add(tally.refund),
-                        TaskModel.updated_at.set(now),
-                    ]
-                )
-                if int(counters.counts.queued) <= 0:
-                    complete_if_done(task_id, now)
-            if tally.refund:
-                UserModel(self.user_of[task_id]).update(actions=[UserModel.remaining_quota.add(tally.refund)])
-
-
-def _mark_sending(task_id: str) -> None:
-    update_if(
-        TaskModel(task_id),
-        [TaskModel.status.set(TaskStatus.SENDING)],
-        TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SCHEDULED),
-    )
-
-
-def complete_if_done(task_id: str, now: float) -> None:
-    """Completes the task exactly once: the condition, not a read, decides."""
-    update_if(
-        TaskModel(task_id),
-        [
-            TaskModel.status.set(TaskStatus.COMPLETED),
-            TaskModel.active_partition.remove(),
-            TaskModel.active_sort.remove(),
-            TaskModel.updated_at.set(now),
-        ],
-        TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.SCHEDULED) & (TASK_COUNTS.queued <= 0),
-    )
-
-
-# ---------------------------------------------------------------- counter repair
-
-
-def _another_dispatcher_is_live(service_ids: list[str], owner: str, now: float) -> bool:
-    """A live lease holder may have written records whose counters it has not moved yet."""
-    keys = [service_state_key(service_id) for service_id in service_ids]
-    return any(
-        state.lease_owner != owner and float(state.lease_until or 0) > now
-        for state in SchedulerStateModel.batch_get(keys, consistent_read=True)
-    )
-
-
-def _reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
-    """Repairs the counters of a task that has nothing left to send but still counts some queued.
-
-    Counters move in a flush after the batch of records it describes; an invocation killed between
-    the two leaves `counts.queued` too high and the task would never complete. When no subtask of
-    the task is queued (now or for a retry) on any of its services, nor in flight, nothing else
-    writes its send counters, so they can be recounted from the subtasks and set. A dispatcher of the
-    task's other services that still holds its lease may have written records without moving their
-    counters yet, so the repair waits until no other lease on those services is live."""
-    services = sorted(set(task.plan.routing or []))
-    if _another_dispatcher_is_live(services, owner, now):
-        return  # a later tick repairs it, once that invocation has flushed or died
-    for service_id in services:
-        if next(iter(SubtaskModel.queue.query(queue_key(service_id, task.task_id), limit=1)), None):
-            return
-        in_flight = SubtaskModel.inflight.query(service_id, filter_condition=SubtaskModel.task_id == task.task_id)
-        if next(iter(in_flight), None):
-            return
-    statuses: dict[str, int] = {}
-    for shard in range(SUBTASK_SHARDS):
-        for subtask in SubtaskModel.query(f"{task.task_id}#{shard:02d}", attributes_to_get=["status"]):
-            statuses[subtask.status] = statuses.get(subtask.status, 0) + 1
-    if statuses.get(SubtaskStatus.QUEUED) or statuses.get(SubtaskStatus.SENDING):
-        return
-    repaired = update_if(
-        TaskModel(task.task_id),
-        [
-            TASK_COUNTS.queued.set(0),
-            TASK_COUNTS.sent.set(statuses.get(SubtaskStatus.SENT, 0)),
-            TASK_COUNTS.failed.set(statuses.get(SubtaskStatus.FAILED, 0)),
-            TASK_COUNTS.unknown.set(statuses.get(SubtaskStatus.UNKNOWN, 0)),
-        ],
-        TaskModel.status.is_in(*DISPATCHABLE),
-    )
-    if not repaired:
-        return
-    complete_if_done(task.task_id, now)
-
-
 # ---------------------------------------------------------------- the invocation
 
 
@@ -566,9 +219,9 @@ class Dispatcher:
                 continue
             known = self.works.get(task.task_id)
             works[task.task_id] = known if known else self._load_work(task)
+            # A known task's queue keeps its read state: nothing is added to it but this invocation's
+            # own retries (tracked by recheck_at); a task resumed after a pause comes back as new.
             works[task.task_id].task = task
-            works[task.task_id].dry = False
-            works[task.task_id].read_to_end = False
         self.works = works
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
@@ -612,7 +265,7 @@ class Dispatcher:
         if work.dry and not work.reconciled:
             work.reconciled = True
             if int(work.task.counts.queued or 0) > 0:
-                _reconcile_if_drained(work.task, now, self.deps.owner)
+                reconcile_if_drained(work.task, now, self.deps.owner)
             else:  # e.g. its last queued recipient unsubscribed while the task was paused
                 complete_if_done(work.task.task_id, now)
         return not work.dry
@@ -879,7 +532,7 @@ class Dispatcher:
         try:
             self.refresh(self.deps.clock.now())
             if first:
-                self.report.recovered_unknown = _recover_in_flight(self.service.service_id, self.deps)
+                self.report.recovered_unknown = recover_in_flight(self.service.service_id, self.deps)
             while True:
                 if not self.wait_for_pace(deadline):
                     self.hand_off(deadline)

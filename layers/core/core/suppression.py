@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.clock import Clock
-from core.dispatcher import complete_if_done
+from core.dispatch.recorder import complete_if_done
 from core.ids import subtask_partition
 from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, UserModel, update_if
 from core.states import ContactStatus, SubtaskStatus, TaskStatus

@@ -1,0 +1,93 @@
+"""Repair after a crash: what a dead invocation left `sending` becomes `unknown` (never re-sent),
+and the counters of a drained task left short by a killed flush are recounted."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from core.dispatch.lease import service_state_key
+from core.dispatch.recorder import complete_if_done
+from core.ids import SUBTASK_SHARDS, queue_key
+from core.models import (
+    TASK_COUNTS,
+    SchedulerStateModel,
+    SubtaskModel,
+    TaskModel,
+    update_if,
+)
+from core.states import DISPATCHABLE, SubtaskStatus
+
+if TYPE_CHECKING:
+    from core.dispatcher import DispatcherDeps
+
+
+def recover_in_flight(service_id: str, deps: DispatcherDeps) -> int:
+    """Subtasks a dead invocation left `sending` may or may not have reached SES: `unknown`."""
+    recovered: dict[str, int] = {}
+    for entry in SubtaskModel.inflight.query(service_id):
+        if entry.claim_owner == deps.owner:
+            continue
+        subtask = SubtaskModel(entry.partition, entry.contact_id)
+        if not update_if(
+            subtask,
+            [
+                SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
+                SubtaskModel.inflight_key.remove(),
+                SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
+            ],
+            (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == entry.claim_owner),
+        ):
+            continue
+        recovered[entry.task_id] = recovered.get(entry.task_id, 0) + 1
+    for task_id, count in recovered.items():
+        TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
+        complete_if_done(task_id, deps.clock.now())
+    return sum(recovered.values())
+
+
+def _another_dispatcher_is_live(service_ids: list[str], owner: str, now: float) -> bool:
+    """A live lease holder may have written records whose counters it has not moved yet."""
+    keys = [service_state_key(service_id) for service_id in service_ids]
+    return any(
+        state.lease_owner != owner and float(state.lease_until or 0) > now
+        for state in SchedulerStateModel.batch_get(keys, consistent_read=True)
+    )
+
+
+def reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
+    """Repairs the counters of a task that has nothing left to send but still counts some queued.
+
+    Counters move in a flush after the batch of records it describes; an invocation killed between
+    the two leaves `counts.queued` too high and the task would never complete. When no subtask of
+    the task is queued (now or for a retry) on any of its services, nor in flight, nothing else
+    writes its send counters, so they can be recounted from the subtasks and set. A dispatcher of the
+    task's other services that still holds its lease may have written records without moving their
+    counters yet, so the repair waits until no other lease on those services is live."""
+    services = sorted(set(task.plan.routing or []))
+    if _another_dispatcher_is_live(services, owner, now):
+        return  # a later tick repairs it, once that invocation has flushed or died
+    for service_id in services:
+        if next(iter(SubtaskModel.queue.query(queue_key(service_id, task.task_id), limit=1)), None):
+            return
+        in_flight = SubtaskModel.inflight.query(service_id, filter_condition=SubtaskModel.task_id == task.task_id)
+        if next(iter(in_flight), None):
+            return
+    statuses: dict[str, int] = {}
+    for shard in range(SUBTASK_SHARDS):
+        for subtask in SubtaskModel.query(f"{task.task_id}#{shard:02d}", attributes_to_get=["status"]):
+            statuses[subtask.status] = statuses.get(subtask.status, 0) + 1
+    if statuses.get(SubtaskStatus.QUEUED) or statuses.get(SubtaskStatus.SENDING):
+        return
+    repaired = update_if(
+        TaskModel(task.task_id),
+        [
+            TASK_COUNTS.queued.set(0),
+            TASK_COUNTS.sent.set(statuses.get(SubtaskStatus.SENT, 0)),
+            TASK_COUNTS.failed.set(statuses.get(SubtaskStatus.FAILED, 0)),
+            TASK_COUNTS.unknown.set(statuses.get(SubtaskStatus.UNKNOWN, 0)),
+        ],
+        TaskModel.status.is_in(*DISPATCHABLE),
+    )
+    if not repaired:
+        return
+    complete_if_done(task.task_id, now)
