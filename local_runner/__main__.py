@@ -77,12 +77,23 @@ Get a token:
     return 0
 
 
+DEMO_DISPATCHER_BUDGET_SECONDS = 15
+
+
 def demo(args: argparse.Namespace) -> int:
     from local_runner.demo import run_demo
 
     port = _port_or_free(args.host, args.port)
     log.setLevel(logging.WARNING)  # the runner's "schedule fired" lines would break the progress display
-    config = RunnerConfig(host=args.host, port=port, outbox=args.outbox, log_level="WARNING")
+    # Short dispatcher budgets: each service's sending passes through several hand-offs (docs/dispatch.md)
+    # during the demo, and its summary shows the pace held across them.
+    config = RunnerConfig(
+        host=args.host,
+        port=port,
+        outbox=args.outbox,
+        log_level="WARNING",
+        environment={"DISPATCHER_BUDGET_SECONDS": str(DEMO_DISPATCHER_BUDGET_SECONDS)},
+    )
     _stop_on_signals()
     try:
         with LocalRunner(config) as runner:

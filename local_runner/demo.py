@@ -877,7 +877,8 @@ def print_services(
         service = services[plan.name]
         on_service = [sent for sent in emails if sent.service_domain == plan.from_domain]
         span = _active_seconds(on_service)
-        achieved = f"{len(on_service) / span:.1f}/s" if span else "-"
+        rate = (len(on_service) - 1) / span if span else 0.0
+        achieved = f"{rate:.1f}/s, {rate * plan.sending_rate:.0%} of its pace sustained" if span else "-"
         peak, allowed = peak_sends_in(on_service, PACE_WINDOW_SECONDS), pace_allows(plan, PACE_WINDOW_SECONDS)
         say(
             f"  {plan.name:<8} {len(on_service):>4} sent in {span:.0f} s ({achieved}; pace "
