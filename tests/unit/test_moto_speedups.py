@@ -234,3 +234,56 @@ if __name__ == "__main__":
     result = run_corpus()
     assert not moto_speedups._installed, "the reference must run without the speedups"
     print(json.dumps(result, default=str))
+
+
+def test_a_table_query_reads_only_its_partition_and_answers_as_dynamodb_does() -> None:
+    """Pages, start keys, limits, order, key and filter conditions on one partition of a table
+    holding others (moto's own query code runs on that partition's items only)."""
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="t",
+            AttributeDefinitions=[
+                {"AttributeName": "p", "AttributeType": "S"},
+                {"AttributeName": "s", "AttributeType": "S"},
+            ],
+            KeySchema=[{"AttributeName": "p", "KeyType": "HASH"}, {"AttributeName": "s", "KeyType": "RANGE"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for partition in ("a", "b", "c"):
+            for n in range(30):
+                item = {"p": {"S": partition}, "s": {"S": f"{n:03d}"}, "n": {"N": str(n)}}
+                client.put_item(TableName="t", Item=item)
+
+        def pages(**request: Any) -> list[list[str]]:
+            found, start = [], None
+            while True:
+                extra = {"ExclusiveStartKey": start} if start else {}
+                reply = client.query(TableName="t", Limit=7, **request, **extra)
+                found.append([item["s"]["S"] for item in reply["Items"]])
+                start = reply.get("LastEvaluatedKey")
+                if not start:
+                    return found
+
+        every = pages(KeyConditionExpression="p = :p", ExpressionAttributeValues={":p": {"S": "b"}})
+        assert [s for page in every for s in page] == [f"{n:03d}" for n in range(30)]
+        assert all(len(page) == 7 for page in every[:4])
+        backwards = pages(
+            KeyConditionExpression="p = :p", ExpressionAttributeValues={":p": {"S": "b"}}, ScanIndexForward=False
+        )
+        assert [s for page in backwards for s in page] == [f"{n:03d}" for n in reversed(range(30))]
+        ranged = pages(
+            KeyConditionExpression="p = :p AND s BETWEEN :lo AND :hi",
+            FilterExpression="n <> :skip",
+            ExpressionAttributeValues={
+                ":p": {"S": "b"},
+                ":lo": {"S": "010"},
+                ":hi": {"S": "020"},
+                ":skip": {"N": "15"},
+            },
+        )
+        assert [s for page in ranged for s in page] == [f"{n:03d}" for n in range(10, 21) if n != 15]
+        none = client.query(
+            TableName="t", KeyConditionExpression="p = :p", ExpressionAttributeValues={":p": {"S": "zzz"}}
+        )
+        assert none["Items"] == [] and none["Count"] == 0
