@@ -3,7 +3,7 @@
 #   make demo          the whole system locally (embedded AWS) playing a scenario; exits 0 when it worked
 #   make serve         the whole system locally until Ctrl-C (PORT=3000, OUTBOX=outbox)
 #   make invoke        one function on one event: FN=<logical id> EVENT=events/<file>.json [ENDPOINT=url]
-#   make test          virtualenv + ruff + mypy + cfn-lint + pytest -m "not slow" on every core (the test command)
+#   make test          virtualenv + ruff + mypy + cfn-lint + pytest -m "not slow", in parallel   (the test command)
 #   make test-slow     the `slow` tests (large crash and scale runs), one at a time; CI runs it after `make test`
 #   make test-fast     ruff + the unit tests (no mypy, cfn-lint or server process), under 90 s: the edit loop
 #   make lint          the linters only
@@ -82,14 +82,18 @@ lint: venv
 # Test tiers (pyproject.toml): every test is marked by its folder (unit, integration, concurrency,
 # e2e, reliability); `slow` ones (minutes of scale or chaos) are left to test-slow. pytest-xdist runs
 # the rest on WORKERS processes (auto: one per core; WORKERS=0 runs them in this process), each with
-# its own embedded AWS, ports and temp dirs. The slow tests run one at a time: they use the real
-# clock and kill processes, and want the machine to themselves.
+# its own embedded AWS, ports and temp dirs; then the e2e tests, one at a time: they hold the local
+# runner to its pace in real time (10 sends a second across hand-offs), which a second busy worker
+# on a two-core machine slows below. The slow tests run one at a time too: they use the real clock
+# and kill processes, and want the machine to themselves.
 WORKERS ?= auto
 PYTEST  := $(BIN)/python -m pytest
 
 test: venv lint
-	$(call say,pytest -m 'not slow' -n $(WORKERS))
-	$(PYTEST) -n $(WORKERS) -m "not slow"
+	$(call say,pytest -m 'not slow and not e2e' -n $(WORKERS))
+	$(PYTEST) -n $(WORKERS) -m "not slow and not e2e"
+	$(call say,pytest tests/e2e -m 'not slow')
+	$(PYTEST) tests/e2e -m "not slow"
 
 test-slow: venv
 	$(call say,pytest -m slow)

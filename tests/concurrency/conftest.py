@@ -19,7 +19,8 @@ from local_runner.template import create_resources, environment_for
 
 @pytest.fixture(scope="session")
 def embedded_aws() -> Iterator[EmbeddedAws]:
-    """One server for the whole session, holding the template's tables and queues."""
+    """One server for the whole session, holding the template's tables and queues: under pytest-xdist
+    one per worker, each on a free port of its own, so workers never share state."""
     with EmbeddedAws() as server, pytest.MonkeyPatch.context() as patch:
         for key, value in server.environment().items():
             patch.setenv(key, value)
