@@ -42,8 +42,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core import service_quota
-from core.clock import Clock, utc_day
+from core.clock import Clock
 from core.dispatch import lease
+from core.dispatch.budget import SendBudget
 from core.dispatch.claims import CLAIM_AHEAD_SECONDS, CLAIM_BATCH_LIMIT, claim_subtasks, release_claims
 from core.dispatch.control import read_control
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
@@ -70,7 +71,6 @@ from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 # Tasks and the service are reloaded at least this often even when no control change was announced.
 FULL_RELOAD_SECONDS = 30.0
-THROTTLE_BACKOFF_SECONDS = 1.0
 # Slower services are not handed off: their next send is at most one watchdog tick away anyway.
 HANDOFF_MAX_INTERVAL_SECONDS = 60.0
 
@@ -170,16 +170,20 @@ class Dispatcher:
         tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
         self.fairness = Fairness(Pointer(state.pointer_user or "", tasks))
         self.works: dict[str, TaskWork] = {}
-        self.last_send_at: float | None = state.last_send_at
-        self.block_left = 0
-        self.block_reserved_at = 0.0
+        self.budget = SendBudget(
+            deps.clock,
+            float(service.sending_rate),
+            state.last_send_at,
+            reserve=lambda wanted, now: service_quota.reserve_block(
+                self.service.service_id, int(self.service.daily_quota), wanted, now
+            ),
+            release=lambda units, reserved_at: service_quota.release(self.service.service_id, units, reserved_at),
+        )
         self.next_refresh = 0.0
         self.next_reload = 0.0  # tasks and service: reloaded when control changes, or by this time
         self.control_seen: tuple[int, int] | None = None  # (control_seq, wake_seq) at the last reload
         self.wake_seen = int(state.wake_seq or 0)
-        self.backoff_until = 0.0
         self.latency = 0.05  # SES call latency estimate (EWMA), sizes the in-flight pool
-        self.cycle = 0.0  # seconds from one send to the next as achieved (EWMA), sizes the claims
         # (subtask, its SES call, monotonic start, the paced instant it was sent at)
         self.in_flight: deque[tuple[SubtaskModel, Future[str], float, float]] = deque()
         self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
@@ -209,6 +213,7 @@ class Dispatcher:
         if service is None or not service.enabled or not service.is_healthy:
             raise _StopSending(StopReason.SERVICE_UNAVAILABLE)
         self.service = service
+        self.budget.interval = float(service.sending_rate)
         works: dict[str, TaskWork] = {}
         next_due = now + FULL_RELOAD_SECONDS
         for task in TaskModel.active.query("active"):
@@ -229,7 +234,7 @@ class Dispatcher:
         dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
         if dropped:
             self.claimed = deque(pick for pick in self.claimed if pick[1].task_id in works)
-            self.block_left += release_claims(dropped, self.deps.owner, now)
+            self.budget.give_back(release_claims(dropped, self.deps.owner, now))
 
     def _load_work(self, task: TaskModel) -> TaskWork:
         templates = {t.template_id: t for t in TemplateModel.batch_get([(task.user_id, i) for i in task.template_ids])}
@@ -272,41 +277,17 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- per email
 
-    def wait_for_pace(self, deadline: float) -> bool:
-        """Sleeps until the service may send again; False when that is past the deadline."""
-        rate = float(self.service.sending_rate)
-        now = self.deps.clock.now()
-        earliest = max(self.backoff_until, (self.last_send_at + rate) if self.last_send_at is not None else now)
-        if earliest >= deadline:
-            return False
-        while now < earliest:  # a sleep may end a hair early on the wall clock
-            self.deps.clock.sleep(earliest - now)
-            now = self.deps.clock.now()
-        return True
-
-    def take_quota_unit(self, now: float, deadline: float) -> None:
-        if self.block_left == 0:
-            if utc_day(self.block_reserved_at) != utc_day(now):
-                self.block_reserved_at = now
-            sends_left = max(1, math.ceil((deadline - now) / float(self.service.sending_rate)) + 1)
-            got = service_quota.reserve_block(
-                self.service.service_id, int(self.service.daily_quota), min(self.deps.batch_size, sends_left), now
-            )
-            if got == 0:
-                raise _StopSending(StopReason.DAILY_QUOTA)
-            self.block_left = got
-            self.block_reserved_at = now
-        self.block_left -= 1
-
     def claim_next(self, now: float, deadline: float) -> bool:
         """Picks the next sends in fair order (about CLAIM_AHEAD_SECONDS of pace, at most
         CLAIM_BATCH_LIMIT, no more than the budget leaves time for), takes a quota unit for each and
         claims them in one request. False when nothing is left to pick."""
         # What the loop achieves, when slower than the pace (SES latency, a loaded machine): claims
         # are for sends that will happen, not for ones the budget ends before.
-        interval = max(float(self.service.sending_rate), self.cycle, 0.001)
-        sends_left = max(1, math.ceil((deadline - now) / interval))
-        size = max(1, min(CLAIM_BATCH_LIMIT, math.ceil(CLAIM_AHEAD_SECONDS / interval), sends_left))
+        interval = max(self.budget.interval, self.budget.cycle, 0.001)
+        size = max(
+            1,
+            min(CLAIM_BATCH_LIMIT, math.ceil(CLAIM_AHEAD_SECONDS / interval), self.budget.sends_before(deadline, now)),
+        )
         picks: list[tuple[TaskWork, SubtaskModel]] = []
         while len(picks) < size:
             work = self.fairness.next_work(self.has_ready)
@@ -319,18 +300,17 @@ class Dispatcher:
             return False
         for _, subtask in picks:
             self.deps.fault("before_claim", subtask)
+        # Quota before the claim: no claim waits on quota. A block covers what the budget leaves time for.
+        wanted = min(self.deps.batch_size, self.budget.sends_before(deadline, now) + 1)
         taken = 0
-        try:
-            for _ in picks:  # before the claim: no claim waits on quota
-                self.take_quota_unit(now, deadline)
-                taken += 1
-        except _StopSending:
-            if taken == 0:
-                raise
-            picks = picks[:taken]  # the rest stay queued; the next pick finds the quota spent
+        while taken < len(picks) and self.budget.take(now, wanted):
+            taken += 1
+        if taken == 0:
+            raise _StopSending(StopReason.DAILY_QUOTA)
+        picks = picks[:taken]  # the rest stay queued; the next pick finds the quota spent
         claimed = claim_subtasks([subtask for _, subtask in picks], self.deps.owner, self.service.service_id, now)
         batch = [(work, subtask) for work, subtask in picks if (subtask.partition, subtask.contact_id) in claimed]
-        self.block_left += len(picks) - len(batch)  # cancelled, suppressed or taken meanwhile: units go back
+        self.budget.give_back(len(picks) - len(batch))  # cancelled, suppressed or taken meanwhile
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
         for _, subtask in batch:
             self.deps.fault("after_claim", subtask)
@@ -342,7 +322,7 @@ class Dispatcher:
         them as claimed)."""
         claimed, self.claimed = [subtask for _, subtask in self.claimed], deque()
         if claimed:
-            self.block_left += release_claims(claimed, self.deps.owner, self.deps.clock.now())
+            self.budget.give_back(release_claims(claimed, self.deps.owner, self.deps.clock.now()))
 
     def build(self, work: TaskWork, subtask: SubtaskModel) -> bytes:
         template = work.template[subtask.template_id]
@@ -385,16 +365,14 @@ class Dispatcher:
         try:
             raw = self.build(work, subtask)
         except DomainError as error:  # the template cannot render for this contact, or not in time
-            self.block_left += 1
+            self.budget.give_back()
             self.fail(subtask, "render_timeout" if isinstance(error, RenderTimeout) else "render", error.message)
             return
         except ValueError as error:  # e.g. an address the MIME builder refuses
-            self.block_left += 1
+            self.budget.give_back()
             self.fail(subtask, "message", str(error))
             return
-        if self.last_send_at is not None and 0 < now - self.last_send_at < 60:
-            self.cycle = 0.8 * self.cycle + 0.2 * (now - self.last_send_at)
-        self.last_send_at = now
+        self.budget.sent(now)
         self.report.send_times.append(now)
         allowed = min(self.deps.max_in_flight, max(1, math.ceil(self.latency / float(self.service.sending_rate))))
         if allowed <= 1:
@@ -450,14 +428,14 @@ class Dispatcher:
             subtask.error = f"{outcome.code}: {outcome.message}"[:500]
             self.recorder.add(subtask, lambda tally: setattr(tally, "unknown", tally.unknown + 1))
             return
-        self.block_left += 1  # SES did not accept it: the quota unit was not used
+        self.budget.give_back()  # SES did not accept it: the quota unit was not used
         now = self.deps.clock.now()
         if outcome.error_class in (SendErrorClass.THROTTLED, SendErrorClass.DAILY_QUOTA, SendErrorClass.ACCOUNT):
             self.requeue(subtask, outcome.error_class, outcome.message, retry_at=0, spend_attempt=False)
             if outcome.error_class is SendErrorClass.THROTTLED:
-                self.backoff_until = now + THROTTLE_BACKOFF_SECONDS
+                self.budget.throttled(now)
             elif outcome.error_class is SendErrorClass.DAILY_QUOTA:
-                self.block_left = 0
+                self.budget.quota_spent()
                 raise _StopSending(StopReason.DAILY_QUOTA)
             else:
                 EmailServiceModel(self.service.service_id).update(
@@ -534,7 +512,7 @@ class Dispatcher:
             if first:
                 self.report.recovered_unknown = recover_in_flight(self.service.service_id, self.deps)
             while True:
-                if not self.wait_for_pace(deadline):
+                if not self.budget.wait(deadline):
                     self.hand_off(deadline)
                     return StopReason.BUDGET_SPENT
                 now = self.deps.clock.now()
@@ -586,13 +564,12 @@ class Dispatcher:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
                 self.pool = None
-            service_quota.release(self.service.service_id, self.block_left, self.block_reserved_at)
-            self.block_left = 0
+            self.budget.close()
             if self.report.send_times:
                 EmailServiceModel(self.service.service_id).update(
                     actions=[EmailServiceModel.last_sent.set(self.report.send_times[-1])]
                 )
-            saved = Saved(self.fairness.pointer.user, dict(self.fairness.pointer.tasks), self.last_send_at)
+            saved = Saved(self.fairness.pointer.user, dict(self.fairness.pointer.tasks), self.budget.last_send_at)
             released = lease.release(
                 self.service.service_id,
                 self.deps.owner,
