@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import boto3
 from botocore.endpoint import Endpoint
 
+from bench.harness import process_cpu_seconds
 from local_runner.runner import LocalRunner, RunnerConfig
 
 _DYNAMODB_TARGET = "DynamoDB_20120810."
@@ -126,15 +126,6 @@ def raw_batch_writes(dynamodb: Any, table: str, user_id: str, count: int) -> Non
         ]
         reply = dynamodb.batch_write_item(RequestItems={table: puts})
         assert not reply.get("UnprocessedItems"), reply
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time a process has used (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)

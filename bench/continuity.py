@@ -24,9 +24,7 @@ send while work is still queued (full: 185 s, at least three ticks; quick: 62 s,
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import tempfile
 import time
@@ -35,6 +33,7 @@ from typing import Any
 
 import boto3
 
+from bench import harness
 from bench.harness import SendLog, gaps, max_in_window, pct, row, say
 from local_runner.demo import Api
 from local_runner.runner import LocalRunner, RunnerConfig
@@ -285,10 +284,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.quick), indent=2))
+    harness.cli(measure, __doc__, argv)
 
 
 if __name__ == "__main__":

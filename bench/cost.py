@@ -12,8 +12,6 @@ Prices: us-east-1, on-demand, without free tiers (see PRICES and docs/performanc
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -224,10 +222,9 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.quick), indent=2))
+    from bench import harness
+
+    harness.cli(measure, __doc__, argv)
 
 
 if __name__ == "__main__":

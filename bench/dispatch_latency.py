@@ -11,11 +11,10 @@ last SendEmail. Also 100/s without the latency, for comparison.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from typing import Any
 
+from bench import harness
 from bench.harness import (
     EmbeddedWorld,
     SendLog,
@@ -105,10 +104,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.quick), indent=2))
+    harness.cli(measure, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ calls left (the `task_id` email tag of each):
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import Counter
 from typing import Any
 
+from bench import harness
 from bench.harness import (
     EmbeddedWorld,
     Send,
@@ -130,10 +129,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.quick), indent=2))
+    harness.cli(measure, __doc__, argv)
 
 
 if __name__ == "__main__":

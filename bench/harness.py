@@ -23,6 +23,7 @@ the wire, item-aware DynamoDB capacity accounting, timing, seeding and the dispa
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
@@ -77,6 +78,14 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def cli(measure: Callable[[bool], dict[str, Any]], description: str | None, argv: list[str] | None) -> None:
+    """A benchmark module run on its own: `python -m bench.<name> [--quick]` prints its figures."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.quick), indent=2))
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -11,12 +11,11 @@ move by the jitter of that work; the mean is the pace.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 from typing import Any
 
+from bench import harness
 from bench.harness import (
     EmbeddedWorld,
     SendLog,
@@ -112,10 +111,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.quick), indent=2))
+    harness.cli(measure, __doc__, argv)
 
 
 if __name__ == "__main__":

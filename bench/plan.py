@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import threading
 import time
@@ -32,16 +31,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.endpoint import Endpoint
 
+from bench.harness import environment, process_cpu_seconds
 from local_runner.functions import function_specs, load_handler
 from local_runner.moto_server import EmbeddedAws
 from local_runner.template import create_resources, environment_for, load_template
+from local_runner.triggers import sqs_event
 
 NAME = "plan"
 TARGET_RATIO = 0.8  # plan at least this fast relative to the raw BatchWriteItem loop
@@ -90,15 +90,6 @@ class RequestCounter:
         return counts
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time a process has used (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Measure:
     seconds: float = 0.0
@@ -119,21 +110,6 @@ class Measure:
 
 
 # ---------------------------------------------------------------- environment
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ (boto3 and the handler's settings read it), restored afterwards."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class LambdaContext:
@@ -304,6 +280,7 @@ class PlannerFunction:
     handler: Callable[..., Any]
     timeout_seconds: float
     queue_url: str
+    queue_arn: str
     sqs: Any
     counter: RequestCounter
     server_pid: int
@@ -314,7 +291,7 @@ class PlannerFunction:
         measure = Measure()
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps({"task_id": task_id, "job": "plan"}))
         while messages := self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=1).get("Messages"):
-            event = {"Records": [_sqs_record(messages[0])]}
+            event = sqs_event(messages, self.queue_arn)
             self.counter.take()
             with self.counter.installed():
                 invoke = partial(self.handler, event, LambdaContext(self.timeout_seconds))
@@ -323,20 +300,6 @@ class PlannerFunction:
             assert reply == {"batchItemFailures": []}, reply
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"])
         return measure
-
-
-def _sqs_record(message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {},
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:PlannerQueue",
-        "awsRegion": "us-east-1",
-    }
 
 
 def run(recipients: int = FULL_RECIPIENTS, rounds: int = 3) -> list[Round]:
@@ -363,7 +326,13 @@ def run(recipients: int = FULL_RECIPIENTS, rounds: int = 3) -> list[Round]:
                 seed(dynamodb, tables, recipients, rounds, now - 60)
                 counter = RequestCounter()
                 function = PlannerFunction(
-                    handler, spec.timeout_seconds, runtime.settings.planner_queue_url, sqs, counter, aws.pid
+                    handler,
+                    spec.timeout_seconds,
+                    runtime.settings.planner_queue_url,
+                    created.queue_arns["PlannerQueue"],
+                    sqs,
+                    counter,
+                    aws.pid,
                 )
                 for _ in range(rounds):
                     task_id = seed_task(now)

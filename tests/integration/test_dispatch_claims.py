@@ -17,8 +17,7 @@ from core.schedules import SCHEDULER_STATE_KEY
 from core.settings import Settings
 from core.states import SubtaskStatus
 from tests.conftest import FakeClock
-from tests.integration.test_dispatch_continuity import dynamodb_requests
-from tests.support.dispatching import World, sent_subtasks, start_scheduler, task
+from tests.support.dispatching import World, dynamodb_requests, sent_subtasks, start_scheduler, task
 
 
 @pytest.fixture

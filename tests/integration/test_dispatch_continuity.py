@@ -5,15 +5,11 @@ one-request control look, a lost lease, a scheduled task falling due mid-invocat
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any
 
 import boto3
 import pytest
-from botocore.hooks import HierarchicalEmitter
 
 from core.dispatch.lease import service_state_key
 from core.dispatch.wakeups import WakeQueue, WakeReason, WakeRequest
@@ -21,7 +17,7 @@ from core.dispatcher import StopReason
 from core.models import SchedulerStateModel, SubtaskModel, TaskModel
 from core.settings import Settings
 from tests.conftest import FakeClock
-from tests.support.dispatching import World, sent_subtasks, start_scheduler, task
+from tests.support.dispatching import World, dynamodb_requests, sent_subtasks, start_scheduler, task
 
 
 @pytest.fixture
@@ -143,24 +139,6 @@ def test_a_wake_up_for_a_busy_service_is_a_no_op_that_keeps_the_holder_looking(
     assert task(second[0]).status == "completed"
     state = SchedulerStateModel.get(service_state_key("svc"), consistent_read=True)
     assert int(state.wake_seq) == 1 and float(state.lease_until) == 0
-
-
-@contextmanager
-def dynamodb_requests() -> Iterator[Counter[str]]:
-    """Counts DynamoDB operations made by every botocore client in this process (PynamoDB's too)."""
-    counts: Counter[str] = Counter()
-    original = HierarchicalEmitter._emit
-
-    def emit(self: HierarchicalEmitter, event_name: str, *args: Any, **kwargs: Any) -> Any:
-        if event_name.startswith("before-call.dynamodb."):
-            counts[event_name.rsplit(".", 1)[1]] += 1
-        return original(self, event_name, *args, **kwargs)
-
-    HierarchicalEmitter._emit = emit  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        HierarchicalEmitter._emit = original  # type: ignore[method-assign]
 
 
 def test_control_is_looked_at_every_second_with_one_request(world: World, clock: FakeClock) -> None:

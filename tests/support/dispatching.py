@@ -4,11 +4,15 @@ dispatcher ticks in-process with an injected clock."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.hooks import HierarchicalEmitter
 
 from core.clock import Clock
 from core.dispatch.wakeups import WakeQueue, WakeRequest
@@ -122,3 +126,21 @@ def sent_subtasks(task_id: str | None = None) -> list[SubtaskModel]:
 
 def task(task_id: str) -> TaskModel:
     return TaskModel.get(task_id, consistent_read=True)
+
+
+@contextmanager
+def dynamodb_requests() -> Iterator[Counter[str]]:
+    """Counts DynamoDB operations made by every botocore client in this process (PynamoDB's too)."""
+    counts: Counter[str] = Counter()
+    original = HierarchicalEmitter._emit
+
+    def emit(self: HierarchicalEmitter, event_name: str, *args: Any, **kwargs: Any) -> Any:
+        if event_name.startswith("before-call.dynamodb."):
+            counts[event_name.rsplit(".", 1)[1]] += 1
+        return original(self, event_name, *args, **kwargs)
+
+    HierarchicalEmitter._emit = emit  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        HierarchicalEmitter._emit = original  # type: ignore[method-assign]
