@@ -67,6 +67,7 @@ SEED = 20_260_611
 FAULT_POINTS = ("before_claim", "after_claim", "after_send", "after_record")
 # Per point, per email. Claims are made for a batch (up to CLAIM_BATCH_LIMIT) at once, so their points
 # are passed 25 emails at a time: at 2% a tick would rarely get past its first claim.
+FORCE_FAULT_AFTER = 200
 FAULT_PROBABILITY = {"before_claim": 0.002, "after_claim": 0.002, "after_send": 0.02, "after_record": 0.02}
 SENDING_RATE = 0.001  # pacing must not dominate
 SUBTASKS = 5000
@@ -257,6 +258,7 @@ class Chaos:
     busy: int = 0  # attempts that found the lease taken
     handoffs: int = 0  # ticks started as a successor (a hand-off message)
     faults: Counter[str] = field(default_factory=Counter)  # point -> injected
+    passed: Counter[str] = field(default_factory=Counter)  # point -> passages through the in-process hooks
     faults_by_owner: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     # ticks an after_record fault hit: the counters of every task in that flush stay behind, not only
     # of the faulted record's task (a flush holds the records of several tasks)
@@ -291,7 +293,11 @@ class Chaos:
 
     def fault_hook(self, rng: random.Random, owner: str) -> FaultHook:
         def fault(point: str, subtask: SubtaskModel) -> None:
-            if rng.random() >= FAULT_PROBABILITY[point]:
+            with self.lock:
+                self.passed[point] += 1
+                # Every point is struck at least once: at random, or at its FORCE_FAULT_AFTER-th passage.
+                overdue = self.faults[point] == 0 and self.passed[point] >= FORCE_FAULT_AFTER
+            if not overdue and rng.random() >= FAULT_PROBABILITY[point]:
                 return
             with self.lock:
                 self.faults[point] += 1
