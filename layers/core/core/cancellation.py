@@ -10,13 +10,11 @@ of subtasks and recording their refund loses that page's refund (never refunds t
 
 from __future__ import annotations
 
-from pynamodb.exceptions import TransactWriteError
-from pynamodb.transactions import TransactWrite
-
 from core.errors import DomainError
 from core.ids import SUBTASK_SHARDS
-from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, UserModel, transaction_connection, update_if
+from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, update_if
 from core.planner import PlannerDeps, PlanOutcome, acquire_lease, release_lease
+from core.refunds import refund_quota
 from core.states import SubtaskStatus, TaskStatus
 
 SWEEP_PAGE = 100
@@ -34,21 +32,17 @@ def _owns(deps: PlannerDeps) -> object:
     return (TaskModel.planner_lease_owner == deps.owner) & (TaskModel.status == TaskStatus.CANCELLED)
 
 
-def _refund_unplanned(task: TaskModel, deps: PlannerDeps) -> None:
+def _refund_unplanned(task: TaskModel, deps: PlannerDeps) -> bool:
+    """False: the lease was lost (its holder finishes the sweep)."""
     reserved = int(task.quota_reserved or 0)
     unplanned = 0 if task.plan.phase == "done" else reserved - int(task.plan.written)
-    with TransactWrite(connection=transaction_connection()) as transaction:
-        transaction.update(
-            TaskModel(task.task_id),
-            actions=[
-                TASK_PLAN.phase.set("swept-unplanned"),
-                TASK_PLAN.cursor.set("00:"),
-                TaskModel.quota_refunded.add(max(unplanned, 0)),
-            ],
-            condition=_owns(deps) & (TASK_PLAN.phase != "swept-unplanned"),
-        )
-        if unplanned > 0:
-            transaction.update(UserModel(task.user_id), actions=[UserModel.remaining_quota.add(unplanned)])
+    return refund_quota(
+        task_id=task.task_id,
+        user_id=task.user_id,
+        units=max(unplanned, 0),
+        task_actions=[TASK_PLAN.phase.set("swept-unplanned"), TASK_PLAN.cursor.set("00:")],
+        task_condition=_owns(deps) & (TASK_PLAN.phase != "swept-unplanned"),
+    )
 
 
 def _cancel_queued(subtask: SubtaskModel) -> bool:
@@ -70,9 +64,7 @@ def sweep_cancelled_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
             raise SweepBusy(f"task {task_id} is leased by another run; retry after its lease")
         return PlanOutcome.SKIPPED
     if task.plan.phase != "swept-unplanned":
-        try:
-            _refund_unplanned(task, deps)
-        except TransactWriteError:
+        if not _refund_unplanned(task, deps):
             return PlanOutcome.SKIPPED  # lease lost; its holder finishes the sweep
         task.refresh(consistent_read=True)
     committed = int(task.plan.written)
@@ -92,20 +84,17 @@ def sweep_cancelled_task(task_id: str, deps: PlannerDeps) -> PlanOutcome:
         cancelled = [s for s in page if s.status == SubtaskStatus.QUEUED and _cancel_queued(s)]
         refund = sum(1 for s in cancelled if int(s.seq) < committed)
         next_cursor = f"{shard:02d}:{page[-1].contact_id}" if len(page) == SWEEP_PAGE else f"{shard + 1:02d}:"
-        try:
-            with TransactWrite(connection=transaction_connection()) as transaction:
-                transaction.update(
-                    TaskModel(task_id),
-                    actions=[
-                        TASK_PLAN.cursor.set(next_cursor),
-                        TASK_COUNTS.cancelled.add(len(cancelled)),
-                        TASK_COUNTS.queued.add(-len(cancelled)),
-                        TaskModel.quota_refunded.add(refund),
-                    ],
-                    condition=_owns(deps) & (TASK_PLAN.cursor == task.plan.cursor),
-                )
-                if refund:
-                    transaction.update(UserModel(task.user_id), actions=[UserModel.remaining_quota.add(refund)])
-        except TransactWriteError:
+        advanced = refund_quota(
+            task_id=task_id,
+            user_id=task.user_id,
+            units=refund,
+            task_actions=[
+                TASK_PLAN.cursor.set(next_cursor),
+                TASK_COUNTS.cancelled.add(len(cancelled)),
+                TASK_COUNTS.queued.add(-len(cancelled)),
+            ],
+            task_condition=_owns(deps) & (TASK_PLAN.cursor == task.plan.cursor),
+        )
+        if not advanced:
             return PlanOutcome.SKIPPED
         task.refresh(consistent_read=True)

@@ -35,7 +35,6 @@ from pynamodb.transactions import TransactWrite
 
 from core.batch_writes import WireItem, put_wire_items
 from core.clock import Clock, backoff, utc_day
-from core.dispatch.control import control_changed
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
 from core.ids import queue_key, subtask_partition
@@ -50,8 +49,10 @@ from core.models import (
     transaction_connection,
     update_if,
 )
+from core.refunds import refund_in
 from core.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
+from core.task_transitions import announce, move_task, task_move
 
 
 class PlanOutcome(StrEnum):
@@ -313,15 +314,16 @@ def _service_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
 
 
 def _reject(task: TaskModel, deps: PlannerDeps, reason: str) -> PlanOutcome:
-    task.update(
-        actions=[
-            TaskModel.status.set(TaskStatus.REJECTED),
-            TaskModel.reason.set(reason),
-            TaskModel.planner_lease_until.set(0),
-            TaskModel.updated_at.set(deps.clock.now()),
-        ],
+    rejected = move_task(
+        task,
+        TaskStatus.REJECTED,
+        deps.clock.now(),
+        reason=reason,
+        actions=[TaskModel.planner_lease_until.set(0)],
         condition=_holding(deps) & TaskModel.quota_reserved.does_not_exist(),
     )
+    if not rejected:
+        raise LeaseLost("planner lease lost or task left planning")
     return PlanOutcome.DONE
 
 
@@ -451,41 +453,40 @@ def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
         status, reason = TaskStatus.SCHEDULED, None
     else:
         status, reason = TaskStatus.QUEUED, None
-    task_actions = [
-        TaskModel.status.set(status),
-        TASK_COUNTS.total.set(written),
-        TaskModel.quota_refunded.add(unused),
-        TaskModel.planner_lease_until.set(0),
-        TASK_PLAN.phase.set("done"),
-        TaskModel.updated_at.set(now),
-    ]
-    if reason:
-        task_actions.append(TaskModel.reason.set(reason))
-    else:
-        task_actions += [
-            TaskModel.active_partition.set("active"),
-            TaskModel.active_sort.set(f"{task.user_id}#{task.task_id}"),
-        ]
-    condition = _holding(deps) & (TASK_PLAN.phase == "finish")
+    move = task_move(
+        task,
+        status,
+        now,
+        sources=[TaskStatus.PLANNING],
+        reason=reason,
+        actions=[TASK_COUNTS.total.set(written), TaskModel.planner_lease_until.set(0), TASK_PLAN.phase.set("done")],
+        condition=_holding(deps) & (TASK_PLAN.phase == "finish"),
+    )
     try:
         with TransactWrite(connection=transaction_connection()) as transaction:
-            transaction.update(TaskModel(task.task_id), actions=task_actions, condition=condition)
-            if unused > 0:
-                transaction.update(UserModel(task.user_id), actions=[UserModel.remaining_quota.add(unused)])
+            # The move and the unused reservation's refund: one task update, so one transaction.
+            refund_in(
+                transaction,
+                task_id=task.task_id,
+                user_id=task.user_id,
+                units=unused,
+                task_actions=move.actions,
+                task_condition=move.condition,
+            )
     except TransactWriteError as error:
         task.refresh(consistent_read=True)
         if task.planner_lease_owner != deps.owner or task.status != TaskStatus.PLANNING:
             raise LeaseLost("planner lease lost while finishing") from error
         raise
+    announce(status)
     if not reason:
-        _announce(task, deps, now)
+        _wake(task, deps, now)
     return PlanOutcome.DONE
 
 
-def _announce(task: TaskModel, deps: PlannerDeps, now: float) -> None:
-    """A task that may send: sending dispatchers reload at their next look, idle services of its
-    routing are woken now (or, for a task due within SQS's 15-minute delay, at its time)."""
-    control_changed()
+def _wake(task: TaskModel, deps: PlannerDeps, now: float) -> None:
+    """A task that may send: idle services of its routing are woken now (or, for a task due within
+    SQS's 15-minute delay, at its time); sending dispatchers heard of it from `announce`."""
     delay = max(0.0, (task.scheduled_at or now) - now)
     if deps.wake is not None and delay <= SQS_MAX_DELAY_SECONDS:
         deps.wake.wake(task.plan.routing or [], WakeReason.QUEUED if delay == 0 else WakeReason.DUE, delay)

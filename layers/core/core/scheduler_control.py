@@ -4,21 +4,19 @@ change is a conditional write; a dispatcher sees it on its next pick."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.expressions.update import Action
-
 from core.auth import Caller
 from core.clock import Clock, iso
-from core.dispatch.control import control_changed, services_with_work
+from core.dispatch.control import services_with_work
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import InvalidState
-from core.models import SchedulerStateModel, TaskModel, update_if
+from core.models import SchedulerStateModel, update_if
 from core.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
 from core.schemas import SchedulerStateOut, TaskOut
-from core.states import DISPATCHABLE, TaskStatus, sources_of
+from core.states import DISPATCHABLE, TaskStatus, can_move
+from core.task_transitions import move_task
 from core.tasks import load_task, task_out
 
 
@@ -62,30 +60,18 @@ def set_running(caller: Caller, running: bool, deps: ControlDeps) -> SchedulerSt
 # ---------------------------------------------------------------- pause / resume
 
 
-def _transition(task: TaskModel, actions: Sequence[Action], sources: list[TaskStatus]) -> bool:
-    """Applies `actions` if the task is still in one of `sources`; False if it moved meanwhile."""
-    return update_if(task, actions, TaskModel.status.is_in(*sources))
-
-
 def pause_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
     """scheduled | queued | sending -> paused. The task leaves the sparse `active` index, so no
     dispatcher picks it again; a send already under way finishes. Pausing a paused task is a no-op."""
     task = load_task(caller, task_id)
-    pausable = sources_of(TaskStatus.PAUSED)
-    actions = [
-        TaskModel.status.set(TaskStatus.PAUSED),
-        TaskModel.active_partition.remove(),
-        TaskModel.active_sort.remove(),
-        TaskModel.updated_at.set(deps.clock.now()),
-    ]
     if task.status != TaskStatus.PAUSED:
-        if TaskStatus(task.status) not in pausable:
+        if not can_move(task.status, TaskStatus.PAUSED):
             raise InvalidState(f"a {task.status} task cannot be paused")
-        if not _transition(task, actions, pausable):
+        # Announced: a dispatcher sending it stops within a second.
+        if not move_task(task, TaskStatus.PAUSED, deps.clock.now()):
             task.refresh(consistent_read=True)
             if task.status != TaskStatus.PAUSED:
                 raise InvalidState(f"the task became {task.status} meanwhile and cannot be paused")
-        control_changed()  # a dispatcher sending it stops within a second
     return task_out(task)
 
 
@@ -99,18 +85,11 @@ def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
         raise InvalidState(f"a {task.status} task cannot be resumed")
     now = deps.clock.now()
     target = TaskStatus.SCHEDULED if task.scheduled_at is not None and task.scheduled_at > now else TaskStatus.QUEUED
-    actions = [
-        TaskModel.status.set(target),
-        TaskModel.active_partition.set("active"),
-        TaskModel.active_sort.set(f"{task.user_id}#{task.task_id}"),
-        TaskModel.updated_at.set(now),
-    ]
-    if not _transition(task, actions, [TaskStatus.PAUSED]):
+    if not move_task(task, target, now, sources=[TaskStatus.PAUSED]):  # announced: dispatchers reload
         task.refresh(consistent_read=True)
         if TaskStatus(task.status) not in DISPATCHABLE:
             raise InvalidState(f"the task became {task.status} meanwhile and cannot be resumed")
         return task_out(task)
-    control_changed()
     if deps.wake is not None:  # a task due within SQS's 15-minute delay is woken at its time
         delay = (task.scheduled_at or now) - now
         if delay <= SQS_MAX_DELAY_SECONDS:

@@ -37,7 +37,11 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PLANNING: frozenset(
         {TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.REJECTED, TaskStatus.CANCELLED}
     ),
-    TaskStatus.SCHEDULED: frozenset({TaskStatus.QUEUED, TaskStatus.PAUSED, TaskStatus.CANCELLED}),
+    # scheduled -> sending: nothing moves a due task to queued first, its dispatcher starts it;
+    # scheduled -> completed: every subtask of it was suppressed (unsubscribed) before its time.
+    TaskStatus.SCHEDULED: frozenset(
+        {TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}
+    ),
     TaskStatus.QUEUED: frozenset({TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
     TaskStatus.SENDING: frozenset({TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
     TaskStatus.PAUSED: frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.CANCELLED}),
@@ -49,7 +53,17 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 # Tasks a dispatcher may send for; they carry the sparse `active` index attributes.
 DISPATCHABLE = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING})
 
+# Moves a sending dispatcher must hear about at once (control_changed): a task it may now send for,
+# or one it must stop sending. `sending` is the dispatcher's own move; `completed` happens only once
+# nothing is queued; `rejected` leaves `planning`, which no dispatcher sees.
+ANNOUNCED = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.PAUSED, TaskStatus.CANCELLED})
+
 
 def sources_of(target: TaskStatus) -> list[TaskStatus]:
     """Every status from which `target` may be reached (for conditional writes)."""
     return [source for source, targets in TASK_TRANSITIONS.items() if target in targets]
+
+
+def can_move(source: str, target: TaskStatus) -> bool:
+    """Whether the table allows `source -> target` (a stored status; an unknown one allows nothing)."""
+    return any(source == known and target in targets for known, targets in TASK_TRANSITIONS.items())

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.clock import Clock
-from core.dispatch.recorder import complete_if_done
 from core.ids import subtask_partition
-from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, UserModel, update_if
+from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, update_if
+from core.refunds import refund_quota
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
+from core.task_transitions import complete_if_done
 from core.unsubscribe import verify_unsubscribe
 
 # Tasks that may still hold a queued subtask for the contact.
@@ -52,13 +53,11 @@ def unsubscribe(token: str, signing_key: str, clock: Clock) -> UnsubscribeResult
         if not _suppress_queued(SubtaskModel(subtask_partition(task.task_id, claim.contact_id), claim.contact_id)):
             continue
         suppressed += 1
-        TaskModel(task.task_id).update(
-            actions=[
-                TASK_COUNTS.queued.add(-1),
-                TASK_COUNTS.suppressed.add(1),
-                TaskModel.quota_refunded.add(1),
-            ]
+        refund_quota(
+            task_id=task.task_id,
+            user_id=claim.user_id,
+            units=1,
+            task_actions=[TASK_COUNTS.queued.add(-1), TASK_COUNTS.suppressed.add(1)],
         )
-        UserModel(claim.user_id).update(actions=[UserModel.remaining_quota.add(1)])
-        complete_if_done(task.task_id, now)
+        complete_if_done(task, now)
     return UnsubscribeResult(unsubscribed=changed, suppressed_subtasks=suppressed)

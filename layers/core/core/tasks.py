@@ -10,17 +10,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from core.auth import Caller
 from core.clock import Clock, iso
 from core.contacts import load_contacts
-from core.dispatch.control import control_changed
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
 from core.ids import new_id
-from core.models import EmailServiceModel, TaskModel, update_if
+from core.models import EmailServiceModel, TaskModel
 from core.paging import decode_cursor, encode_cursor
 from core.planner_jobs import PlannerJob, enqueue
 from core.rendering import load_template
 from core.routing import NoServiceAvailable
 from core.schemas import RecipientRule, TaskCountsOut, TaskCreated, TaskIn, TaskOut, TaskPage, unique
 from core.senders import load_sender
-from core.states import ContactStatus, TaskStatus, sources_of
+from core.states import ContactStatus, TaskStatus, can_move
+from core.task_transitions import move_task
 from core.users import tenant_user
 
 TASK_ID_PATTERN = r"task_[0-9a-f]{24}"
@@ -120,7 +120,7 @@ def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:
     try:
         enqueue(deps.sqs, deps.planner_queue_url, PlannerJob(task_id=task.task_id))
     except (BotoCoreError, ClientError) as error:
-        task.update(actions=[TaskModel.status.set(TaskStatus.REJECTED), TaskModel.reason.set("planner_unavailable")])
+        move_task(task, TaskStatus.REJECTED, deps.clock.now(), reason="planner_unavailable")
         raise ServiceUnavailable("the planner queue is unavailable; try again shortly") from error
     return TaskCreated(task_id=task.task_id, status=task.status)
 
@@ -155,25 +155,17 @@ def list_tasks(caller: Caller, cursor: str | None, limit: int) -> TaskPage:
 
 def cancel_task(caller: Caller, task_id: str, deps: TaskDeps) -> TaskOut:
     """Stops the task at once; a planner job then cancels its queued subtasks and refunds them.
-    Idempotent: cancelling a cancelled task schedules its refund sweep again (harmless)."""
+    Idempotent: cancelling a cancelled task writes nothing and schedules its refund sweep again
+    (harmless)."""
     task = load_task(caller, task_id)
-    cancellable = sources_of(TaskStatus.CANCELLED)
-    if task.status != TaskStatus.CANCELLED and TaskStatus(task.status) not in cancellable:
-        raise InvalidState(f"a {task.status} task cannot be cancelled")
-    cancelled = update_if(
-        task,
-        [
-            TaskModel.status.set(TaskStatus.CANCELLED),
-            TaskModel.reason.set("cancelled_by_user"),
-            TaskModel.active_partition.remove(),
-            TaskModel.active_sort.remove(),
-            TaskModel.updated_at.set(deps.clock.now()),
-        ],
-        TaskModel.status.is_in(TaskStatus.CANCELLED, *cancellable),
-    )
-    if not cancelled:
-        raise InvalidState("the task finished or changed state meanwhile; read it again")
-    control_changed()  # a dispatcher sending it stops within a second
+    if task.status != TaskStatus.CANCELLED:
+        if not can_move(task.status, TaskStatus.CANCELLED):
+            raise InvalidState(f"a {task.status} task cannot be cancelled")
+        # Announced: a dispatcher sending it stops within a second.
+        if not move_task(task, TaskStatus.CANCELLED, deps.clock.now(), reason="cancelled_by_user"):
+            task.refresh(consistent_read=True)
+            if task.status != TaskStatus.CANCELLED:  # else a concurrent cancel won: same outcome
+                raise InvalidState("the task finished or changed state meanwhile; read it again")
     try:
         enqueue(deps.sqs, deps.planner_queue_url, PlannerJob(task_id=task_id, job="cancel"))
     except (BotoCoreError, ClientError) as error:
