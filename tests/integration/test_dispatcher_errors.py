@@ -106,7 +106,7 @@ def test_error_class_ends_in_its_state(
     assert EmailServiceModel.get("svc").is_healthy is healthy
     assert UserModel.get("alice").remaining_quota == 10 - 1 + refunded
     if status == "queued":
-        assert subtask.queue_key == f"svc#{task_id}" and subtask.inflight_key is None
+        assert subtask.queue_key == f"svc#{task_id}" and subtask.claim_owner is None
     if status == "failed":
         assert task(task_id).counts.failed == 1
     stubber.assert_no_pending_responses()

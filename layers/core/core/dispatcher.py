@@ -45,7 +45,16 @@ from core import service_quota
 from core.clock import Clock
 from core.dispatch import lease
 from core.dispatch.budget import SendBudget
-from core.dispatch.claims import CLAIM_AHEAD_SECONDS, CLAIM_BATCH_LIMIT, claim_subtasks, release_claims
+from core.dispatch.claims import (
+    CLAIM_AHEAD_SECONDS,
+    CLAIM_BATCH_LIMIT,
+    ControlMoved,
+    Journal,
+    LeaseLost,
+    claim_subtasks,
+    journal_key,
+    release_claims,
+)
 from core.dispatch.control import read_control
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
@@ -166,7 +175,8 @@ class Dispatcher:
         self.deps = deps
         self.state = state
         self.report = DispatchReport(service_id=service.service_id)
-        self.recorder = Recorder(deps)
+        self.journal = Journal(service.service_id, deps.owner)
+        self.recorder = Recorder(deps, self.journal)
         tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
         self.fairness = Fairness(Pointer(state.pointer_user or "", tasks))
         self.works: dict[str, TaskWork] = {}
@@ -234,7 +244,7 @@ class Dispatcher:
         dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
         if dropped:
             self.claimed = deque(pick for pick in self.claimed if pick[1].task_id in works)
-            self.budget.give_back(release_claims(dropped, self.deps.owner, now))
+            self.budget.give_back(release_claims(dropped, self.journal, now))
 
     def _load_work(self, task: TaskModel) -> TaskWork:
         templates = {t.template_id: t for t in TemplateModel.batch_get([(task.user_id, i) for i in task.template_ids])}
@@ -308,8 +318,22 @@ class Dispatcher:
         if taken == 0:
             raise _StopSending(StopReason.DAILY_QUOTA)
         picks = picks[:taken]  # the rest stay queued; the next pick finds the quota spent
-        claimed = claim_subtasks([subtask for _, subtask in picks], self.deps.owner, self.service.service_id, now)
-        batch = [(work, subtask) for work, subtask in picks if (subtask.partition, subtask.contact_id) in claimed]
+        seen_seq = self.control_seen[0] if self.control_seen else 0
+        try:
+            claimed = claim_subtasks([subtask for _, subtask in picks], self.journal, now, seen_seq)
+        except ControlMoved:  # a control change since the last look: nothing was claimed
+            self.budget.give_back(len(picks))
+            for work, subtask in reversed(picks):  # picked again, in the same order, if still allowed
+                self.taken.discard((subtask.partition, subtask.contact_id))
+                work.candidates.appendleft(subtask)
+            self.refresh(now)
+            return True
+        except LeaseLost as lost:
+            self.budget.give_back(len(picks))
+            raise _StopSending(StopReason.LEASE_LOST) from lost
+        # The claim was also the look at the controls.
+        self.next_refresh = max(self.next_refresh, now + CONTROL_REFRESH_SECONDS)
+        batch = [(work, subtask) for work, subtask in picks if journal_key(subtask) in claimed]
         self.budget.give_back(len(picks) - len(batch))  # cancelled, suppressed or taken meanwhile
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
         for _, subtask in batch:
@@ -322,7 +346,7 @@ class Dispatcher:
         them as claimed)."""
         claimed, self.claimed = [subtask for _, subtask in self.claimed], deque()
         if claimed:
-            self.budget.give_back(release_claims(claimed, self.deps.owner, self.deps.clock.now()))
+            self.budget.give_back(release_claims(claimed, self.journal, self.deps.clock.now()))
 
     def build(self, work: TaskWork, subtask: SubtaskModel) -> bytes:
         template = work.template[subtask.template_id]
@@ -410,7 +434,6 @@ class Dispatcher:
             subtask.status = SubtaskStatus.SENT
             subtask.message_id = future.result()
             subtask.sent_at = sent_at
-            subtask.inflight_key = None
             subtask.error = None
             subtask.error_class = None
             self.report.sent += 1
@@ -423,7 +446,6 @@ class Dispatcher:
             # The request may have reached SES (e.g. a read timeout): at most once wins.
             self.deps.fault("after_send", subtask)
             subtask.status = SubtaskStatus.UNKNOWN
-            subtask.inflight_key = None
             subtask.error_class = outcome.error_class.value
             subtask.error = f"{outcome.code}: {outcome.message}"[:500]
             self.recorder.add(subtask, lambda tally: setattr(tally, "unknown", tally.unknown + 1))
@@ -458,7 +480,6 @@ class Dispatcher:
     ) -> None:
         subtask.status = SubtaskStatus.QUEUED
         subtask.queue_key = queue_key(subtask.service_id, subtask.task_id)
-        subtask.inflight_key = None
         subtask.claim_owner = None
         subtask.next_attempt_at = retry_at
         subtask.error_class = error_class
@@ -474,7 +495,6 @@ class Dispatcher:
 
     def fail(self, subtask: SubtaskModel, error_class: str, message: str) -> None:
         subtask.status = SubtaskStatus.FAILED
-        subtask.inflight_key = None
         subtask.error_class = error_class
         subtask.error = message[:500]
         self.report.failed += 1
@@ -510,15 +530,20 @@ class Dispatcher:
         try:
             self.refresh(self.deps.clock.now())
             if first:
-                self.report.recovered_unknown = recover_in_flight(self.service.service_id, self.deps)
+                self.report.recovered_unknown = recover_in_flight(self.state, self.deps)
             while True:
                 if not self.budget.wait(deadline):
                     self.hand_off(deadline)
                     return StopReason.BUDGET_SPENT
                 now = self.deps.clock.now()
-                if now >= self.next_refresh:
+                # A claim is also the look at the controls (core.dispatch.claims): a separate look is
+                # for claimed emails waiting their turn, or for tasks to reload.
+                if now >= self.next_reload or (now >= self.next_refresh and self.claimed):
                     self.refresh(now)
                 if not self.claimed and not self.claim_next(now, deadline):
+                    if now >= self.next_refresh:  # nothing to pick in a view older than a second
+                        self.refresh(now)
+                        continue
                     return StopReason.NO_WORK
                 if not self.claimed:
                     continue  # every pick was taken meanwhile: pick again
@@ -569,7 +594,12 @@ class Dispatcher:
                 EmailServiceModel(self.service.service_id).update(
                     actions=[EmailServiceModel.last_sent.set(self.report.send_times[-1])]
                 )
-            saved = Saved(self.fairness.pointer.user, dict(self.fairness.pointer.tasks), self.budget.last_send_at)
+            saved = Saved(
+                self.fairness.pointer.user,
+                dict(self.fairness.pointer.tasks),
+                self.budget.last_send_at,
+                tuple(sorted(self.journal.settled)),
+            )
             released = lease.release(
                 self.service.service_id,
                 self.deps.owner,

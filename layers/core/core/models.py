@@ -22,7 +22,7 @@ from pynamodb.connection import Connection, TableConnection
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
 from core.clock import backoff
@@ -241,18 +241,6 @@ class QueueIndex(GlobalSecondaryIndex["SubtaskModel"]):
     contact_id = UnicodeAttribute(range_key=True)
 
 
-class InflightIndex(GlobalSecondaryIndex["SubtaskModel"]):
-    """Sparse: subtasks claimed (`sending`) on a service. A dispatcher that takes over a service
-    finds here what a dead predecessor left in flight and marks it `unknown`."""
-
-    class Meta:
-        index_name = "inflight"
-        projection = IncludeProjection(["task_id", "claim_owner"])
-
-    inflight_key = UnicodeAttribute(hash_key=True)  # service_id
-    contact_id = UnicodeAttribute(range_key=True)
-
-
 class SubtaskModel(_Base):
     """One recipient of one task. Partitioned by task shard, sorted by contact id."""
 
@@ -277,12 +265,10 @@ class SubtaskModel(_Base):
     error = UnicodeAttribute(null=True)
     error_class = UnicodeAttribute(null=True)
     claim_owner = UnicodeAttribute(null=True)  # the dispatcher invocation that claimed it
-    inflight_key = UnicodeAttribute(null=True)  # service_id while `sending` (sparse index)
     sent_at = NumberAttribute(null=True)
     created_at = NumberAttribute()
 
     queue = QueueIndex()
-    inflight = InflightIndex()
 
 
 class SchedulerStateModel(_Base):
@@ -308,6 +294,9 @@ class SchedulerStateModel(_Base):
     # "service#<id>": bumped by each wake-up that found the lease held, so a holder about to stop
     # for lack of work looks once more instead (core.dispatch.lease).
     wake_seq = NumberAttribute(null=True)
+    # "service#<id>": the in-flight journal, claim batch id -> keys claimed and not yet recorded
+    # (core.dispatch.claims); what a successor marks `unknown` after a crash.
+    inflight = MapAttribute[str, Any](null=True)
 
 
 ALL_MODELS: dict[str, type[Model]] = {

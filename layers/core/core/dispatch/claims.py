@@ -1,9 +1,21 @@
-"""Claims: `queued -> sending` for the next sends in one transaction, and giving unsent claims back."""
+"""Claims: `queued -> sending` for the next sends in one transaction that also journals them on the
+service's lease item and checks the controls; and giving unsent claims back.
+
+The in-flight journal (`SchedulerStateModel.inflight`, on the `service#<id>` item) maps a claim
+batch (`<owner>#<n>`) to the keys it claimed. It is written in the claim's own transaction, under
+the lease (the update is conditional on this invocation still holding it), and a batch is dropped
+from it only after every one of its subtasks has been recorded or given back. A successor that
+takes over after a crash reads it and marks what is still `sending` `unknown` (core.dispatch.repair),
+so finding what may have reached SES costs one item read, not an index kept up by every claim.
+
+The same transaction checks the scheduler item (running, control sequence unchanged), so a claim is
+also the look at the controls: at slow paces a dispatcher makes one request per second, not two."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
@@ -11,49 +23,170 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from core.clock import backoff
+from core.dispatch.lease import service_state_key
 from core.ids import queue_key
 from core.models import (
     TASK_COUNTS,
+    SchedulerStateModel,
     SubtaskModel,
     TaskModel,
     UserModel,
     transaction_connection,
     update_if,
 )
+from core.schedules import SCHEDULER_STATE_KEY
 from core.states import SubtaskStatus, TaskStatus
 
-# Claims are made for about this much sending time ahead, in one transaction (a control change still
-# takes effect at the next look: claimed emails of a paused task go back). A crash leaves at most
-# that many claimed emails `unknown`.
-CLAIM_AHEAD_SECONDS = 2.0
+# Claims are made for about this much sending time ahead, in one transaction. The claim is also the
+# look at the controls, so a pause takes effect within this much sending time (claimed emails of a
+# paused task go back at the next look). A crash leaves at most that many claimed emails `unknown`.
+CLAIM_AHEAD_SECONDS = 1.0
 CLAIM_BATCH_LIMIT = 25
 CLAIM_ATTEMPTS = 4
+_REFUSED = "ConditionalCheckFailed"
 
 
-def _claim_actions(owner: str, service_id: str) -> list[Action]:
+class ControlMoved(Exception):
+    """The scheduler stopped or a control change was announced since the last look: look again."""
+
+
+class LeaseLost(Exception):
+    """Another invocation holds the service's lease (this one stalled past it): stop."""
+
+
+def journal_key(subtask: SubtaskModel) -> str:
+    return f"{subtask.partition} {subtask.contact_id}"
+
+
+def parse_journal_key(key: str) -> tuple[str, str]:
+    partition, _, contact_id = key.partition(" ")
+    return partition, contact_id
+
+
+def batch_owner(batch_id: str) -> str:
+    return batch_id.rpartition("#")[0]
+
+
+@dataclass
+class Journal:
+    """This invocation's view of its in-flight journal: which claimed keys are not recorded yet."""
+
+    service_id: str
+    owner: str
+    open: dict[str, set[str]] = field(default_factory=dict)  # batch id -> keys not recorded yet
+    batch_of: dict[str, str] = field(default_factory=dict)  # key -> its batch id
+    settled: set[str] = field(default_factory=set)  # batches fully recorded, still in the item
+    count: int = 0
+
+    def next_batch_id(self) -> str:
+        self.count += 1
+        return f"{self.owner}#{self.count}"
+
+    def opened(self, batch_id: str, keys: Iterable[str]) -> None:
+        self.open[batch_id] = set(keys)
+        for key in self.open[batch_id]:
+            self.batch_of[key] = batch_id
+
+    def settle(self, subtasks: Iterable[SubtaskModel]) -> None:
+        """The subtasks' outcome is written (or they went back): their batch may leave the journal."""
+        for subtask in subtasks:
+            batch_id = self.batch_of.pop(journal_key(subtask), None)
+            if batch_id is None:
+                continue
+            keys = self.open[batch_id]
+            keys.discard(journal_key(subtask))
+            if not keys:
+                del self.open[batch_id]
+                self.settled.add(batch_id)
+
+    def unsettled(self) -> dict[str, list[str]]:
+        """What the journal must still hold when the lease is let go (a write that failed)."""
+        return {batch_id: sorted(keys) for batch_id, keys in self.open.items()}
+
+
+def _claim_actions(owner: str) -> list[Action]:
     return [
         SubtaskModel.status.set(SubtaskStatus.SENDING),
         SubtaskModel.claim_owner.set(owner),
-        SubtaskModel.inflight_key.set(service_id),
         SubtaskModel.queue_key.remove(),
     ]
 
 
-def _claimed_locally(subtask: SubtaskModel, owner: str, service_id: str) -> None:
+def _claimed_locally(subtask: SubtaskModel, owner: str) -> None:
     """What the claim wrote, on the object the outcome is later recorded from (a transaction does
     not return the new items)."""
     subtask.status = SubtaskStatus.SENDING
     subtask.claim_owner = owner
-    subtask.inflight_key = service_id
     subtask.queue_key = None
+
+
+def _control_unchanged(control_seq: int) -> Condition:
+    seq: Condition = (
+        SchedulerStateModel.control_seq.does_not_exist()
+        if control_seq == 0
+        else SchedulerStateModel.control_seq == control_seq
+    )
+    running: Condition = SchedulerStateModel.running == True  # noqa: E712 (a condition, not a comparison)
+    both: Condition = running & seq
+    return both
+
+
+def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, control_seq: int) -> set[str]:
+    """`queued -> sending` for each subtask still queued and due, journalled under the lease, in one
+    TransactWriteItems that also checks the controls; returns the journal keys claimed (and sets on
+    each object what the claim wrote). A subtask whose condition fails (a canceller, an unsubscribe
+    moved it first) is left out and the rest retried. Raises ControlMoved or LeaseLost."""
+    pending = list(subtasks)
+    condition = (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now)
+    actions = _claim_actions(journal.owner)
+    for attempt in range(CLAIM_ATTEMPTS):
+        if not pending:
+            return set()
+        batch_id = journal.next_batch_id()
+        keys = [journal_key(subtask) for subtask in pending]
+        done = sorted(journal.settled)
+        journalled: list[Action] = [SchedulerStateModel.inflight[batch_id].set(keys)]
+        journalled += [SchedulerStateModel.inflight[old].remove() for old in done]
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                for subtask in pending:
+                    transaction.update(subtask, actions=actions, condition=condition)
+                transaction.update(
+                    SchedulerStateModel(service_state_key(journal.service_id)),
+                    actions=journalled,
+                    condition=SchedulerStateModel.lease_owner == journal.owner,
+                )
+                transaction.condition_check(
+                    SchedulerStateModel, SCHEDULER_STATE_KEY, condition=_control_unchanged(control_seq)
+                )
+        except TransactWriteError as error:
+            # PynamoDB sends condition checks first, then the updates in the order they were added.
+            codes = [reason.code if reason else "None" for reason in (error.cancellation_reasons or [])]
+            if len(codes) != len(pending) + 2:
+                raise
+            control, *claims, lease = codes
+            if control == _REFUSED:
+                raise ControlMoved from error
+            if lease == _REFUSED:
+                raise LeaseLost from error
+            pending = [s for s, code in zip(pending, claims, strict=True) if code != _REFUSED]
+            if "TransactionConflict" in codes:
+                time.sleep(backoff(attempt, base=0.02))
+            continue
+        journal.settled.difference_update(done)
+        journal.opened(batch_id, keys)
+        for subtask in pending:
+            _claimed_locally(subtask, journal.owner)
+        return set(keys)
+    return set()  # kept conflicting: these stay queued for a later pick
 
 
 def update_all(
     subtasks: list[SubtaskModel], actions_of: Callable[[SubtaskModel], list[Action]], condition: Condition
 ) -> list[SubtaskModel]:
     """Applies each subtask's actions where `condition` holds, in one TransactWriteItems (at most
-    CLAIM_BATCH_LIMIT subtasks); those whose condition fails (a canceller, an unsubscribe or
-    another dispatcher moved them first) are left out and the rest retried. Returns the updated."""
+    CLAIM_BATCH_LIMIT subtasks); those whose condition fails are left out and the rest retried.
+    Returns the updated."""
     pending = list(subtasks)
     for attempt in range(CLAIM_ATTEMPTS):
         if len(pending) <= 1:
@@ -67,7 +200,7 @@ def update_all(
             if len(reasons) != len(pending):
                 raise
             codes = [reason.code if reason else "None" for reason in reasons]
-            pending = [s for s, code in zip(pending, codes, strict=True) if code != "ConditionalCheckFailed"]
+            pending = [s for s, code in zip(pending, codes, strict=True) if code != _REFUSED]
             if "TransactionConflict" in codes:
                 time.sleep(backoff(attempt, base=0.02))
             continue
@@ -76,24 +209,13 @@ def update_all(
     return [subtask for subtask in pending if update_if(subtask, actions_of(subtask), condition)]
 
 
-def claim_subtasks(subtasks: list[SubtaskModel], owner: str, service_id: str, now: float) -> set[tuple[str, str]]:
-    """`queued -> sending` for each subtask still queued and due, in one request; returns the keys
-    claimed (and sets on each object what the claim wrote: a transaction returns no items)."""
-    actions = _claim_actions(owner, service_id)
-    condition = (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now)
-    claimed = update_all(subtasks, lambda _: actions, condition)
-    for subtask in claimed:
-        _claimed_locally(subtask, owner, service_id)
-    return {(s.partition, s.contact_id) for s in claimed}
-
-
-def release_claims(subtasks: list[SubtaskModel], owner: str, now: float) -> int:
+def release_claims(subtasks: list[SubtaskModel], journal: Journal, now: float) -> int:
     """Claimed, unsent subtasks back to their queue; cancelled and refunded when their task was
     cancelled meanwhile (the cancel sweep leaves claimed subtasks to their dispatcher). A subtask no
     longer held (a successor recovered it as `unknown` after this invocation's lease expired) is
     left alone. Returns how many were released (their quota units are unused)."""
     released = 0
-    held = (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == owner)
+    held = (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == journal.owner)
     by_task: dict[str, list[SubtaskModel]] = {}
     for subtask in subtasks:
         by_task.setdefault(subtask.task_id, []).append(subtask)
@@ -102,13 +224,7 @@ def release_claims(subtasks: list[SubtaskModel], owner: str, now: float) -> int:
         if task.status != TaskStatus.CANCELLED:
             released += len(update_all(claimed, _release_actions, held))
             continue
-        cancelled = len(
-            update_all(
-                claimed,
-                lambda _: [SubtaskModel.status.set(SubtaskStatus.CANCELLED), SubtaskModel.inflight_key.remove()],
-                held,
-            )
-        )
+        cancelled = len(update_all(claimed, lambda _: [SubtaskModel.status.set(SubtaskStatus.CANCELLED)], held))
         if cancelled:
             TaskModel(task_id).update(
                 actions=[
@@ -120,6 +236,7 @@ def release_claims(subtasks: list[SubtaskModel], owner: str, now: float) -> int:
             )
             UserModel(task.user_id).update(actions=[UserModel.remaining_quota.add(cancelled)])
         released += cancelled
+    journal.settle(subtasks)  # none of them is in flight for this invocation any more
     return released
 
 
@@ -128,5 +245,4 @@ def _release_actions(subtask: SubtaskModel) -> list[Action]:
         SubtaskModel.status.set(SubtaskStatus.QUEUED),
         SubtaskModel.queue_key.set(queue_key(subtask.service_id, subtask.task_id)),
         SubtaskModel.claim_owner.remove(),
-        SubtaskModel.inflight_key.remove(),
     ]

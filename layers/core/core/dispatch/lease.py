@@ -45,6 +45,9 @@ class Saved:
     pointer_user: str
     pointer_tasks: dict[str, str]
     last_send_at: float | None
+    # Claim batches of the holder's in-flight journal that are fully recorded (core.dispatch.claims);
+    # batches with a failed record stay, for the next holder to mark `unknown`.
+    settled_batches: tuple[str, ...] = ()
 
 
 def acquire(service_id: str, owner: str, now: float, lease_seconds: float) -> SchedulerStateModel | None:
@@ -56,6 +59,8 @@ def acquire(service_id: str, owner: str, now: float, lease_seconds: float) -> Sc
         [
             SchedulerStateModel.lease_owner.set(owner),
             SchedulerStateModel.lease_until.set(now + lease_seconds),
+            # The in-flight journal's map (claims add batches under it); a dead holder's stays.
+            SchedulerStateModel.inflight.set(SchedulerStateModel.inflight | {}),
         ],
         SchedulerStateModel.lease_until.does_not_exist() | (SchedulerStateModel.lease_until < now),
     )
@@ -120,6 +125,7 @@ def release(service_id: str, owner: str, saved: Saved, now: float, *, unless_wok
     ]
     if saved.last_send_at is not None:
         actions.append(SchedulerStateModel.last_send_at.set(saved.last_send_at))
+    actions += [SchedulerStateModel.inflight[batch_id].remove() for batch_id in saved.settled_batches]
     condition: Any = SchedulerStateModel.lease_owner == owner
     if unless_woken_since is not None:
         unchanged = (

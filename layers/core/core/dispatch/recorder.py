@@ -18,6 +18,7 @@ from core.models import (
 from core.states import TaskStatus
 
 if TYPE_CHECKING:
+    from core.dispatch.claims import Journal
     from core.dispatcher import DispatcherDeps
 
 RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
@@ -40,8 +41,9 @@ class TaskTally:
 class Recorder:
     """Buffers subtask outcomes and writes them in batches, with the task counters they move."""
 
-    def __init__(self, deps: DispatcherDeps) -> None:
+    def __init__(self, deps: DispatcherDeps, journal: Journal) -> None:
         self.deps = deps
+        self.journal = journal  # a recorded outcome's claim leaves the in-flight journal
         self.items: list[SubtaskModel] = []
         self.tallies: dict[str, TaskTally] = {}
         self.user_of: dict[str, str] = {}
@@ -63,6 +65,7 @@ class Recorder:
         record batches it spans)."""
         items, self.items = self.items, []
         put_items(self.deps.dynamodb, self.deps.subtasks_table, items, self.deps.clock)
+        self.journal.settle(items)
         for item in items:
             self.deps.fault("after_record", item)
         now = self.deps.clock.now()

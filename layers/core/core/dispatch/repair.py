@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.dispatch.claims import batch_owner, parse_journal_key
 from core.dispatch.lease import service_state_key
 from core.dispatch.recorder import complete_if_done
 from core.ids import SUBTASK_SHARDS, queue_key
@@ -21,37 +22,54 @@ if TYPE_CHECKING:
     from core.dispatcher import DispatcherDeps
 
 
-def recover_in_flight(service_id: str, deps: DispatcherDeps) -> int:
-    """Subtasks a dead invocation left `sending` may or may not have reached SES: `unknown`."""
+def recover_in_flight(state: SchedulerStateModel, deps: DispatcherDeps) -> int:
+    """Subtasks a dead invocation left `sending` may or may not have reached SES: `unknown`. They are
+    the keys of the in-flight journal on the service's lease item (`state`, as the lease was taken)
+    that are still claimed by the batch's owner; the batches then leave the journal."""
+    journal = state.inflight.as_dict() if state.inflight else {}
     recovered: dict[str, int] = {}
-    for entry in SubtaskModel.inflight.query(service_id):
-        if entry.claim_owner == deps.owner:
-            continue
-        subtask = SubtaskModel(entry.partition, entry.contact_id)
-        if not update_if(
-            subtask,
-            [
-                SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
-                SubtaskModel.inflight_key.remove(),
-                SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
-            ],
-            (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == entry.claim_owner),
-        ):
-            continue
-        recovered[entry.task_id] = recovered.get(entry.task_id, 0) + 1
+    for batch_id, keys in journal.items():
+        owner = batch_owner(batch_id)
+        for key in keys:
+            partition, contact_id = parse_journal_key(key)
+            if not update_if(
+                SubtaskModel(partition, contact_id),
+                [
+                    SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
+                    SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
+                ],
+                (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == owner),
+            ):
+                continue  # recorded before the crash, or given back
+            task_id = partition.rpartition("#")[0]
+            recovered[task_id] = recovered.get(task_id, 0) + 1
     for task_id, count in recovered.items():
         TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
         complete_if_done(task_id, deps.clock.now())
+    if journal:
+        update_if(
+            state,
+            [SchedulerStateModel.inflight[batch_id].remove() for batch_id in journal],
+            SchedulerStateModel.lease_owner == deps.owner,
+        )
     return sum(recovered.values())
 
 
-def _another_dispatcher_is_live(service_ids: list[str], owner: str, now: float) -> bool:
+def _in_flight_tasks(states: list[SchedulerStateModel], owner: str) -> set[str]:
+    """Tasks with a claim journalled by another invocation on any of these services' lease items
+    (this invocation's own claims still in flight are `sending`, which the recount looks for)."""
+    return {
+        parse_journal_key(key)[0].rpartition("#")[0]
+        for state in states
+        for batch_id, keys in (state.inflight.as_dict() if state.inflight else {}).items()
+        if batch_owner(batch_id) != owner
+        for key in keys
+    }
+
+
+def _another_dispatcher_is_live(states: list[SchedulerStateModel], owner: str, now: float) -> bool:
     """A live lease holder may have written records whose counters it has not moved yet."""
-    keys = [service_state_key(service_id) for service_id in service_ids]
-    return any(
-        state.lease_owner != owner and float(state.lease_until or 0) > now
-        for state in SchedulerStateModel.batch_get(keys, consistent_read=True)
-    )
+    return any(state.lease_owner != owner and float(state.lease_until or 0) > now for state in states)
 
 
 def reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
@@ -64,13 +82,14 @@ def reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
     task's other services that still holds its lease may have written records without moving their
     counters yet, so the repair waits until no other lease on those services is live."""
     services = sorted(set(task.plan.routing or []))
-    if _another_dispatcher_is_live(services, owner, now):
+    keys = [service_state_key(service_id) for service_id in services]
+    states = list(SchedulerStateModel.batch_get(keys, consistent_read=True))
+    if _another_dispatcher_is_live(states, owner, now):
         return  # a later tick repairs it, once that invocation has flushed or died
+    if task.task_id in _in_flight_tasks(states, owner):
+        return  # a dead invocation's claims: the service's next holder marks them `unknown` first
     for service_id in services:
         if next(iter(SubtaskModel.queue.query(queue_key(service_id, task.task_id), limit=1)), None):
-            return
-        in_flight = SubtaskModel.inflight.query(service_id, filter_condition=SubtaskModel.task_id == task.task_id)
-        if next(iter(in_flight), None):
             return
     statuses: dict[str, int] = {}
     for shard in range(SUBTASK_SHARDS):
