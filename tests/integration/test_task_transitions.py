@@ -91,10 +91,10 @@ def test_a_move_whose_source_changed_since_it_was_read_writes_nothing(aws: Setti
 
 
 def test_a_callers_condition_that_fails_refuses_the_move_and_its_counters(aws: Settings, clock: FakeClock) -> None:
-    task = given_task(TaskStatus.QUEUED, queued=2, active=True)
+    given_task(TaskStatus.QUEUED, queued=2, active=True)
     before = stored_task(aws)
 
-    assert complete_if_done(task, clock.now()) is False  # two emails still queued
+    assert complete_if_done("task_1", clock.now()) is False  # two emails still queued
 
     assert stored_task(aws) == before and active_ids() == ["task_1"]
 
@@ -116,9 +116,18 @@ def test_the_active_index_follows_the_status_through_pause_resume_and_completion
     assert move_task(task, TaskStatus.SENDING, clock.now())
     assert active_ids() == ["task_1"]
 
-    assert complete_if_done(task, clock.now())
+    assert complete_if_done("task_1", clock.now())
     assert active_ids() == [] and TaskModel.get("task_1").status == TaskStatus.COMPLETED
-    assert complete_if_done(task, clock.now()) is False  # exactly once
+    assert complete_if_done("task_1", clock.now()) is False  # exactly once
+
+
+def test_a_dispatchers_late_move_to_sending_leaves_a_paused_task_paused(aws: Settings, clock: FakeClock) -> None:
+    given_task(TaskStatus.PAUSED)
+    before = stored_task(aws)
+
+    assert move_task(TaskModel("task_1", user_id="alice"), TaskStatus.SENDING, clock.now()) is False
+
+    assert stored_task(aws) == before and active_ids() == []
 
 
 def test_dispatchers_hear_of_announced_moves_only(aws: Settings, clock: FakeClock) -> None:

@@ -61,7 +61,13 @@ def test_every_move_in_use_is_in_the_table(who: str, source: TaskStatus, target:
 
 @pytest.mark.parametrize(
     ("source", "target"),
-    [(S.COMPLETED, S.QUEUED), (S.CANCELLED, S.CANCELLED), (S.PAUSED, S.COMPLETED), (S.PLANNING, S.SENDING)],
+    [
+        (S.COMPLETED, S.QUEUED),
+        (S.CANCELLED, S.CANCELLED),
+        (S.PAUSED, S.COMPLETED),
+        (S.PAUSED, S.SENDING),  # a late record of a paused task's send must not restart it
+        (S.PLANNING, S.SENDING),
+    ],
 )
 def test_moves_the_table_refuses(source: TaskStatus, target: TaskStatus) -> None:
     assert not can_move(source, target)

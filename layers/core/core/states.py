@@ -44,7 +44,8 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     ),
     TaskStatus.QUEUED: frozenset({TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
     TaskStatus.SENDING: frozenset({TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
-    TaskStatus.PAUSED: frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.CANCELLED}),
+    # Not paused -> sending: a dispatcher's late record of a paused task must not restart it.
+    TaskStatus.PAUSED: frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
     TaskStatus.REJECTED: frozenset(),

@@ -59,5 +59,5 @@ def unsubscribe(token: str, signing_key: str, clock: Clock) -> UnsubscribeResult
             units=1,
             task_actions=[TASK_COUNTS.queued.add(-1), TASK_COUNTS.suppressed.add(1)],
         )
-        complete_if_done(task, now)
+        complete_if_done(task.task_id, now)
     return UnsubscribeResult(unsubscribed=changed, suppressed_subtasks=suppressed)

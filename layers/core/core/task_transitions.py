@@ -140,7 +140,7 @@ def move_task_in(
     return move
 
 
-def complete_if_done(task: TaskModel, now: float) -> bool:
+def complete_if_done(task_id: str, now: float) -> bool:
     """Completes the task exactly once, when nothing of it is queued: the condition, not a read,
     decides, so every writer that may have sent or dropped its last queued email can call it."""
-    return move_task(task, TaskStatus.COMPLETED, now, condition=TASK_COUNTS.queued <= 0)
+    return move_task(TaskModel(task_id), TaskStatus.COMPLETED, now, condition=TASK_COUNTS.queued <= 0)
