@@ -2,8 +2,9 @@
 
 Prices the runs bench/dispatch.py measured (taken from the same `python -m bench` run when it ran
 first, else run here): DynamoDB on-demand request units, item-aware (bench.harness.CapacityMeter);
-Lambda GB-seconds from the dispatcher's MemorySize and Architectures in template.yaml and the
-invocations' wall clock (at slow paces mostly waiting for the pace: billed all the same), plus
+Lambda GB-seconds from the MemorySize and Architectures in template.yaml of the dispatcher function
+the pace runs on (the paced one at most 10/s: core.dispatch.tiers) and the invocations' wall clock
+(at slow paces mostly waiting for the pace: billed all the same), plus
 Lambda requests; EventBridge Scheduler invocations (the service's schedule fires once a minute while
 it has work); SQS requests counted on the wire. SES's own price is shown next to it, not added.
 
@@ -21,6 +22,7 @@ NAME = "cost"
 TARGET_PER_THOUSAND = 0.005  # dollars per 1,000 emails, 5% of SES's own price
 PACES = ("none", "10/s", "1/s")
 FUNCTION = "DispatcherFunction"
+PACED_FUNCTION = "PacedDispatcherFunction"
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,21 @@ class LambdaConfig:
     architecture: str  # x86_64 or arm64
 
 
-def dispatcher_config(template: Mapping[str, Any] | None = None) -> LambdaConfig:
-    """The dispatcher function's memory and architecture (its own, else the template's Globals)."""
+def function_for(interval_seconds: float) -> str:
+    """The dispatcher function a service at this pace runs on."""
+    from core.dispatch.tiers import Tier, tier_of
+
+    return PACED_FUNCTION if tier_of(interval_seconds) is Tier.PACED else FUNCTION
+
+
+def dispatcher_config(template: Mapping[str, Any] | None = None, function: str = FUNCTION) -> LambdaConfig:
+    """A dispatcher function's memory and architecture (its own, else the template's Globals)."""
     if template is None:
         from local_runner.template import load_template
 
         template = load_template()
     defaults = template.get("Globals", {}).get("Function", {})
-    props = template["Resources"][FUNCTION]["Properties"]
+    props = template["Resources"][function]["Properties"]
     architectures = props.get("Architectures", defaults.get("Architectures", ["x86_64"]))
     return LambdaConfig(int(props.get("MemorySize", defaults.get("MemorySize", 128))), str(architectures[0]))
 
@@ -164,12 +173,14 @@ def dispatch_paces(quick: bool) -> dict[str, Any]:
     return dispatch.run(quick, rounds=1, labels=PACES)
 
 
-def summary(paces: Mapping[str, Any], config: LambdaConfig, prices: Prices = PRICES) -> dict[str, Any]:
+def summary(paces: Mapping[str, Any], configs: Mapping[str, LambdaConfig], prices: Prices = PRICES) -> dict[str, Any]:
+    """`configs`: the Lambda configuration each pace label runs on."""
     by_pace: dict[str, Any] = {}
     rows = []
     met = True
     for label in PACES:
         usage = Usage.from_pace(paces[label])
+        config = configs[label]
         cost = cost_per_thousand(usage, config, prices)
         ok = cost.total <= TARGET_PER_THOUSAND
         met = met and ok
@@ -180,6 +191,7 @@ def summary(paces: Mapping[str, Any], config: LambdaConfig, prices: Prices = PRI
             "write_units_per_email": round(usage.write_units / usage.emails, 3),
             "read_units_per_email": round(usage.read_units / usage.emails, 3),
             "lambda_seconds_per_email": round(usage.billed_seconds / usage.emails, 4),
+            "lambda": {"memory_mb": config.memory_mb, "architecture": config.architecture},
             "invocations": usage.invocations,
             "schedule_fires": usage.schedule_fires,
             "emails": usage.emails,
@@ -191,7 +203,7 @@ def summary(paces: Mapping[str, Any], config: LambdaConfig, prices: Prices = PRI
                 "figure": (
                     f"${cost.total:.4f} (DynamoDB ${dynamodb:.4f}: {usage.write_units / usage.emails:.1f} WRU + "
                     f"{usage.read_units / usage.emails:.2f} RRU/email; Lambda ${cost.lambda_duration:.4f}: "
-                    f"{usage.billed_seconds / usage.emails:.3f} s/email)"
+                    f"{usage.billed_seconds / usage.emails:.3f} s/email at {config.memory_mb} MB)"
                 ),
                 "target": f"<= ${TARGET_PER_THOUSAND}",
                 "met": ok,
@@ -209,7 +221,10 @@ def summary(paces: Mapping[str, Any], config: LambdaConfig, prices: Prices = PRI
         "name": NAME,
         "per_thousand_emails": {label: by_pace[label]["per_thousand_emails"] for label in PACES},
         "paces": by_pace,
-        "lambda": {"function": FUNCTION, "memory_mb": config.memory_mb, "architecture": config.architecture},
+        "lambda": {
+            label: {"memory_mb": configs[label].memory_mb, "architecture": configs[label].architecture}
+            for label in PACES
+        },
         "prices": asdict(prices),
         "target": {"per_thousand_emails": TARGET_PER_THOUSAND},
         "met": met,
@@ -218,7 +233,9 @@ def summary(paces: Mapping[str, Any], config: LambdaConfig, prices: Prices = PRI
 
 
 def measure(quick: bool = False) -> dict[str, Any]:
-    return summary(dispatch_paces(quick), dispatcher_config())
+    paces = dispatch_paces(quick)
+    configs = {label: dispatcher_config(function=function_for(paces[label]["interval_seconds"])) for label in PACES}
+    return summary(paces, configs)
 
 
 def main(argv: list[str] | None = None) -> None:

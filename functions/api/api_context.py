@@ -54,7 +54,7 @@ def deps() -> ApiDeps:
         scheduler=boto3.client("scheduler", config=retries),
         ses=boto3.client("sesv2", config=retries),
         schedules=ScheduleConfig.from_settings(settings),
-        wake=WakeQueue(sqs, settings.dispatch_wake_queue_url),
+        wake=WakeQueue.from_settings(sqs, settings),
     )
 
 

@@ -51,9 +51,8 @@ def runtime() -> Runtime:
         # transient errors are retried after retry_delay): botocore must not retry them silently.
         ses=boto3.client("sesv2", config=Config(retries={"mode": "standard", "max_attempts": 1})),
         dynamodb=boto3.client("dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 5})),
-        wake=WakeQueue(
-            boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3})),
-            settings.dispatch_wake_queue_url,
+        wake=WakeQueue.from_settings(
+            boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3})), settings
         ),
     )
 

@@ -59,7 +59,7 @@ def run_job(job: PlannerJob, context: LambdaContext) -> PlanOutcome:
         owner=f"{context.aws_request_id}:{uuid.uuid4().hex[:8]}",
         lease_seconds=rt.settings.planner_lease_seconds,
         page_size=rt.settings.planner_page_size,
-        wake=WakeQueue(rt.sqs, rt.settings.dispatch_wake_queue_url),
+        wake=WakeQueue.from_settings(rt.sqs, rt.settings),
     )
     outcome = plan_task(job.task_id, deps) if job.job == "plan" else sweep_cancelled_task(job.task_id, deps)
     logger.info("planner job finished", extra={"task_id": job.task_id, "job": job.job, "outcome": outcome})

@@ -80,21 +80,29 @@ def test_disabling_a_service_disables_its_schedule_and_enabling_restores_it(api:
     assert _states(aws, [service_id]) == ["ENABLED"]
 
 
-def test_changing_rate_or_quota_keeps_the_schedule_as_it_is(api: ApiClient, aws: Settings) -> None:
-    # Given a running scheduler and a service
+def test_changing_the_quota_keeps_the_schedule_and_the_rate_picks_the_dispatcher_of_its_tier(
+    api: ApiClient, aws: Settings
+) -> None:
+    # Given a running scheduler and a service at 20/s (the fast dispatcher)
     assert api.post("/api/scheduler/start").status == 200
     service_id = given_service(api)
     before = _schedule(aws, service_id)
-    # When an admin changes its pace and quota
-    reply = api.patch(f"/api/services/{service_id}", {"sending_rate": 2.0, "daily_quota": 10})
+    # When an admin changes its quota
+    assert api.patch(f"/api/services/{service_id}", {"daily_quota": 10}).status == 200
     # Then the schedule is unchanged (the dispatcher reads pace and quota from the service)
-    assert reply.status == 200, reply.body
     after = _schedule(aws, service_id)
     assert (after["State"], after["ScheduleExpression"], after["Target"]) == (
         before["State"],
         before["ScheduleExpression"],
         before["Target"],
     )
+    # When it slows to one email every 2 s, its ticks go to the small paced dispatcher, and back
+    assert api.patch(f"/api/services/{service_id}", {"sending_rate": 2.0}).status == 200
+    paced = _schedule(aws, service_id)
+    assert paced["Target"]["Arn"].endswith(":function:PacedDispatcherFunction")
+    assert {**paced["Target"], "Arn": ""} == {**before["Target"], "Arn": ""}
+    assert api.patch(f"/api/services/{service_id}", {"sending_rate": 0.05}).status == 200
+    assert _schedule(aws, service_id)["Target"] == before["Target"]
 
 
 def test_a_patch_of_a_stopped_scheduler_leaves_an_enabled_service_disabled(api: ApiClient, aws: Settings) -> None:

@@ -24,18 +24,19 @@ from tests.support.dispatching import World, sent_subtasks, start_scheduler
 from tests.support.planning import PlannerDriver, seed_task
 
 
-def wake_ups(settings: Settings) -> list[dict[str, Any]]:
-    """Bodies now visible on the wake-up queue (received and deleted)."""
+def wake_ups(settings: Settings, *, paced: bool = False) -> list[dict[str, Any]]:
+    """Bodies now visible on the (fast, or paced) wake-up queue (received and deleted)."""
     sqs = boto3.client("sqs")
+    url = settings.paced_dispatch_wake_queue_url if paced else settings.dispatch_wake_queue_url
     bodies = []
     while True:
-        reply = sqs.receive_message(QueueUrl=settings.dispatch_wake_queue_url, MaxNumberOfMessages=10)
+        reply = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
         messages = reply.get("Messages", [])
         if not messages:
             return sorted(bodies, key=lambda body: body["service_id"])
         for message in messages:
             bodies.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=settings.dispatch_wake_queue_url, ReceiptHandle=message["ReceiptHandle"])
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
 def control_seq() -> int:
@@ -67,6 +68,17 @@ def test_start_wakes_exactly_the_services_with_work_due(api: ApiClient, aws: Set
 
     assert wake_ups(aws) == [{"service_id": busy, "reason": "start"}]
     assert idle  # no work: its schedule is enough
+
+
+def test_a_wake_up_goes_to_the_queue_of_its_services_pace_tier(api: ApiClient, aws: Settings, clock: FakeClock) -> None:
+    fast, slow = given_service(api, "fast", sending_rate=0.01), given_service(api, "slow", sending_rate=1.0)
+    routed_task(TaskStatus.QUEUED, [fast, slow], clock.now())
+
+    assert api.post("/api/scheduler/start").status == 200
+
+    assert aws.paced_dispatch_wake_queue_url and aws.paced_dispatch_wake_queue_url != aws.dispatch_wake_queue_url
+    assert wake_ups(aws) == [{"service_id": fast, "reason": "start"}]
+    assert wake_ups(aws, paced=True) == [{"service_id": slow, "reason": "start"}]
 
 
 def test_stop_wakes_nobody(api: ApiClient, aws: Settings, clock: FakeClock) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from bench import __main__ as bench_main
 from bench.continuity import window_figures
-from bench.cost import PRICES, LambdaConfig, Usage, cost_per_thousand, dispatcher_config
+from bench.cost import PRICES, LambdaConfig, Usage, cost_per_thousand, dispatcher_config, function_for
 from bench.fairness import first_positions, window_counts
 from bench.harness import (
     IndexSpec,
@@ -236,3 +236,12 @@ def test_results_json_has_the_environment_and_every_benchmark() -> None:
             for line in result.get("rows", []):
                 assert set(line) == {"measure", "figure", "target", "met"}
                 assert not (isinstance(line["figure"], float) and math.isnan(line["figure"]))
+
+
+def test_each_pace_is_priced_on_the_dispatcher_function_of_its_tier() -> None:
+    assert function_for(0.0001) == "DispatcherFunction"
+    assert function_for(0.05) == "DispatcherFunction"
+    assert function_for(0.1) == "PacedDispatcherFunction"
+    assert function_for(1.0) == "PacedDispatcherFunction"
+    paced = dispatcher_config(function="PacedDispatcherFunction")
+    assert paced.memory_mb < dispatcher_config().memory_mb  # the real template.yaml

@@ -160,6 +160,25 @@ def _load_service(service_id: str) -> EmailServiceModel | None:
         return None
 
 
+def _load_works(tasks: list[TaskModel]) -> dict[str, TaskWork]:
+    """What newly seen tasks send with: every template and sender in one BatchGetItem each, however
+    many tasks (one read per task was most of a slow service's requests)."""
+    if not tasks:
+        return {}
+    template_keys = sorted({(task.user_id, template_id) for task in tasks for template_id in task.template_ids})
+    sender_keys = sorted({(task.user_id, task.sender_id) for task in tasks})
+    templates = {(t.user_id, t.template_id): t for t in TemplateModel.batch_get(template_keys)}
+    senders = {(s.user_id, s.sender_id): s for s in SenderModel.batch_get(sender_keys)}
+    works = {}
+    for task in tasks:
+        sender = senders.get((task.user_id, task.sender_id))
+        if sender is None:
+            raise SenderModel.DoesNotExist(f"sender {task.sender_id} of task {task.task_id}")
+        template = {i: templates[(task.user_id, i)] for i in task.template_ids if (task.user_id, i) in templates}
+        works[task.task_id] = TaskWork(task=task, template=template, sender=sender)
+    return works
+
+
 # ---------------------------------------------------------------- the invocation
 
 
@@ -225,6 +244,7 @@ class Dispatcher:
         self.service = service
         self.budget.interval = float(service.sending_rate)
         works: dict[str, TaskWork] = {}
+        new: list[TaskModel] = []
         next_due = now + FULL_RELOAD_SECONDS
         for task in TaskModel.active.query("active"):
             if task.status not in DISPATCHABLE or self.service.service_id not in set(task.plan.routing or []):
@@ -233,10 +253,14 @@ class Dispatcher:
                 next_due = min(next_due, float(task.scheduled_at))
                 continue
             known = self.works.get(task.task_id)
-            works[task.task_id] = known if known else self._load_work(task)
+            if known is None:
+                new.append(task)
+                continue
             # A known task's queue keeps its read state: nothing is added to it but this invocation's
             # own retries (tracked by recheck_at); a task resumed after a pause comes back as new.
-            works[task.task_id].task = task
+            known.task = task
+            works[task.task_id] = known
+        works.update(_load_works(new))
         self.works = works
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
@@ -245,11 +269,6 @@ class Dispatcher:
         if dropped:
             self.claimed = deque(pick for pick in self.claimed if pick[1].task_id in works)
             self.budget.give_back(release_claims(dropped, self.journal, now))
-
-    def _load_work(self, task: TaskModel) -> TaskWork:
-        templates = {t.template_id: t for t in TemplateModel.batch_get([(task.user_id, i) for i in task.template_ids])}
-        sender = SenderModel.get(task.user_id, task.sender_id)
-        return TaskWork(task=task, template=templates, sender=sender)
 
     def has_ready(self, work: TaskWork) -> bool:
         if work.candidates:
@@ -560,7 +579,9 @@ class Dispatcher:
             return
         if float(self.service.sending_rate) > HANDOFF_MAX_INTERVAL_SECONDS:
             return
-        self.report.handed_off = self.deps.wake.successor(self.service.service_id, self.deps.owner, deadline)
+        self.report.handed_off = self.deps.wake.successor(
+            self.service.service_id, self.deps.owner, deadline, float(self.service.sending_rate)
+        )
 
     def explain_waiting(self, reason: str) -> None:
         """Tasks with work left on this service say why nothing moves (cleared by their next send)."""

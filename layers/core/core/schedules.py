@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core.dispatch.tiers import TierTargets
 from core.errors import ServiceUnavailable
 from core.models import EmailServiceModel, SchedulerStateModel
 from core.settings import Settings
@@ -39,6 +40,11 @@ class ScheduleConfig:
     dispatcher_arn: str
     role_arn: str
     dead_letter_arn: str = ""
+    paced_dispatcher_arn: str = ""  # services at most 10/s (core.dispatch.tiers); empty: the one above
+
+    @property
+    def targets(self) -> TierTargets:
+        return TierTargets(self.dispatcher_arn, self.paced_dispatcher_arn)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScheduleConfig:
@@ -47,6 +53,7 @@ class ScheduleConfig:
             dispatcher_arn=settings.dispatcher_function_arn,
             role_arn=settings.scheduler_role_arn,
             dead_letter_arn=settings.dispatch_dead_letter_queue_arn,
+            paced_dispatcher_arn=settings.paced_dispatcher_function_arn,
         )
 
 
@@ -58,10 +65,13 @@ def desired_state(service: EmailServiceModel, running: bool) -> str:
     return ENABLED if running and bool(service.enabled) else DISABLED
 
 
-def schedule_request(config: ScheduleConfig, service_id: str, state: str) -> dict[str, Any]:
-    """The whole schedule; UpdateSchedule replaces every field, so create and update send the same."""
+def schedule_request(
+    config: ScheduleConfig, service_id: str, state: str, sending_rate: float | None = None
+) -> dict[str, Any]:
+    """The whole schedule; UpdateSchedule replaces every field, so create and update send the same.
+    The target is the dispatcher function of the service's pace tier."""
     target: dict[str, Any] = {
-        "Arn": config.dispatcher_arn,
+        "Arn": config.targets.for_rate(sending_rate),
         "RoleArn": config.role_arn,
         "Input": json.dumps({"service_id": service_id}),
         "RetryPolicy": {
@@ -107,7 +117,8 @@ def sync_service_schedule(client: Any, config: ScheduleConfig, service: EmailSer
     Idempotent: calling it again with the same inputs changes nothing."""
     state = desired_state(service, running)
     try:
-        _put_schedule(client, schedule_request(config, service.service_id, state))
+        rate = float(service.sending_rate) if service.sending_rate is not None else None
+        _put_schedule(client, schedule_request(config, service.service_id, state, rate))
     except (BotoCoreError, ClientError) as error:
         raise ServiceUnavailable(
             f"the dispatch schedule of email service {service.service_id!r} could not be saved; retry"

@@ -27,14 +27,17 @@ class Settings(BaseSettings):
     idempotency_table: str = Field(default="IdempotencyTable")
     planner_queue_url: str = Field(default="")
 
-    # EventBridge Scheduler: one schedule per email service invokes the dispatcher.
+    # EventBridge Scheduler: one schedule per email service invokes the dispatcher (the paced one
+    # for services at most 10/s: core.dispatch.tiers).
     dispatcher_function_arn: str = Field(default="")
+    paced_dispatcher_function_arn: str = Field(default="")
     scheduler_role_arn: str = Field(default="")
     schedule_group: str = Field(default="default")
     dispatch_dead_letter_queue_arn: str = Field(default="")
     dispatcher_budget_seconds: float = Field(default=240.0, gt=0, le=840)
     # The dispatch wake-up queue (core.dispatch.wakeups): prompt starts and hand-offs.
     dispatch_wake_queue_url: str = Field(default="")
+    paced_dispatch_wake_queue_url: str = Field(default="")
     # A dispatcher starts its successor this long before its budget ends (cold start, queue delay).
     dispatcher_handoff_lead_seconds: float = Field(default=5.0, ge=0, le=60)
 

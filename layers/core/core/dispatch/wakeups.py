@@ -19,7 +19,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.dispatch.tiers import TierTargets
+from core.models import EmailServiceModel
 from core.schemas import Identifier
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +57,49 @@ class WakeRequest(BaseModel):
 
 @dataclass(frozen=True)
 class WakeQueue:
-    """Sends wake-ups; with no queue configured (a test without one) it sends nothing."""
+    """Sends wake-ups, each to the queue of its service's pace tier (core.dispatch.tiers); with no
+    queue configured (a test without one) it sends nothing."""
 
     sqs: Any  # boto3 SQS client
     queue_url: str
+    paced_queue_url: str = ""  # consumed by the paced dispatcher; empty: everything to queue_url
+
+    @classmethod
+    def from_settings(cls, sqs: Any, settings: Settings) -> WakeQueue:
+        return cls(sqs, settings.dispatch_wake_queue_url, settings.paced_dispatch_wake_queue_url)
 
     def wake(self, service_ids: Iterable[str], reason: WakeReason, delay_seconds: float = 0) -> int:
         """Wakes each service (in order, once); returns how many wake-ups were sent."""
         unique = list(dict.fromkeys(service_ids))
         delay = int(min(max(delay_seconds, 0), SQS_MAX_DELAY_SECONDS))
-        bodies = [
-            WakeRequest(service_id=service_id, reason=reason).model_dump(mode="json", exclude_none=True)
-            for service_id in unique
-        ]
-        return self._send(bodies, delay)
+        rates = self._rates(unique)
+        by_queue: dict[str, list[dict[str, Any]]] = {}
+        for service_id in unique:
+            body = WakeRequest(service_id=service_id, reason=reason).model_dump(mode="json", exclude_none=True)
+            by_queue.setdefault(self._queue_for(rates.get(service_id)), []).append(body)
+        return sum(self._send(url, bodies, delay) for url, bodies in by_queue.items())
 
-    def successor(self, service_id: str, predecessor: str, handoff_at: float) -> bool:
+    def successor(
+        self, service_id: str, predecessor: str, handoff_at: float, sending_rate: float | None = None
+    ) -> bool:
         """Starts the invocation that takes over `predecessor`'s lease at `handoff_at`."""
         body = WakeRequest(
             service_id=service_id, reason=WakeReason.HANDOFF, predecessor=predecessor, handoff_at=handoff_at
         ).model_dump(mode="json", exclude_none=True)
-        return self._send([body], 0) == 1
+        return self._send(self._queue_for(sending_rate), [body], 0) == 1
 
-    def _send(self, bodies: list[dict[str, Any]], delay: int) -> int:
-        if not self.queue_url or not bodies:
+    def _queue_for(self, sending_rate: float | None) -> str:
+        return TierTargets(self.queue_url, self.paced_queue_url).for_rate(sending_rate)
+
+    def _rates(self, service_ids: list[str]) -> dict[str, float]:
+        """Each service's pace (one BatchGetItem), only when there is a paced queue to choose."""
+        if not self.paced_queue_url or not self.queue_url or not service_ids:
+            return {}
+        services = EmailServiceModel.batch_get(service_ids, attributes_to_get=["service_id", "sending_rate"])
+        return {service.service_id: float(service.sending_rate) for service in services}
+
+    def _send(self, queue_url: str, bodies: list[dict[str, Any]], delay: int) -> int:
+        if not queue_url or not bodies:
             return 0
         sent = 0
         for start in range(0, len(bodies), SQS_BATCH_LIMIT):
@@ -87,7 +109,7 @@ class WakeQueue:
                 for index, body in enumerate(chunk)
             ]
             try:
-                reply = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+                reply = self.sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
             except (BotoCoreError, ClientError) as error:  # the schedule tick is the fallback
                 log.warning("wake-up not sent (%s); the next schedule tick starts the dispatcher", error)
                 continue
