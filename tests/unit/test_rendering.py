@@ -7,6 +7,8 @@ more), and assert the call returned within the budget plus a generous margin."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ from core.rendering import (
     RenderError,
     RenderTimeout,
     check_template,
+    render_many,
     render_parts,
     render_template,
 )
@@ -244,3 +247,83 @@ def test_syntax_error_reports_field_and_line() -> None:
         check_template("ok", "ok", "one\ntwo\n{{ broken")
     assert raised.value.field == "text"
     assert "line 3" in raised.value.message
+
+
+# ---------------------------------------------------------------- a batch in one round trip
+
+
+def test_render_many_gives_each_contact_what_render_template_gives_it() -> None:
+    # Given contacts of which one lacks an attribute the template needs and one makes the subject too long
+    template = TemplateModel(
+        "alice", "tpl_1", name="t", subject="Hi {{ name }}", html="<b>{{ orders * 2 }}</b>", text="{{ email }}"
+    )
+    contacts = [
+        ANN,
+        {"email": "bob@example.com", "name": "Bob", "attributes": {}},
+        {**ANN, "name": "x" * 2000},
+        {**ANN, "name": "Zoë 👋 \ud800 \x00 end", "attributes": {"orders": 1}},
+    ]
+    # When
+    results = render_many(template, contacts, BUDGET)
+    # Then every result is the message, or the error, of rendering that contact alone
+    assert len(results) == len(contacts)
+    for contact, result in zip(contacts, results, strict=True):
+        try:
+            expected: object = render_template(template, contact, BUDGET)
+        except InvalidInput as error:
+            assert isinstance(result, type(error))
+            assert (result.field, result.message) == (error.field, error.message)
+        else:
+            assert result == expected
+    assert isinstance(results[1], RenderError)
+    assert isinstance(results[2], RenderError) and results[2].field == "subject"
+
+
+def test_render_many_refuses_every_contact_of_a_template_that_does_not_compile() -> None:
+    # Given
+    template = TemplateModel("alice", "tpl_2", name="t", subject="s", html="{{ broken", text=None)
+    # When
+    results = render_many(template, [ANN, ANN], BUDGET)
+    # Then
+    assert len(results) == 2
+    assert all(isinstance(result, InvalidInput) and result.field == "html" for result in results)
+
+
+@pytest.mark.parametrize("html", [ONE_SLOW_CALL, MANY_SLOW_OPERATIONS])
+def test_render_many_stops_at_the_first_late_render(workers: RenderWorkers, html: str) -> None:
+    # Given a template that is slow for the second contact only
+    template = f"{{% if slow %}}{html}{{% endif %}}ok"
+    contexts = [{"slow": False}, {"slow": True}, {"slow": False}, {"slow": True}]
+    workers.render(("s", "ok", None), {}, BUDGET)
+    (before,) = workers.pids()
+    started = time.monotonic()
+    # When
+    results = workers.render_many(("s", template, None), contexts, BUDGET)
+    # Then the first renders, the second is late within its budget, and the rest is left to the
+    # caller (one at a time): the late worker was killed, its replacement renders them
+    assert time.monotonic() - started < BUDGET + MARGIN
+    assert results[0] == ["s", "ok"]
+    assert isinstance(results[1], RenderTimeout) and results[1].field == "html"
+    assert len(results) == 2
+    assert before not in workers.pids()
+    assert workers.render(("s", template, None), contexts[2], BUDGET) == ["s", "ok"]
+
+
+def test_an_idle_worker_that_died_is_replaced_by_the_next_render(workers: RenderWorkers) -> None:
+    # Given an idle worker that died
+    workers.render(("s", "ok", None), {}, BUDGET)
+    (dead,) = workers.pids()
+    os.kill(dead, signal.SIGKILL)
+    time.sleep(0.1)
+    # When
+    parts = workers.render(("Hi {{ name }}", "ok", None), {"name": "Ann"}, BUDGET)
+    # Then
+    assert parts == ["Hi Ann", "ok"]
+    assert dead not in workers.pids()
+
+
+def test_render_many_of_no_contacts_asks_nothing(workers: RenderWorkers) -> None:
+    # When
+    assert workers.render_many(("s", "ok", None), [], BUDGET) == []
+    # Then the worker's next reply is the next request's
+    assert workers.render(("s", "ok", None), {}, BUDGET) == ["s", "ok"]

@@ -16,7 +16,10 @@ Python 3.11, a 5 KB template whose in-process render takes ~0.2 ms of CPU):
   one per render would cost its start-up every time: 75-150 ms until its first render.
 - A render is one request (length-prefixed pickle) and one reply; a template's sources cross the
   pipe once and stay compiled in the worker, by key. Per email this adds 0.1-0.25 ms of wall clock
-  and ~0.13 ms of CPU (both processes) to the in-process render.
+  and ~0.13 ms of CPU (both processes) to the in-process render. A batch (render_many: the
+  dispatcher's claimed emails of one template) is one request and one reply per email, read
+  together: in the dispatcher, whose SES threads take the GIL at each of the loop's system calls,
+  one round trip per email cost ~1 ms of the loop's wall clock.
 - The worker checks the deadline between operations (core.sandbox) and answers "timeout" itself,
   so a template of many slow steps costs the budget (+5 ms) and no restart. A single slow call is
   cut by the caller: it waits for the budget plus GRACE_SECONDS, then kills the worker (SIGKILL),
@@ -74,6 +77,7 @@ from core.sandbox import (
 
 FIELDS = ("subject", "html", "text")
 Sources = tuple[str, str, str | None]
+Rendered = list[str] | InvalidInput  # one context's parts, or the error its render raised
 
 GRACE_SECONDS = 0.05  # past the budget before the kill: the worker's own deadline check comes first
 COMPILE_SECONDS = 1.0  # compiling one template (all its parts), once per worker
@@ -139,13 +143,15 @@ def _limit_cpu(seconds: float) -> None:
 
 def serve(requests: int, replies: int, progress: mmap.mmap) -> None:
     """The worker's loop: one request at a time until EOF. A request is
-    `(key, sources or None, context, budget seconds, sample)`; the reply is COMPILED when sources
-    came (the budget starts after it), then PARTS (each part length-prefixed), or ERROR (kind,
-    field, reason), or UNKNOWN when the key has no compiled template here (the parent then sends the
-    sources). `progress[0]` says which part is being compiled or rendered, for a parent that has
-    to kill the worker and name the part. A `sample` render (the check on save) lets missing
-    variables render empty and goes on to the next part after an error that is not a budget's, so
-    that it finds whatever part is over a budget."""
+    `(key, sources or None, contexts, budget seconds, sample)`; the reply is COMPILED when sources
+    came (the budgets start after it), then for each context in turn PARTS (each part
+    length-prefixed) or ERROR (kind, field, reason); or one ERROR for the whole request when the
+    template does not compile; or UNKNOWN when the key has no compiled template here (the parent
+    then sends the sources). Each context has its own budget, from the start of its render.
+    `progress[0]` says which part is being compiled or rendered, for a parent that has to kill the
+    worker and name the part. A `sample` render (the check on save) lets missing variables render
+    empty and goes on to the next part after an error that is not a budget's, so that it finds
+    whatever part is over a budget."""
     compiled: OrderedDict[int, list[tuple[int, Template]]] = OrderedDict()
     _reply(replies, _READY)
     while True:
@@ -155,8 +161,8 @@ def serve(requests: int, replies: int, progress: mmap.mmap) -> None:
             return
         index = 0
         try:
-            key, sources, context, budget, sample = pickle.loads(body)  # noqa: S301 - from our own parent
-            _limit_cpu(COMPILE_SECONDS + budget)
+            key, sources, contexts, budget, sample = pickle.loads(body)  # noqa: S301 - from our own parent
+            _limit_cpu(COMPILE_SECONDS + budget * len(contexts))
             parts = compiled.get(key)
             if parts is None and sources is None:
                 _reply(replies, _UNKNOWN)
@@ -172,27 +178,53 @@ def serve(requests: int, replies: int, progress: mmap.mmap) -> None:
                     compiled.popitem(last=False)
                 _reply(replies, _COMPILED)
             compiled.move_to_end(key)
-            deadline = time.monotonic() + budget
-            rendered: list[bytes] = []
-            for index, template in parts:
-                progress[0] = index
-                try:
-                    text = render_part(FIELDS[index], template, context, deadline).encode("utf-8", "surrogatepass")
-                except RenderError as error:
-                    if not sample or isinstance(error, RenderBudgetExceeded):
-                        raise
-                    text = b""  # what the sample lacks stops this part: the next parts are checked still
-                rendered += [_LENGTH.pack(len(text)), text]
-            _reply(replies, _PARTS, b"".join(rendered))  # one write: one wake-up of the parent
-        except InvalidInput as error:
-            reason = error.details[0]["reason"] if error.details else error.message
-            _reply(replies, _ERROR, f"{_kind(error)}\0{FIELDS[index]}\0{reason}".encode("utf-8", "replace"))
-        except MemoryError:
-            compiled.clear()  # what is cached may be what filled the memory
-            _reply(replies, _ERROR, f"budget\0{FIELDS[index]}\0template needs too much memory".encode())
-        except Exception as error:  # the sandbox catches a template's errors: this would be ours
-            message = f"render\0{FIELDS[index]}\0{type(error).__name__}: {error}"[:500]
-            _reply(replies, _ERROR, message.encode("utf-8", "replace"))
+        except Exception as error:  # MemoryError too
+            _reply_error(replies, error, index, compiled)
+            continue
+        for context in contexts:
+            _render_one(replies, parts, context, budget, sample, progress, compiled)
+
+
+def _render_one(
+    replies: int,
+    parts: list[tuple[int, Template]],
+    context: dict[str, Any],
+    budget: float,
+    sample: bool,
+    progress: mmap.mmap,
+    compiled: OrderedDict[int, list[tuple[int, Template]]],
+) -> None:
+    """One context's PARTS or ERROR frame."""
+    index = 0
+    try:
+        deadline = time.monotonic() + budget
+        rendered: list[bytes] = []
+        for index, template in parts:
+            progress[0] = index
+            try:
+                text = render_part(FIELDS[index], template, context, deadline).encode("utf-8", "surrogatepass")
+            except RenderError as error:
+                if not sample or isinstance(error, RenderBudgetExceeded):
+                    raise
+                text = b""  # what the sample lacks stops this part: the next parts are checked still
+            rendered += [_LENGTH.pack(len(text)), text]
+        _reply(replies, _PARTS, b"".join(rendered))  # one write: one wake-up of the parent
+    except Exception as error:  # MemoryError too
+        _reply_error(replies, error, index, compiled)
+
+
+def _reply_error(
+    replies: int, error: BaseException, index: int, compiled: OrderedDict[int, list[tuple[int, Template]]]
+) -> None:
+    if isinstance(error, InvalidInput):
+        reason = error.details[0]["reason"] if error.details else error.message
+        _reply(replies, _ERROR, f"{_kind(error)}\0{FIELDS[index]}\0{reason}".encode("utf-8", "replace"))
+    elif isinstance(error, MemoryError):
+        compiled.clear()  # what is cached may be what filled the memory
+        _reply(replies, _ERROR, f"budget\0{FIELDS[index]}\0template needs too much memory".encode())
+    else:  # the sandbox catches a template's errors: this would be ours
+        message = f"render\0{FIELDS[index]}\0{type(error).__name__}: {error}"[:500]
+        _reply(replies, _ERROR, message.encode("utf-8", "replace"))
 
 
 def _exit_with_parent(requests: int) -> None:
@@ -275,6 +307,7 @@ class Worker:
         self._templates: OrderedDict[tuple[Sources, bool], int] = OrderedDict()
         self._next_key = 0
         self.usable = True  # False once killed or found dead: the pool replaces it
+        self.died_idle = False  # found dead when given a request: not a late render's kill
 
     @property
     def pid(self) -> int:
@@ -285,6 +318,21 @@ class Worker:
         seconds (plus GRACE_SECONDS). Raises RenderTimeout, RenderBudgetExceeded, RenderError or
         InvalidInput naming the part; WorkerGone when the worker had died before the request.
         `sample`: the check on save (see serve); a part the sample cannot render comes back empty."""
+        (result,) = self.render_many(sources, [context], budget, sample=sample)
+        if isinstance(result, InvalidInput):
+            raise result
+        return result
+
+    def render_many(
+        self, sources: Sources, contexts: list[dict[str, Any]], budget: float, *, sample: bool = False
+    ) -> list[Rendered]:
+        """`render` for each context in turn, in one request: each one's parts, or the error
+        `render` would have raised. Each render has its own budget (from the previous reply, as
+        the worker starts the next render once it has replied). The results end at the first
+        render that is late (RenderTimeout) or stops its worker: the worker is killed, and the
+        contexts after it are left to the caller (to render one at a time, as before)."""
+        if not contexts:
+            return []  # nothing to ask: a request would leave a reply unread
         if not self._ready:
             self._await_ready()
         template = (sources, sample)
@@ -294,27 +342,43 @@ class Worker:
         if key is None:
             self._next_key += 1
             key = self._next_key
-            self._send((key, sources, context, budget, sample))
+            self._send((key, sources, contexts, budget, sample))
         else:
             self._templates.move_to_end(template)
-            self._send((key, None, context, budget, sample))
+            self._send((key, None, contexts, budget, sample))
+        count = sum(source is not None for source in sources)
+        results: list[Rendered] = []
         try:
             if compiling:
-                self._expect(_COMPILED, time.monotonic() + COMPILE_SECONDS, budget)
+                tag, payload = self._frame(time.monotonic() + COMPILE_SECONDS)
+                if tag == _ERROR:  # it does not compile: not for any context
+                    return [self._error(payload, budget) for _ in contexts]
+                if tag != _COMPILED:
+                    raise _Gone
                 self._remember(template, key)
-            tag, payload = self._frame(time.monotonic() + budget + GRACE_SECONDS)
-            if tag == _UNKNOWN and not compiling:  # the worker no longer has it: send it
-                del self._templates[template]
-                return self.render(sources, context, budget, sample=sample)
-            self._raise_error(tag, payload, budget)
-            if tag != _PARTS:
-                raise _Gone
-            return _split_parts(payload, sum(source is not None for source in sources))
+            for _ in contexts:
+                tag, payload = self._frame(time.monotonic() + budget + GRACE_SECONDS)
+                if tag == _UNKNOWN and not compiling and not results:  # the worker no longer has it: send it
+                    del self._templates[template]
+                    return self.render_many(sources, contexts, budget, sample=sample)
+                if tag == _ERROR:
+                    results.append(self._error(payload, budget))
+                    if isinstance(results[-1], RenderTimeout) and len(results) < len(contexts):
+                        self._kill_in()  # busy with the next, likely as slow: the caller goes one by one
+                        return results
+                elif tag == _PARTS:
+                    results.append(_split_parts(payload, count))
+                else:
+                    raise _Gone
+            return results
         except _Late:
             late = _timeout_reason(budget) if template in self._templates else _compile_reason()
-            raise RenderTimeout(self._kill_in(), late) from None
+            return [*results, RenderTimeout(self._kill_in(), late)]
         except _Gone:
-            raise RenderBudgetExceeded(self._kill_in(), "the render stopped its worker (memory or CPU limit)") from None
+            return [
+                *results,
+                RenderBudgetExceeded(self._kill_in(), "the render stopped its worker (memory or CPU limit)"),
+            ]
 
     def _kill_in(self) -> str:
         """Kills the worker; the part it was on."""
@@ -341,6 +405,7 @@ class Worker:
         try:
             _write_all(self._requests, _LENGTH.pack(len(body)) + body)
         except OSError as error:  # it died while idle (BrokenPipeError): nothing was rendered
+            self.died_idle = True
             self.kill()
             raise WorkerGone from error
 
@@ -352,13 +417,16 @@ class Worker:
 
     @staticmethod
     def _raise_error(tag: bytes, payload: bytes, budget: float) -> None:
-        if tag != _ERROR:
-            return
+        if tag == _ERROR:
+            raise Worker._error(payload, budget)
+
+    @staticmethod
+    def _error(payload: bytes, budget: float) -> InvalidInput:
         kind, field, reason = [*payload.decode("utf-8", "replace").split("\0", 2), "", ""][:3]
         error_class = _KINDS.get(kind, RenderError)
         if error_class is RenderTimeout:
             reason = _timeout_reason(budget)
-        raise error_class(field if field in FIELDS else "html", reason)
+        return error_class(field if field in FIELDS else "html", reason)
 
     def _frame(self, deadline: float) -> tuple[bytes, bytes]:
         """The next reply frame; _Late past the deadline, _Gone when the worker has exited."""
@@ -446,28 +514,43 @@ class RenderWorkers:
 
     def render(self, sources: Sources, context: dict[str, Any], budget: float, *, sample: bool = False) -> list[str]:
         """See Worker.render. A worker found dead when given the request is replaced, once."""
-        try:
-            return self._render_once(sources, context, budget, sample)
-        except WorkerGone:
-            return self._render_once(sources, context, budget, sample)
+        (result,) = self.render_many(sources, [context], budget, sample=sample)
+        if isinstance(result, InvalidInput):
+            raise result
+        return result
 
-    def _render_once(self, sources: Sources, context: dict[str, Any], budget: float, sample: bool) -> list[str]:
+    def render_many(
+        self, sources: Sources, contexts: list[dict[str, Any]], budget: float, *, sample: bool = False
+    ) -> list[Rendered]:
+        """See Worker.render_many: the contexts' results in one round trip, ending early at the
+        first render that is late or stops its worker. A worker found dead when given the request
+        is replaced, once."""
+        try:
+            return self._render_many_once(sources, contexts, budget, sample)
+        except WorkerGone:
+            return self._render_many_once(sources, contexts, budget, sample)
+
+    def _render_many_once(
+        self, sources: Sources, contexts: list[dict[str, Any]], budget: float, sample: bool
+    ) -> list[Rendered]:
         worker = self._acquire()
         try:
-            return worker.render(sources, context, budget, sample=sample)
+            return worker.render_many(sources, contexts, budget, sample=sample)
         finally:
             self._release(worker)
 
     def _acquire(self) -> Worker:
+        # An idle worker that died is found by its request (WorkerGone: the pipe is closed), not
+        # by a waitpid here: each system call lets the sending threads take the GIL from the loop.
         with self._lock:
-            while self._idle:
-                worker = self._idle.pop()
-                if worker.process.poll() is None:
-                    return worker
-                worker.kill()  # died while idle: reap it
+            if self._idle:
+                return self._idle.pop()
         return Worker(self.memory_limit)
 
     def _release(self, worker: Worker) -> None:
+        if worker.died_idle:
+            worker.kill()  # reaped; the retry takes another worker (no spare: nothing was late)
+            return
         if not worker.usable:
             worker.kill()
             with self._lock:
