@@ -58,7 +58,7 @@ from core.dispatch.claims import (
 from core.dispatch.control import read_control
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
-from core.dispatch.recorder import Recorder, TaskTally, complete_if_done
+from core.dispatch.recorder import Recorder, TaskTally
 from core.dispatch.repair import reconcile_if_drained, recover_in_flight
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
@@ -74,7 +74,8 @@ from core.models import (
 )
 from core.rendering import DEFAULT_RENDER_BUDGET, RenderTimeout, render_template
 from core.send_errors import SendErrorClass, classify_send_error
-from core.states import DISPATCHABLE, SubtaskStatus
+from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
+from core.task_transitions import complete_if_done
 from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
@@ -262,6 +263,8 @@ class Dispatcher:
             works[task.task_id] = known
         works.update(_load_works(new))
         self.works = works
+        # Tasks already `sending` need no move there with their first counters (one request less).
+        self.recorder.started.update(t for t, w in works.items() if w.task.status == TaskStatus.SENDING)
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
         # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.

@@ -30,10 +30,10 @@ from core.models import (
     SchedulerStateModel,
     SubtaskModel,
     TaskModel,
-    UserModel,
     transaction_connection,
     update_if,
 )
+from core.refunds import refund_quota
 from core.schedules import SCHEDULER_STATE_KEY
 from core.states import SubtaskStatus, TaskStatus
 
@@ -226,15 +226,16 @@ def release_claims(subtasks: list[SubtaskModel], journal: Journal, now: float) -
             continue
         cancelled = len(update_all(claimed, lambda _: [SubtaskModel.status.set(SubtaskStatus.CANCELLED)], held))
         if cancelled:
-            TaskModel(task_id).update(
-                actions=[
+            refund_quota(
+                task_id=task_id,
+                user_id=task.user_id,
+                units=cancelled,
+                task_actions=[
                     TASK_COUNTS.cancelled.add(cancelled),
                     TASK_COUNTS.queued.add(-cancelled),
-                    TaskModel.quota_refunded.add(cancelled),
                     TaskModel.updated_at.set(now),
-                ]
+                ],
             )
-            UserModel(task.user_id).update(actions=[UserModel.remaining_quota.add(cancelled)])
         released += cancelled
     journal.settle(subtasks)  # none of them is in flight for this invocation any more
     return released

@@ -7,15 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pynamodb.expressions.update import Action
+
 from core.batch_writes import BATCH_WRITE_LIMIT, put_items
-from core.models import (
-    TASK_COUNTS,
-    SubtaskModel,
-    TaskModel,
-    UserModel,
-    update_if,
-)
+from core.models import TASK_COUNTS, SubtaskModel, TaskModel, update_if
+from core.refunds import refund_quota
 from core.states import TaskStatus
+from core.task_transitions import complete_if_done, task_move
 
 if TYPE_CHECKING:
     from core.dispatch.claims import Journal
@@ -76,47 +74,29 @@ class Recorder:
         self.next_counters = now + COUNTER_FLUSH_SECONDS
         tallies, self.tallies = self.tallies, {}
         for task_id, tally in tallies.items():
-            if task_id not in self.started:
-                mark_sending(task_id)
-                self.started.add(task_id)
-            done = tally.sent + tally.failed + tally.unknown
-            if done:
-                cleared = [TaskModel.reason.remove()] if tally.sent else []
-                counters = TaskModel(task_id)
-                counters.update(  # answers with the new item: completion needs no extra read
-                    actions=[
-                        *cleared,
-                        TASK_COUNTS.queued.add(-done),
-                        TASK_COUNTS.sent.add(tally.sent),
-                        TASK_COUNTS.failed.add(tally.failed),
-                        TASK_COUNTS.unknown.add(tally.unknown),
-                        TaskModel.quota_refunded.add(tally.refund),
-                        TaskModel.updated_at.set(now),
-                    ]
-                )
-                if int(counters.counts.queued) <= 0:
-                    complete_if_done(task_id, now)
-            if tally.refund:
-                UserModel(self.user_of[task_id]).update(actions=[UserModel.remaining_quota.add(tally.refund)])
+            self._move_counters(task_id, tally, now)
 
-
-def mark_sending(task_id: str) -> None:
-    update_if(
-        TaskModel(task_id),
-        [TaskModel.status.set(TaskStatus.SENDING)],
-        TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SCHEDULED),
-    )
-
-
-def complete_if_done(task_id: str, now: float) -> None:
-    """Completes the task exactly once: the condition, not a read, decides."""
-    update_if(
-        TaskModel(task_id),
-        [
-            TaskModel.status.set(TaskStatus.COMPLETED),
-            TaskModel.active_partition.remove(),
-            TaskModel.active_sort.remove(),
-            TaskModel.updated_at.set(now),
-        ],
-        TaskModel.status.is_in(TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.SCHEDULED) & (TASK_COUNTS.queued <= 0),
-    )
+    def _move_counters(self, task_id: str, tally: TaskTally, now: float) -> None:
+        """One update per task: its counters and, the first time this invocation records for it,
+        its move to `sending` (in the same request, when the task may still move there)."""
+        task = TaskModel(task_id, user_id=self.user_of[task_id])
+        done = tally.sent + tally.failed + tally.unknown
+        counters: list[Action] = [
+            *([TaskModel.reason.remove()] if tally.sent else []),  # a waiting reason no longer holds
+            TASK_COUNTS.queued.add(-done),
+            TASK_COUNTS.sent.add(tally.sent),
+            TASK_COUNTS.failed.add(tally.failed),
+            TASK_COUNTS.unknown.add(tally.unknown),
+        ]
+        moved = False
+        if task_id not in self.started:
+            self.started.add(task_id)
+            # The move sets `reason` itself only when asked: clearing it stays with the counters.
+            move = task_move(task, TaskStatus.SENDING, now, actions=counters)
+            moved = update_if(task, move.actions, move.condition)  # answers with the new item
+        if not moved:  # already sending, or paused/cancelled meanwhile: the counters alone
+            task.update(actions=[*counters, TaskModel.updated_at.set(now)])
+        if done and int(task.counts.queued) <= 0:
+            complete_if_done(task_id, now)
+        if tally.refund:  # never sent: the user's quota comes back
+            refund_quota(task_id=task_id, user_id=self.user_of[task_id], units=tally.refund)

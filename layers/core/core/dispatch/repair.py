@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from core.dispatch.claims import batch_owner, parse_journal_key
 from core.dispatch.lease import service_state_key
-from core.dispatch.recorder import complete_if_done
 from core.ids import SUBTASK_SHARDS, queue_key
 from core.models import (
     TASK_COUNTS,
@@ -17,6 +16,7 @@ from core.models import (
     update_if,
 )
 from core.states import DISPATCHABLE, SubtaskStatus
+from core.task_transitions import complete_if_done
 
 if TYPE_CHECKING:
     from core.dispatcher import DispatcherDeps
