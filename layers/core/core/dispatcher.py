@@ -72,7 +72,7 @@ from core.models import (
     TaskModel,
     TemplateModel,
 )
-from core.rendering import DEFAULT_RENDER_BUDGET, RenderTimeout, render_template
+from core.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
 from core.send_errors import SendErrorClass, classify_send_error
 from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.task_transitions import complete_if_done
@@ -219,6 +219,8 @@ class Dispatcher:
         self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
         self.taken: set[tuple[str, str]] = set()  # keys picked by this invocation (not to be picked again)
         self.pool: ThreadPoolExecutor | None = None
+        # Claimed emails rendered with their batch (one render-worker round trip per template).
+        self.rendered: dict[tuple[str, str], RenderedMessage | DomainError] = {}
 
     # ---------------------------------------------------------------- control
 
@@ -271,6 +273,8 @@ class Dispatcher:
         dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
         if dropped:
             self.claimed = deque(pick for pick in self.claimed if pick[1].task_id in works)
+            for subtask in dropped:
+                self.rendered.pop((subtask.partition, subtask.contact_id), None)
             self.budget.give_back(release_claims(dropped, self.journal, now))
 
     def has_ready(self, work: TaskWork) -> bool:
@@ -360,30 +364,51 @@ class Dispatcher:
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
         for _, subtask in batch:
             self.deps.fault("after_claim", subtask)
+        self.render_batch(batch)
         return True
+
+    def render_batch(self, batch: list[tuple[TaskWork, SubtaskModel]]) -> None:
+        """Renders a claimed batch ahead of its sends, one worker round trip per template. What
+        render_many leaves out (after a late render) is rendered one at a time by build()."""
+        groups: dict[tuple[str, str], list[tuple[TaskWork, SubtaskModel]]] = {}
+        for work, subtask in batch:
+            groups.setdefault((subtask.task_id, subtask.template_id), []).append((work, subtask))
+        for picks in groups.values():
+            work, first = picks[0]
+            contacts = [self.contact(subtask) for _, subtask in picks]
+            results = render_many(work.template[first.template_id], contacts, self.deps.render_budget_seconds)
+            for (_, subtask), result in zip(picks, results, strict=False):
+                self.rendered[(subtask.partition, subtask.contact_id)] = result
+
+    def contact(self, subtask: SubtaskModel) -> dict[str, Any]:
+        token = sign_unsubscribe(
+            self.deps.unsubscribe_signing_key, subtask.user_id, subtask.contact_id, subtask.task_id
+        )
+        return {
+            "email": subtask.email,
+            "name": subtask.name,
+            "attributes": subtask.attributes.as_dict() if subtask.attributes else {},
+            "unsubscribe_url": unsubscribe_url(self.deps.unsubscribe_base_url, token),
+        }
 
     def give_back_claims(self) -> None:
         """Claimed emails this invocation stops before sending go back to their queue (or, when
         their task was cancelled meanwhile, are cancelled and refunded: the task's sweep skipped
         them as claimed)."""
         claimed, self.claimed = [subtask for _, subtask in self.claimed], deque()
+        self.rendered.clear()
         if claimed:
             self.budget.give_back(release_claims(claimed, self.journal, self.deps.clock.now()))
 
     def build(self, work: TaskWork, subtask: SubtaskModel) -> bytes:
-        template = work.template[subtask.template_id]
-        token = sign_unsubscribe(
-            self.deps.unsubscribe_signing_key, subtask.user_id, subtask.contact_id, subtask.task_id
-        )
-        link = unsubscribe_url(self.deps.unsubscribe_base_url, token)
-        contact = {
-            "email": subtask.email,
-            "name": subtask.name,
-            "attributes": subtask.attributes.as_dict() if subtask.attributes else {},
-            "unsubscribe_url": link,
-        }
-        # In a worker process: a template over the budget costs this loop the budget, no more.
-        rendered = render_template(template, contact, self.deps.render_budget_seconds)
+        contact = self.contact(subtask)
+        link = contact["unsubscribe_url"]
+        rendered = self.rendered.pop((subtask.partition, subtask.contact_id), None)
+        if rendered is None:
+            # In a worker process: a template over the budget costs this loop the budget, no more.
+            rendered = render_template(work.template[subtask.template_id], contact, self.deps.render_budget_seconds)
+        elif isinstance(rendered, DomainError):
+            raise rendered
         domain = self.service.from_domain or work.sender.email.rpartition("@")[2]
         return build_campaign_message(
             sender_name=work.sender.name,
