@@ -2,7 +2,7 @@
 
 On an embedded AWS (single-threaded moto server, bench.harness), per run: fresh tables, one email
 service, ten users with one planned task each (tests/support/dispatching.World), then the
-dispatcher (`core.dispatcher.dispatch_service` with the Lambda's dependencies) invoked one tick
+dispatcher (`core.dispatch.dispatcher.dispatch_service` with the Lambda's dependencies) invoked one tick
 after another until it has sent everything.
 
 - no pacing (the smallest `sending_rate` the API accepts, 10,000/s): 1,000 emails from 10 users;
@@ -49,7 +49,7 @@ TARGET_RATIO = 0.5  # dispatcher emails/s over a bare SendEmail loop's
 TARGET_REQUESTS_FAST = 1.0  # DynamoDB requests per email at 10/s and faster (no pacing included)
 TARGET_REQUESTS_SLOW = 2.0  # at 1/s
 SERVICE_ID = "svc_bench"
-NO_PACING = 0.0001  # core.schemas.MIN_SENDING_RATE: seconds between sends
+NO_PACING = 0.0001  # core.api.schemas.MIN_SENDING_RATE: seconds between sends
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ the wire, item-aware DynamoDB capacity accounting, timing, seeding and the dispa
   1 RRU, eventually consistent (and every index) 0.5.
 - `SendLog` / `ses_latency`: hooks on an SES v2 client: when each SendEmail left (and for which
   task), and a fixed sleep before each send to simulate SES's network latency.
-- `run_dispatcher`: `core.dispatcher.dispatch_service` as the dispatcher Lambda runs it, with its
+- `run_dispatcher`: `core.dispatch.dispatcher.dispatch_service` as the dispatcher Lambda runs it, with its
   production dependencies (the handler's client configuration, the settings' retries and batch
   size, the default in-flight pool), one invocation after another, each timed (Lambda duration).
 """
@@ -54,7 +54,7 @@ from local_runner.moto_server import EmbeddedAws  # noqa: E402 - needs the paths
 from local_runner.template import create_resources, environment_for, load_template  # noqa: E402
 
 if TYPE_CHECKING:
-    from core.dispatcher import DispatcherDeps, DispatchReport
+    from core.dispatch.dispatcher import DispatcherDeps, DispatchReport
     from core.settings import Settings
 
 KB = 1024
@@ -559,9 +559,9 @@ class EmbeddedWorld:
     def fresh(self) -> Settings:
         """Empty tables: the server reset, the template's resources recreated, the functions'
         settings (signing key read from its secret, as the functions do) and models bound."""
-        from core.models import bind_tables
         from core.secrets import resolve_signing_key
         from core.settings import Settings
+        from core.storage.models import bind_tables
 
         self.server.reset()
         created = create_resources(boto3.Session())
@@ -581,8 +581,8 @@ class EmbeddedWorld:
         return self._dynamodb
 
     def _unbind(self) -> None:
-        from core.models import bind_tables
         from core.settings import Settings
+        from core.storage.models import bind_tables
 
         bind_tables(Settings())
 
@@ -591,7 +591,7 @@ def connect_models() -> None:
     """Builds every PynamoDB model's botocore client now. PynamoDB makes one per model (its own
     botocore session, loading the DynamoDB service model: ~0.2 s each), on first use; a warm Lambda
     container has them all, so no measured run should pay for one."""
-    from core.models import ALL_MODELS
+    from core.storage.models import ALL_MODELS
 
     for model in ALL_MODELS.values():
         _ = model._get_connection().connection.client
@@ -629,13 +629,13 @@ def seed_campaigns(
 
 
 def set_sending_rate(service_id: str, seconds_between_sends: float) -> None:
-    from core.models import EmailServiceModel
+    from core.storage.models import EmailServiceModel
 
     EmailServiceModel(service_id).update(actions=[EmailServiceModel.sending_rate.set(seconds_between_sends)])
 
 
 def queued_left(task_ids: list[str]) -> int:
-    from core.models import TaskModel
+    from core.storage.models import TaskModel
 
     return sum(int(TaskModel.get(task_id, consistent_read=True).counts.queued or 0) for task_id in task_ids)
 
@@ -704,7 +704,7 @@ def dispatcher_deps(settings: Settings, ses: Any, dynamodb: Any, budget_seconds:
     """DispatcherDeps as functions/dispatcher/dispatcher_handler.deps_for builds them; anything it
     leaves out keeps its default, as in production."""
     from core.clock import SystemClock
-    from core.dispatcher import DispatcherDeps
+    from core.dispatch.dispatcher import DispatcherDeps
 
     return DispatcherDeps(
         clock=SystemClock(),
@@ -761,7 +761,7 @@ def run_dispatcher(
     """Invokes the dispatcher for the service one invocation after another (a tick each) until
     `until_sent` emails went out, or (without `until_sent`) one stops for another reason than its
     spent budget, or one sends nothing and stops for another reason, or `max_invocations` ran."""
-    from core.dispatcher import dispatch_service
+    from core.dispatch.dispatcher import dispatch_service
 
     assert world.settings is not None, "call world.fresh() first"
     run = DispatchRun()

@@ -131,7 +131,7 @@ class LambdaContext:
 
 
 def _contact_item(index: int, now: float) -> dict[str, Any]:
-    from core.ids import contact_id_for
+    from core.storage.ids import contact_id_for
 
     email = f"person{index}@example.org"
     return {
@@ -207,9 +207,9 @@ def seed(dynamodb: Any, tables: dict[str, str], recipients: int, rounds: int, no
 
 
 def seed_task(now: float) -> str:
-    from core.ids import new_id
-    from core.models import TaskModel
     from core.states import TaskStatus
+    from core.storage.ids import new_id
+    from core.storage.models import TaskModel
 
     task = TaskModel(
         new_id("task"),
@@ -229,7 +229,7 @@ def seed_task(now: float) -> str:
 
 def subtask_items(dynamodb: Any, table: str, task_id: str) -> list[dict[str, Any]]:
     """Every subtask item of a task, in wire format, in plan order."""
-    from core.ids import SUBTASK_SHARDS
+    from core.storage.ids import SUBTASK_SHARDS
 
     items: list[dict[str, Any]] = []
     paginator = dynamodb.get_paginator("query")
@@ -312,7 +312,7 @@ def run(recipients: int = FULL_RECIPIENTS, rounds: int = 3) -> list[Round]:
             handler = load_handler(spec)
             import planner_handler
 
-            from core.models import TaskModel
+            from core.storage.models import TaskModel
 
             planner_handler.runtime.cache_clear()  # settings, tables and clients for this server
             runtime = planner_handler.runtime()

@@ -33,9 +33,9 @@ import botocore.loaders  # noqa: E402
 import botocore.session  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from core.models import bind_tables  # noqa: E402
 from core.secrets import resolve_signing_key  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from core.storage.models import bind_tables  # noqa: E402
 from local_runner import moto_speedups  # noqa: E402
 from local_runner.apigw import claims_for, rest_event  # noqa: E402
 from local_runner.template import create_resources, environment_for, load_template  # noqa: E402

@@ -17,13 +17,13 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from botocore.config import Config
 
 from core import errors
-from core.auth import Caller, Unauthenticated, caller_from_claims
+from core.api.auth import Caller, Unauthenticated, caller_from_claims
 from core.clock import Clock, SystemClock
+from core.dispatch.schedules import ScheduleConfig
 from core.dispatch.wakeups import WakeQueue
-from core.models import bind_tables
-from core.schedules import ScheduleConfig
 from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
+from core.storage.models import bind_tables
 
 logger = Logger()
 app = APIGatewayRestResolver(enable_validation=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseContentModel
 
-from core.schemas import ErrorBody
+from core.api.schemas import ErrorBody
 
 # Why each error status is answered; the body is always ErrorBody: {"error", "message", "details"}.
 ERROR_REASONS: dict[int, str] = {

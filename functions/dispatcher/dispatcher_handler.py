@@ -15,11 +15,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 from core.clock import Clock, SystemClock
+from core.dispatch.dispatcher import DispatcherDeps, dispatch_service
 from core.dispatch.wakeups import WakeQueue, WakeRequest
-from core.dispatcher import DispatcherDeps, dispatch_service
-from core.models import bind_tables
 from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
+from core.storage.models import bind_tables
 
 logger = Logger()
 

@@ -15,13 +15,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from core.cancellation import sweep_cancelled_task
 from core.clock import Clock, SystemClock
 from core.dispatch.wakeups import WakeQueue
-from core.models import bind_tables
-from core.planner import PlannerDeps, PlanOutcome, plan_task
-from core.planner_jobs import PlannerJob, enqueue
+from core.planning.cancellation import sweep_cancelled_task
+from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
+from core.planning.planner_jobs import PlannerJob, enqueue
 from core.settings import Settings, load_settings
+from core.storage.models import bind_tables
 
 logger = Logger()
 processor = BatchProcessor(event_type=EventType.SQS)

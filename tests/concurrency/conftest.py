@@ -10,9 +10,9 @@ import boto3
 import pytest
 from moto.core.models import botocore_stubber
 
-from core.models import bind_tables
 from core.secrets import resolve_signing_key
 from core.settings import Settings
+from core.storage.models import bind_tables
 from local_runner.moto_server import EmbeddedAws
 from local_runner.template import create_resources, environment_for
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dispatcher_handler  # functions/dispatcher on PYTHONPATH
 
-    from core.dispatcher import DispatcherDeps, StopReason, dispatch_service
+    from core.dispatch.dispatcher import DispatcherDeps, StopReason, dispatch_service
 
     runtime = dispatcher_handler.runtime()  # load_settings() + bind_tables() + the Lambda's clients
     settings = runtime.settings

@@ -12,13 +12,13 @@ import pytest
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import UpdateError
 
-from core import contacts
-from core.auth import Caller
-from core.ids import contact_id_for
-from core.models import ContactModel, UserModel, update_if
-from core.schemas import ContactImport
+from core.api import contacts
+from core.api.auth import Caller
+from core.api.schemas import ContactImport
 from core.settings import Settings
 from core.states import ContactStatus
+from core.storage.ids import contact_id_for
+from core.storage.models import ContactModel, UserModel, update_if
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.concurrency
@@ -27,7 +27,7 @@ ALICE = Caller("alice", frozenset())
 
 
 def unsubscribe(contact_id: str, now: float) -> bool:
-    """The unsubscribe link's write (core.suppression): conditional on a subscribed contact."""
+    """The unsubscribe link's write (core.api.suppression): conditional on a subscribed contact."""
     return update_if(
         ContactModel("alice", contact_id),
         [ContactModel.status.set(ContactStatus.UNSUBSCRIBED), ContactModel.updated_at.set(now)],

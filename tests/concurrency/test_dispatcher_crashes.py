@@ -3,7 +3,7 @@ clock: eight workers on two services, exceptions injected into the handling of s
 whole invocations SIGKILLed mid-run. At most once, never past a quota, every subtask in a final
 state, and every `unknown` accounted for by an injected fault or a kill.
 
-What a crash may cost, from the code (core/dispatcher.py):
+What a crash may cost, from the code (core/dispatch/dispatcher.py):
 - an exception at `after_send` leaves that one subtask `sending`; the next tick recovers it as
   `unknown`. At `before_claim`, `after_claim` (the claimed batch, not yet sent, goes back to its
   queue) or `after_record` nothing becomes unknown.
@@ -20,7 +20,7 @@ they hold the lease), short budgets and leases so a dead tick's lease is taken o
 after CHAOS_SECONDS (or once both services are done), clean ticks recover and send what is left.
 Real time on a shared machine: the numbers vary from run to run, the properties must not.
 
-The last tests pin bugs found this way (they fail until core/dispatcher.py is fixed)."""
+The last tests pin bugs found this way (they fail until core/dispatch/dispatcher.py is fixed)."""
 
 from __future__ import annotations
 
@@ -45,16 +45,16 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from core import service_quota
 from core.clock import SystemClock
+from core.dispatch import service_quota
 from core.dispatch.claims import CLAIM_BATCH_LIMIT
+from core.dispatch.dispatcher import DispatcherDeps, DispatchReport, FaultHook, StopReason, dispatch_service
 from core.dispatch.lease import service_state_key
 from core.dispatch.recorder import RECORD_BATCH
 from core.dispatch.wakeups import WakeQueue, WakeRequest
-from core.dispatcher import DispatcherDeps, DispatchReport, FaultHook, StopReason, dispatch_service
-from core.ids import queue_key
-from core.models import SchedulerStateModel, SubtaskModel, TaskModel
 from core.settings import Settings
+from core.storage.ids import queue_key
+from core.storage.models import SchedulerStateModel, SubtaskModel, TaskModel
 from local_runner.moto_server import EmbeddedAws, SentRawMessage
 from tests.concurrency.dispatch_worker import UNSUBSCRIBE_BASE_URL, UNSUBSCRIBE_SIGNING_KEY
 from tests.support.dispatching import World, plan_now, seed_sender_and_template, start_scheduler

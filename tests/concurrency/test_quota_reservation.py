@@ -12,10 +12,10 @@ import pytest
 from botocore.config import Config
 
 from core.clock import SystemClock
-from core.models import SubtaskModel, TaskModel, UserModel
-from core.planner import PlannerDeps, PlanOutcome, plan_task
+from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
 from core.settings import Settings
 from core.states import TaskStatus
+from core.storage.models import SubtaskModel, TaskModel, UserModel
 from tests.support.planning import seed_contacts, seed_service, seed_task, seed_user
 
 pytestmark = pytest.mark.concurrency

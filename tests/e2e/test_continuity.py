@@ -16,8 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from core.models import SubtaskModel, bind_tables
 from core.settings import Settings, load_settings
+from core.storage.models import SubtaskModel, bind_tables
 from local_runner.demo import Api
 from local_runner.runner import LocalRunner, RunnerConfig
 

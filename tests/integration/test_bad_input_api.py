@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.models import ContactModel, EmailServiceModel, SenderModel, TemplateModel, UserModel
+from core.storage.models import ContactModel, EmailServiceModel, SenderModel, TemplateModel, UserModel
 from tests.conftest import ApiClient
 
 ROUTES = [

@@ -10,10 +10,10 @@ import pytest
 from moto.dynamodb.exceptions import MockValidationException, TransactionCanceledException
 from moto.dynamodb.responses import DynamoHandler
 
-from core.contacts import load_contacts
-from core.ids import contact_id_for
-from core.models import ContactModel
-from core.schemas import MAX_CONTACTS_PER_IMPORT
+from core.api.ownership import load_contacts
+from core.api.schemas import MAX_CONTACTS_PER_IMPORT
+from core.storage.ids import contact_id_for
+from core.storage.models import ContactModel
 from tests.conftest import ApiClient, FakeClock
 from tests.integration.given import assert_rejected, given_contacts, given_user
 

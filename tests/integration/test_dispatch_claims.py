@@ -1,4 +1,4 @@
-"""Claims in bulk (core.dispatcher.claim_subtasks): about two seconds of pace claimed in one
+"""Claims in bulk (core.dispatch.dispatcher.claim_subtasks): about two seconds of pace claimed in one
 TransactWriteItems; a subtask moved meanwhile is left out; claimed emails of a task paused,
 cancelled or stopped before their turn go back (or are cancelled and refunded), nothing is left
 `sending`, and the quota units come back."""
@@ -11,11 +11,11 @@ import pytest
 
 from core.clock import utc_day
 from core.dispatch.control import control_changed
-from core.dispatcher import StopReason
-from core.models import SchedulerStateModel, ServiceUsageModel, SubtaskModel, TaskModel, UserModel
-from core.schedules import SCHEDULER_STATE_KEY
+from core.dispatch.dispatcher import StopReason
+from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.settings import Settings
 from core.states import SubtaskStatus
+from core.storage.models import SchedulerStateModel, ServiceUsageModel, SubtaskModel, TaskModel, UserModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, dynamodb_requests, sent_subtasks, start_scheduler, task
 

@@ -11,11 +11,11 @@ from typing import Any
 import boto3
 import pytest
 
+from core.dispatch.dispatcher import StopReason
 from core.dispatch.lease import service_state_key
 from core.dispatch.wakeups import WakeQueue, WakeReason, WakeRequest
-from core.dispatcher import StopReason
-from core.models import SchedulerStateModel, SubtaskModel, TaskModel
 from core.settings import Settings
+from core.storage.models import SchedulerStateModel, SubtaskModel, TaskModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, dynamodb_requests, sent_subtasks, start_scheduler, task
 

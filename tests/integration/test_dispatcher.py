@@ -9,9 +9,9 @@ import pytest
 
 from core.clock import utc_day
 from core.dispatch.control import control_changed
-from core.dispatcher import StopReason
-from core.models import ServiceUsageModel, SubtaskModel, TaskModel
+from core.dispatch.dispatcher import StopReason
 from core.settings import Settings
+from core.storage.models import ServiceUsageModel, SubtaskModel, TaskModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, sent_subtasks, start_scheduler, task
 
@@ -153,7 +153,7 @@ def test_paused_task_gets_no_further_send_after_the_current_one(world: World, cl
 def test_stopped_scheduler_sends_nothing(world: World, clock: FakeClock) -> None:
     world.service("svc")
     world.campaign("alice", 3, ["svc"])
-    from core.models import SchedulerStateModel
+    from core.storage.models import SchedulerStateModel
 
     SchedulerStateModel("scheduler").update(actions=[SchedulerStateModel.running.set(False)])
 

@@ -9,9 +9,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from core.dispatcher import StopReason
-from core.models import EmailServiceModel, SubtaskModel, TemplateModel, UserModel
+from core.dispatch.dispatcher import StopReason
 from core.settings import Settings
+from core.storage.models import EmailServiceModel, SubtaskModel, TemplateModel, UserModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, sent_subtasks, start_scheduler, task
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.models import TaskModel, UserModel
 from core.settings import Settings
+from core.storage.models import TaskModel, UserModel
 from tests.conftest import ApiClient
 from tests.support.planning import BudgetContext, seed_contacts, seed_service, seed_task, seed_user
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from core.models import ContactModel, EmailServiceModel, SenderModel, TaskModel, TemplateModel
+from core.storage.models import ContactModel, EmailServiceModel, SenderModel, TaskModel, TemplateModel
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_contacts, given_service, given_template, given_user
 

@@ -8,8 +8,8 @@ from typing import Any
 import boto3
 import pytest
 
-from core.models import SenderModel, TaskModel, TemplateModel, UserModel
 from core.settings import Settings
+from core.storage.models import SenderModel, TaskModel, TemplateModel, UserModel
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_contacts, given_service, given_template, given_user
 

@@ -8,10 +8,10 @@ from typing import Any
 import boto3
 import pytest
 
-from core.models import ContactModel, SubtaskModel, TaskModel, UserModel
-from core.planner import PlannerDeps, PlanOutcome, plan_task
+from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
 from core.settings import Settings
 from core.states import ContactStatus, TaskStatus
+from core.storage.models import ContactModel, SubtaskModel, TaskModel, UserModel
 from tests.conftest import FakeClock
 from tests.support.planning import (
     PlannerDriver,

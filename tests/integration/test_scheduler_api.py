@@ -13,9 +13,9 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from core.models import EmailServiceModel, SchedulerStateModel, TaskModel
 from core.settings import Settings
 from core.states import TaskStatus
+from core.storage.models import EmailServiceModel, SchedulerStateModel, TaskModel
 from tests.conftest import ApiClient, FakeClock
 from tests.integration.given import given_service
 from tests.support.planning import seed_task

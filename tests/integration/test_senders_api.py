@@ -8,9 +8,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from core.api.ownership import load_sender
 from core.errors import NotFound
-from core.models import SenderModel
-from core.senders import load_sender
+from core.storage.models import SenderModel
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_user
 

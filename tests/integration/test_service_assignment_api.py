@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.models import UserModel
-from core.schemas import MAX_SERVICES_PER_USER
+from core.api.schemas import MAX_SERVICES_PER_USER
+from core.storage.models import UserModel
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_service, given_user
 

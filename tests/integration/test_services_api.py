@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from core.clock import utc_day
-from core.models import EmailServiceModel, ServiceUsageModel
+from core.storage.models import EmailServiceModel, ServiceUsageModel
 from tests.conftest import ApiClient, FakeClock
 from tests.integration.given import assert_rejected, given_service, given_user
 

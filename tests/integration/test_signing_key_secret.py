@@ -7,9 +7,9 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
+from core.mail.unsubscribe import sign_unsubscribe
 from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
-from core.unsubscribe import sign_unsubscribe
 from local_runner.template import create_resources, environment_for, load_template, secret_arn
 from tests.conftest import ApiClient, FakeClock
 

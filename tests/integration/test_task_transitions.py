@@ -11,11 +11,11 @@ import pytest
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from core.models import TASK_COUNTS, SchedulerStateModel, TaskModel, UserModel, transaction_connection
+from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.refunds import refund_in, refund_quota
-from core.schedules import SCHEDULER_STATE_KEY
 from core.settings import Settings
 from core.states import TaskStatus
+from core.storage.models import TASK_COUNTS, SchedulerStateModel, TaskModel, UserModel, transaction_connection
 from core.task_transitions import TaskMoveRefused, complete_if_done, move_task, move_task_in, task_move
 from tests.conftest import FakeClock
 

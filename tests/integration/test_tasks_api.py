@@ -8,8 +8,8 @@ from typing import Any
 import boto3
 import pytest
 
-from core.models import SubtaskModel, TaskModel, UserModel
 from core.settings import Settings
+from core.storage.models import SubtaskModel, TaskModel, UserModel
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_contacts, given_service, given_template, given_user
 from tests.support.planning import PlannerDriver, subtasks_of
@@ -239,8 +239,8 @@ def test_cancel_while_a_planner_run_holds_the_lease_still_refunds_everything(
 ) -> None:
     import uuid
 
-    from core.cancellation import SweepBusy, sweep_cancelled_task
-    from core.planner import PlannerDeps, PlanOutcome, plan_task
+    from core.planning.cancellation import SweepBusy, sweep_cancelled_task
+    from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
 
     more = [{"email": f"extra{n}@example.org", "tags": ["newsletter"]} for n in range(30)]
     given_contacts(api, "alice", *more)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from core.models import TemplateModel
-from core.schemas import MAX_SUBJECT_CHARS, MAX_TEMPLATE_BYTES
+from core.api.schemas import MAX_SUBJECT_CHARS, MAX_TEMPLATE_BYTES
 from core.settings import Settings
+from core.storage.models import TemplateModel
 from tests.conftest import ApiClient
 from tests.integration.given import assert_rejected, given_contacts, given_template, given_user
 

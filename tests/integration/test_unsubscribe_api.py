@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from core.models import ContactModel, SubtaskModel, UserModel
+from core.mail.unsubscribe import sign_unsubscribe
 from core.settings import Settings
-from core.unsubscribe import sign_unsubscribe
+from core.storage.models import ContactModel, SubtaskModel, UserModel
 from tests.conftest import ApiClient, FakeClock
 from tests.support.dispatching import World, start_scheduler, task
 

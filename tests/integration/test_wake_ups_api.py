@@ -13,11 +13,11 @@ import boto3
 import dispatcher_handler
 import pytest
 
+from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.dispatch.wakeups import WakeRequest
-from core.models import SchedulerStateModel, TaskModel
-from core.schedules import SCHEDULER_STATE_KEY
 from core.settings import Settings
 from core.states import TaskStatus
+from core.storage.models import SchedulerStateModel, TaskModel
 from tests.conftest import ApiClient, FakeClock
 from tests.integration.given import given_contacts, given_service, given_template, given_user
 from tests.support.dispatching import World, sent_subtasks, start_scheduler

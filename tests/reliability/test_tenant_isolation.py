@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import boto3
 
-from core.unsubscribe import sign_unsubscribe
+from core.mail.unsubscribe import sign_unsubscribe
 from local_runner.template import function_events, resources_of_type
 from tests.reliability.gateway import API_FUNCTION, template
 from tests.reliability.world import Tenant, World

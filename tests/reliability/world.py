@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.unsubscribe import sign_unsubscribe
+from core.mail.unsubscribe import sign_unsubscribe
 from tests.reliability.gateway import InProcessGateway
 
 ADMIN = "admin"

@@ -15,12 +15,12 @@ from botocore.config import Config
 from botocore.hooks import HierarchicalEmitter
 
 from core.clock import Clock
+from core.dispatch.dispatcher import DispatcherDeps, DispatchReport, FaultHook, dispatch_service
+from core.dispatch.schedules import SCHEDULER_STATE_KEY as SCHEDULER_KEY
 from core.dispatch.wakeups import WakeQueue, WakeRequest
-from core.dispatcher import DispatcherDeps, DispatchReport, FaultHook, dispatch_service
-from core.models import SchedulerStateModel, SenderModel, SubtaskModel, TaskModel, TemplateModel
-from core.planner import PlannerDeps, PlanOutcome, plan_task
-from core.schedules import SCHEDULER_STATE_KEY as SCHEDULER_KEY
+from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
 from core.settings import Settings
+from core.storage.models import SchedulerStateModel, SenderModel, SubtaskModel, TaskModel, TemplateModel
 from tests.support.planning import seed_contacts, seed_service, seed_task, seed_user
 
 SENDER_DOMAIN = "news.example.com"

@@ -8,10 +8,10 @@ from typing import Any
 
 import boto3
 
-from core.ids import contact_id_for, new_id
-from core.models import ContactModel, EmailServiceModel, SubtaskModel, TaskModel, UserModel
 from core.settings import Settings
 from core.states import TaskStatus
+from core.storage.ids import contact_id_for, new_id
+from core.storage.models import ContactModel, EmailServiceModel, SubtaskModel, TaskModel, UserModel
 
 
 def seed_user(user_id: str, quota: int, service_ids: list[str], now: float) -> UserModel:

@@ -5,7 +5,7 @@ place."""
 from __future__ import annotations
 
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
-from core.models import SenderModel, TaskModel
+from core.storage.models import SenderModel, TaskModel
 
 
 def work(user: str, task: str) -> TaskWork:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from core.dispatch.schedules import ScheduleConfig, schedule_request
 from core.dispatch.tiers import PACED_MIN_INTERVAL_SECONDS, Tier, TierTargets, tier_of
-from core.schedules import ScheduleConfig, schedule_request
 
 
 def test_services_at_most_ten_a_second_are_paced() -> None:

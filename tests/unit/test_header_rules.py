@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.header_rules import address_problem, header_text_problem, one_line
-from core.mime import build_campaign_message
-from core.rendering import render_parts
+from core.mail.header_rules import address_problem, header_text_problem, one_line
+from core.mail.mime import build_campaign_message
+from core.mail.rendering import render_parts
 
 
 @pytest.mark.parametrize(

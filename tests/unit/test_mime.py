@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-import core.mime as core_mime
-from core.mime import POLICY, _write_message, build_campaign_message, html_to_text
-from core.rendering import RenderedMessage
+import core.mail.mime as core_mime
+from core.mail.mime import POLICY, _write_message, build_campaign_message, html_to_text
+from core.mail.rendering import RenderedMessage
 
 UNSUBSCRIBE = "https://abc123.execute-api.us-east-1.amazonaws.com/v1/unsubscribe?token=" + "Ab-_" * 40 + ".sig"
 SENT_AT = 1_796_000_000.0

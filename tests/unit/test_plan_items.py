@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from core.batch_writes import BATCH_WRITE_LIMIT, put_wire_items
-from core.ids import contact_id_for, queue_key, subtask_partition
-from core.models import ContactModel, SubtaskModel
-from core.planner import Audience, Page, RememberedPages, is_deliverable, subtask_items
+from core.planning.planner import Audience, Page, RememberedPages, is_deliverable, subtask_items
 from core.states import SubtaskStatus
+from core.storage.batch_writes import BATCH_WRITE_LIMIT, put_wire_items
+from core.storage.ids import contact_id_for, queue_key, subtask_partition
+from core.storage.models import ContactModel, SubtaskModel
 from tests.conftest import FakeClock
 
 CREATED = 1_796_000_000.0

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from core.errors import InvalidInput
-from core.models import TemplateModel
-from core.render_worker import COMPILE_SECONDS, RenderWorkers, Worker
-from core.rendering import (
+from core.mail.render_worker import COMPILE_SECONDS, RenderWorkers, Worker
+from core.mail.rendering import (
     RenderBudgetExceeded,
     RenderError,
     RenderTimeout,
@@ -26,6 +25,7 @@ from core.rendering import (
     render_parts,
     render_template,
 )
+from core.storage.models import TemplateModel
 
 ANN = {"email": "ann@example.com", "name": "Ann", "attributes": {"first_name": "Ann", "orders": 3}}
 BUDGET = 0.2

@@ -11,9 +11,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from core.dispatch.schedules import ScheduleConfig, delete_service_schedule, schedule_request, sync_service_schedule
 from core.errors import ServiceUnavailable
-from core.models import EmailServiceModel
-from core.schedules import ScheduleConfig, delete_service_schedule, schedule_request, sync_service_schedule
+from core.storage.models import EmailServiceModel
 
 CONFIG = ScheduleConfig(
     group="dispatch",

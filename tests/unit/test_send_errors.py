@@ -1,4 +1,4 @@
-"""SES v2 SendEmail failures, classified by the one table in core.send_errors: hand-built
+"""SES v2 SendEmail failures, classified by the one table in core.dispatch.send_errors: hand-built
 ClientErrors, the exceptions boto3 itself raises (Stubber, event hooks), transport failures, and
 anything that is not a botocore error (refused: it is our bug, not a send failure)."""
 
@@ -26,7 +26,7 @@ from botocore.exceptions import (
 )
 from botocore.stub import Stubber
 
-from core.send_errors import RULES, SendError, SendErrorClass, classify_send_error
+from core.dispatch.send_errors import RULES, SendError, SendErrorClass, classify_send_error
 
 T = SendErrorClass.THROTTLED
 Q = SendErrorClass.DAILY_QUOTA

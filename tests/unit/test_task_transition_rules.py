@@ -9,8 +9,8 @@ import pytest
 from pynamodb.expressions.update import Action, RemoveAction, SetAction
 
 from core import task_transitions
-from core.models import TaskModel
 from core.states import ANNOUNCED, DISPATCHABLE, TASK_TRANSITIONS, TaskStatus, can_move, sources_of
+from core.storage.models import TaskModel
 from core.task_transitions import active_sort, allowed_sources, announce, task_move
 
 S = TaskStatus

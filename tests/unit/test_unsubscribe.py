@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from core import unsubscribe
 from core.errors import InvalidInput
-from core.unsubscribe import UnsubscribeClaim, sign_unsubscribe, unsubscribe_url, verify_unsubscribe
+from core.mail import unsubscribe
+from core.mail.unsubscribe import UnsubscribeClaim, sign_unsubscribe, unsubscribe_url, verify_unsubscribe
 
 KEY = "test-signing-key"
 
@@ -37,7 +37,7 @@ def test_a_signed_token_verifies_to_its_claim() -> None:
 
 
 def test_token_is_compact_and_url_safe() -> None:
-    # When (ids as core.ids makes them; user ids are Cognito subs)
+    # When (ids as core.storage.ids makes them; user ids are Cognito subs)
     token = sign_unsubscribe(KEY, "0f8fad5b-d9cb-469f-a165-70867728950e", "ct_" + "a" * 24, "task_" + "b" * 24)
     # Then
     assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}", token)

@@ -7,8 +7,8 @@ from api_responses import AUTH, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core import contacts
-from core.schemas import DEFAULT_PAGE_SIZE, MAX_CONTACTS_PAGE, ContactImport, ContactImported, ContactPage
+from core.api import contacts
+from core.api.schemas import DEFAULT_PAGE_SIZE, MAX_CONTACTS_PAGE, ContactImport, ContactImported, ContactPage
 
 router = Router()
 

@@ -4,8 +4,8 @@ from api_context import current_caller, deps
 from api_responses import AUTH, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from core import scheduler_control
-from core.schemas import SchedulerStateOut, TaskOut
+from core.api import scheduler_control
+from core.api.schemas import SchedulerStateOut, TaskOut
 
 router = Router()
 

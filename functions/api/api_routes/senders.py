@@ -7,8 +7,8 @@ from api_responses import AUTH, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core import senders
-from core.schemas import SenderIn, SenderOut, SenderPage
+from core.api import senders
+from core.api.schemas import SenderIn, SenderOut, SenderPage
 
 router = Router()
 

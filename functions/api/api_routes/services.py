@@ -4,8 +4,8 @@ from api_context import current_caller, deps
 from api_responses import AUTH, BODY, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from core import email_services
-from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch
+from core.api import email_services
+from core.api.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch
 
 router = Router()
 

@@ -7,8 +7,8 @@ from api_responses import AUTH, CREATE, documented, link
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core import tasks
-from core.schemas import TaskCreated, TaskIn, TaskOut, TaskPage
+from core.api import tasks
+from core.api.schemas import TaskCreated, TaskIn, TaskOut, TaskPage
 
 router = Router()
 

@@ -7,8 +7,8 @@ from api_responses import AUTH, BODY, CREATE, documented, link
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core import templates
-from core.schemas import PreviewIn, RenderedOut, TemplateIn, TemplateOut, TemplatePage
+from core.api import templates
+from core.api.schemas import PreviewIn, RenderedOut, TemplateIn, TemplateOut, TemplatePage
 
 router = Router()
 

@@ -13,8 +13,8 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core.suppression import unsubscribe
-from core.unsubscribe import MAX_TOKEN_CHARS, verify_unsubscribe
+from core.api.suppression import unsubscribe
+from core.mail.unsubscribe import MAX_TOKEN_CHARS, verify_unsubscribe
 
 router = Router()
 

@@ -4,8 +4,8 @@ from api_context import current_caller, deps
 from api_responses import AUTH, BODY, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from core import users
-from core.schemas import ServiceAssignment, UserIn, UserOut
+from core.api import users
+from core.api.schemas import ServiceAssignment, UserIn, UserOut
 
 router = Router()
 

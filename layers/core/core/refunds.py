@@ -14,7 +14,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from core.clock import backoff
-from core.models import TaskModel, UserModel, transaction_connection
+from core.storage.models import TaskModel, UserModel, transaction_connection
 
 # A transaction that meets another on one of its items is cancelled whole (TransactionConflict);
 # the other ends within milliseconds and nothing was written, so trying again is safe.

@@ -17,8 +17,8 @@ from pynamodb.transactions import TransactWrite
 
 from core.dispatch.control import control_changed
 from core.errors import InvalidState
-from core.models import TASK_COUNTS, TaskModel, update_if
 from core.states import ANNOUNCED, DISPATCHABLE, TaskStatus, sources_of
+from core.storage.models import TASK_COUNTS, TaskModel, update_if
 
 ACTIVE_PARTITION = "active"  # the one partition of the sparse `active` index
 

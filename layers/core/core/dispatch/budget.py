@@ -2,7 +2,7 @@
 
 Pace: at least `interval` seconds between two sends, counted from the last send (kept across
 invocations through the lease's `last_send_at`), and a pause after SES throttled us. Quota: units of
-the service's daily quota are reserved in blocks (core.service_quota, a conditional ADD) before the
+the service's daily quota are reserved in blocks (core.dispatch.service_quota, a conditional ADD) before the
 claims they cover; a unit comes back when its email is not sent, and whatever is left of the block
 goes back at the end, to the UTC day it was reserved on. Nothing else touches these counters."""
 

@@ -24,8 +24,11 @@ from pynamodb.transactions import TransactWrite
 
 from core.clock import backoff
 from core.dispatch.lease import service_state_key
-from core.ids import queue_key
-from core.models import (
+from core.dispatch.schedules import SCHEDULER_STATE_KEY
+from core.refunds import refund_quota
+from core.states import SubtaskStatus, TaskStatus
+from core.storage.ids import queue_key
+from core.storage.models import (
     TASK_COUNTS,
     SchedulerStateModel,
     SubtaskModel,
@@ -33,9 +36,6 @@ from core.models import (
     transaction_connection,
     update_if,
 )
-from core.refunds import refund_quota
-from core.schedules import SCHEDULER_STATE_KEY
-from core.states import SubtaskStatus, TaskStatus
 
 # Claims are made for about this much sending time ahead, in one transaction. The claim is also the
 # look at the controls, so a pause takes effect within this much sending time (claimed emails of a

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.dispatch.lease import service_state_key
-from core.models import SchedulerStateModel, TaskModel
-from core.schedules import SCHEDULER_STATE_KEY
+from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.states import DISPATCHABLE
+from core.storage.models import SchedulerStateModel, TaskModel
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.models import (
+from core.storage.models import (
     SenderModel,
     SubtaskModel,
     TaskModel,

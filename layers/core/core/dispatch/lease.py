@@ -22,7 +22,7 @@ from typing import Any
 from pynamodb.expressions.update import Action
 
 from core.clock import Clock
-from core.models import SchedulerStateModel, update_if
+from core.storage.models import SchedulerStateModel, update_if
 
 HANDOFF_POLL_SECONDS = 0.1  # how often a successor looks whether its predecessor has let go
 HANDOFF_EARLY_SECONDS = 1.0  # a successor starts looking this long before its predecessor's deadline

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 
 from pynamodb.expressions.update import Action
 
-from core.batch_writes import BATCH_WRITE_LIMIT, put_items
-from core.models import TASK_COUNTS, SubtaskModel, TaskModel, update_if
 from core.refunds import refund_quota
 from core.states import TaskStatus
+from core.storage.batch_writes import BATCH_WRITE_LIMIT, put_items
+from core.storage.models import TASK_COUNTS, SubtaskModel, TaskModel, update_if
 from core.task_transitions import complete_if_done, task_move
 
 if TYPE_CHECKING:
     from core.dispatch.claims import Journal
-    from core.dispatcher import DispatcherDeps
+    from core.dispatch.dispatcher import DispatcherDeps
 
 RECORD_BATCH = BATCH_WRITE_LIMIT  # outcomes buffered per flush: one BatchWriteItem
 # Task counters move once this many outcomes are buffered or this long after they last moved (and at

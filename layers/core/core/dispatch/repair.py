@@ -7,19 +7,19 @@ from typing import TYPE_CHECKING
 
 from core.dispatch.claims import batch_owner, parse_journal_key
 from core.dispatch.lease import service_state_key
-from core.ids import SUBTASK_SHARDS, queue_key
-from core.models import (
+from core.states import DISPATCHABLE, SubtaskStatus
+from core.storage.ids import SUBTASK_SHARDS, queue_key
+from core.storage.models import (
     TASK_COUNTS,
     SchedulerStateModel,
     SubtaskModel,
     TaskModel,
     update_if,
 )
-from core.states import DISPATCHABLE, SubtaskStatus
 from core.task_transitions import complete_if_done
 
 if TYPE_CHECKING:
-    from core.dispatcher import DispatcherDeps
+    from core.dispatch.dispatcher import DispatcherDeps
 
 
 def recover_in_flight(state: SchedulerStateModel, deps: DispatcherDeps) -> int:

@@ -19,10 +19,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.api.schemas import Identifier
 from core.dispatch.tiers import TierTargets
-from core.models import EmailServiceModel
-from core.schemas import Identifier
 from core.settings import Settings
+from core.storage.models import EmailServiceModel
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ of subtasks and recording their refund loses that page's refund (never refunds t
 from __future__ import annotations
 
 from core.errors import DomainError
-from core.ids import SUBTASK_SHARDS
-from core.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, update_if
-from core.planner import PlannerDeps, PlanOutcome, acquire_lease, release_lease
+from core.planning.planner import PlannerDeps, PlanOutcome, acquire_lease, release_lease
 from core.refunds import refund_quota
 from core.states import SubtaskStatus, TaskStatus
+from core.storage.ids import SUBTASK_SHARDS
+from core.storage.models import TASK_COUNTS, TASK_PLAN, SubtaskModel, TaskModel, update_if
 
 SWEEP_PAGE = 100
 

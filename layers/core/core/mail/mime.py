@@ -45,8 +45,8 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.header_rules import address_problem, header_text_problem
-from core.rendering import RenderedMessage
+from core.mail.header_rules import address_problem, header_text_problem
+from core.mail.rendering import RenderedMessage
 
 # Headers this module owns; extra_headers may not set or repeat them.
 RESERVED_HEADERS = frozenset(

@@ -19,8 +19,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from core.dispatch.tiers import TierTargets
 from core.errors import ServiceUnavailable
-from core.models import EmailServiceModel, SchedulerStateModel
 from core.settings import Settings
+from core.storage.models import EmailServiceModel, SchedulerStateModel
 
 SCHEDULE_PREFIX = "dispatch-"
 SCHEDULE_EXPRESSION = "rate(1 minute)"  # Scheduler's finest rate; the dispatcher paces inside it

@@ -17,15 +17,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from core.auth import Caller
+from core.api.auth import Caller
+from core.api.ownership import require_tenant
+from core.api.paging import decode_cursor, encode_cursor
+from core.api.rate_limits import take_sender_creation
+from core.api.schemas import SenderIn, SenderOut, SenderPage
 from core.clock import Clock, iso
-from core.errors import Conflict, NotFound, ServiceUnavailable
-from core.ids import new_id
-from core.models import SenderIdentityModel, SenderModel, transaction_connection
-from core.paging import decode_cursor, encode_cursor
-from core.rate_limits import take_sender_creation
-from core.schemas import SenderIn, SenderOut, SenderPage, is_identifier
-from core.users import require_tenant
+from core.errors import Conflict, ServiceUnavailable
+from core.storage.ids import new_id
+from core.storage.models import SenderIdentityModel, SenderModel, transaction_connection
 
 SENDER_ID_PATTERN = r"snd_[0-9a-f]{24}"
 MAX_SENDERS_PAGE = 1000
@@ -119,13 +119,3 @@ def list_senders(caller: Caller, cursor: str | None = None, limit: int = MAX_SEN
         senders=[sender_out(sender) for sender in senders],
         cursor=encode_cursor(senders[-1].sender_id) if more else None,
     )
-
-
-def load_sender(user_id: str, sender_id: str) -> SenderModel:
-    """The user's sender. Another user's sender is NotFound like an unknown one (field `sender_id`)."""
-    if not is_identifier(sender_id):
-        raise NotFound("sender", sender_id, field="sender_id")
-    try:
-        return SenderModel.get(user_id, sender_id, consistent_read=True)
-    except SenderModel.DoesNotExist as error:
-        raise NotFound("sender", sender_id, field="sender_id") from error

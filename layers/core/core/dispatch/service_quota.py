@@ -8,7 +8,7 @@ reserved before its emails are sent; what an invocation does not send is handed 
 from __future__ import annotations
 
 from core.clock import utc_day
-from core.models import ServiceUsageModel, update_if
+from core.storage.models import ServiceUsageModel, update_if
 
 USAGE_TTL_SECONDS = 40 * 86_400
 

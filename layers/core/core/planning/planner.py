@@ -33,12 +33,15 @@ from typing import Any
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from core.batch_writes import WireItem, put_wire_items
 from core.clock import Clock, backoff, utc_day
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
-from core.ids import queue_key, subtask_partition
-from core.models import (
+from core.planning.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
+from core.refunds import refund_in
+from core.states import ContactStatus, SubtaskStatus, TaskStatus
+from core.storage.batch_writes import WireItem, put_wire_items
+from core.storage.ids import queue_key, subtask_partition
+from core.storage.models import (
     TASK_COUNTS,
     TASK_PLAN,
     ContactModel,
@@ -49,9 +52,6 @@ from core.models import (
     transaction_connection,
     update_if,
 )
-from core.refunds import refund_in
-from core.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
-from core.states import ContactStatus, SubtaskStatus, TaskStatus
 from core.task_transitions import announce, move_task, task_move
 
 

@@ -27,7 +27,9 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from core.header_rules import check_address, check_header_text
+from core.clock import iso
+from core.mail.header_rules import check_address, check_header_text
+from core.storage.models import TaskModel
 
 MAX_CONTACTS_PER_IMPORT = 1000
 MAX_TAGS_PER_CONTACT = 50
@@ -42,7 +44,7 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
 _ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
 
-# Header injection and unsendable mail: core.header_rules is the one rule set, shared with the
+# Header injection and unsendable mail: core.mail.header_rules is the one rule set, shared with the
 # MIME builder. Every name is held to it (service, task and template names too: they show up in
 # reports, logs and CSV exports, where a line break is just as wrong).
 HeaderText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(check_header_text)]
@@ -458,3 +460,33 @@ class SchedulerStateOut(BaseModel):
     is_running: bool
     services: int
     updated_at: str | None = None
+
+
+def task_out(task: TaskModel) -> TaskOut:
+    """A stored task as the API shows it."""
+    counts = task.counts.as_dict() if task.counts else {}
+    rule = (
+        RecipientRule(
+            type="tag_based",
+            include_tags=list(task.include_tags or []),
+            exclude_tags=list(task.exclude_tags or []),
+        )
+        if task.has_rule
+        else None
+    )
+    return TaskOut(
+        task_id=task.task_id,
+        user_id=task.user_id,
+        name=task.name,
+        status=task.status,
+        reason=task.reason,
+        sender_id=task.sender_id,
+        templates=list(task.template_ids),
+        contacts=len(task.contact_ids or []),
+        recipient_rule=rule,
+        scheduled_at=iso(task.scheduled_at) if task.scheduled_at is not None else None,
+        quota_reserved=int(task.quota_reserved) if task.quota_reserved is not None else None,
+        counts=TaskCountsOut(**{key: int(value) for key, value in counts.items()}),
+        created_at=iso(task.created_at),
+        updated_at=iso(task.updated_at),
+    )

@@ -10,7 +10,7 @@ Speed: contacts are written 100 to a TransactWriteItems request (the same expres
 two write units an item instead of one), several requests at a time, so 1,000 rows are 10 requests.
 DynamoDB refuses an UpdateItem on an item inside a running transaction
 (TransactionConflictException, which the SDK does not retry): every conditional update of a
-contact goes through `core.models.update_if`, which retries it, so a concurrent unsubscribe waits
+contact goes through `core.storage.models.update_if`, which retries it, so a concurrent unsubscribe waits
 a few milliseconds instead of failing; a transaction cancelled by such a conflict is retried here.
 
 Everything is validated (by the schema) before the first write. A DynamoDB failure half way leaves
@@ -19,7 +19,6 @@ is safe (it is an upsert)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -28,24 +27,23 @@ from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from core.auth import Caller
-from core.clock import Clock, backoff, iso
-from core.errors import ServiceUnavailable
-from core.ids import contact_id_for
-from core.models import ContactModel, transaction_connection
-from core.paging import decode_cursor, encode_cursor
-from core.schemas import (
+from core.api.auth import Caller
+from core.api.ownership import require_tenant
+from core.api.paging import decode_cursor, encode_cursor
+from core.api.schemas import (
     DEFAULT_PAGE_SIZE,
     ContactImport,
     ContactImported,
     ContactIn,
     ContactOut,
     ContactPage,
-    is_identifier,
     unique,
 )
+from core.clock import Clock, backoff, iso
+from core.errors import ServiceUnavailable
 from core.states import ContactStatus
-from core.users import require_tenant
+from core.storage.ids import contact_id_for
+from core.storage.models import ContactModel, transaction_connection
 
 CONTACT_ID_PATTERN = r"ct_[0-9a-f]{24}"
 _BATCH_GET_LIMIT = 100
@@ -164,18 +162,6 @@ def list_contacts(
         contacts=[contact_out(contact) for contact in contacts],
         cursor=encode_cursor(contacts[-1].contact_id) if more else None,
     )
-
-
-def load_contacts(user_id: str, contact_ids: Iterable[str]) -> dict[str, ContactModel]:
-    """The user's contacts among `contact_ids`, by id (BatchGet, 100 keys a call). Ids the user
-    does not have, another user's included, are simply absent: the caller decides what that means."""
-    wanted = unique([contact_id for contact_id in contact_ids if is_identifier(contact_id)])
-    found: dict[str, ContactModel] = {}
-    for start in range(0, len(wanted), _BATCH_GET_LIMIT):
-        keys = [(user_id, contact_id) for contact_id in wanted[start : start + _BATCH_GET_LIMIT]]
-        for contact in ContactModel.batch_get(keys, consistent_read=True):
-            found[contact.contact_id] = contact
-    return found
 
 
 def contact_out(contact: ContactModel) -> ContactOut:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pynamodb.exceptions import PutError
 
-from core.auth import Caller
+from core.api.auth import Caller
+from core.api.ownership import load_services
+from core.api.schemas import ServiceAssignment, UserIn, UserOut, is_identifier, unique
 from core.clock import Clock, iso
-from core.email_services import load_services
-from core.errors import AlreadyExists, Forbidden, NotFound
-from core.models import UserModel, update_if
-from core.schemas import ServiceAssignment, UserIn, UserOut, is_identifier, unique
+from core.errors import AlreadyExists, NotFound
+from core.storage.models import UserModel, update_if
 
 
 def user_out(user: UserModel) -> UserOut:
@@ -47,19 +47,6 @@ def load_user(user_id: str) -> UserModel:
         return UserModel.get(user_id, consistent_read=True)
     except UserModel.DoesNotExist as error:
         raise NotFound("user", user_id) from error
-
-
-def tenant_user(caller: Caller) -> UserModel:
-    """The caller's user record. Only users the administrators created may create anything: a
-    token without one is 403."""
-    try:
-        return UserModel.get(caller.user_id, consistent_read=True)
-    except UserModel.DoesNotExist as error:
-        raise Forbidden("you have no user record; ask an administrator to create one") from error
-
-
-def require_tenant(caller: Caller) -> None:
-    tenant_user(caller)
 
 
 def get_user(caller: Caller, user_id: str) -> UserOut:

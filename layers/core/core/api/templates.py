@@ -1,19 +1,14 @@
-"""Templates: saved after a syntax, safety and render-budget check (core.rendering), listed, read,
+"""Templates: saved after a syntax, safety and render-budget check (core.mail.rendering), listed, read,
 and previewed for one of the user's contacts or a sample contact, within the render budget."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from core.auth import Caller
-from core.clock import Clock, iso
-from core.contacts import load_contacts
-from core.errors import InvalidInput, NotFound
-from core.ids import new_id
-from core.models import TemplateModel
-from core.paging import decode_cursor, encode_cursor
-from core.rendering import DEFAULT_RENDER_BUDGET, check_template, load_template, render_template
-from core.schemas import (
+from core.api.auth import Caller
+from core.api.ownership import load_contacts, require_tenant
+from core.api.paging import decode_cursor, encode_cursor
+from core.api.schemas import (
     MAX_TEMPLATE_BYTES,
     PreviewIn,
     RenderedOut,
@@ -22,7 +17,11 @@ from core.schemas import (
     TemplatePage,
     TemplateSummary,
 )
-from core.users import require_tenant
+from core.clock import Clock, iso
+from core.errors import InvalidInput, NotFound
+from core.mail.rendering import DEFAULT_RENDER_BUDGET, check_template, load_template, render_template
+from core.storage.ids import new_id
+from core.storage.models import TemplateModel
 
 TEMPLATE_ID_PATTERN = r"tpl_[0-9a-f]{24}"
 MAX_TEMPLATES_PAGE = 1000

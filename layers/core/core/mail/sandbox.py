@@ -17,7 +17,7 @@ Choices, and why:
   allocate far beyond that in one step (padding, `*`, `**`, `%`-widths, replace, join, indent,
   concatenation) are checked before they run. Every operation also checks the render's deadline:
   a template of many slow steps stops on time by itself. One slow step (a filter on a megabyte) is
-  not interruptible from inside; core.render_worker runs renders in a process it can kill.
+  not interruptible from inside; core.mail.render_worker runs renders in a process it can kill.
 
 This module imports nothing but Jinja2 and core.errors: the render worker process imports it, and
 its start-up time is part of what a killed render costs."""

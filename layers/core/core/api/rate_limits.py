@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from core.errors import Forbidden, TooManyRequests
-from core.models import UserModel, update_if
+from core.storage.models import UserModel, update_if
 
 SENDER_WINDOW_SECONDS = 3600
 

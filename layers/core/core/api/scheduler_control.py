@@ -7,17 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.auth import Caller
+from core.api.auth import Caller
+from core.api.ownership import load_task
+from core.api.schemas import SchedulerStateOut, TaskOut, task_out
 from core.clock import Clock, iso
 from core.dispatch.control import services_with_work
+from core.dispatch.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import InvalidState
-from core.models import SchedulerStateModel, update_if
-from core.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
-from core.schemas import SchedulerStateOut, TaskOut
 from core.states import DISPATCHABLE, TaskStatus, can_move
+from core.storage.models import SchedulerStateModel, update_if
 from core.task_transitions import move_task
-from core.tasks import load_task, task_out
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def set_running(caller: Caller, running: bool, deps: ControlDeps) -> SchedulerSt
     if not changed:
         state = SchedulerStateModel.get(SCHEDULER_STATE_KEY, consistent_read=True)
     # The flag is written before the scan: a service created meanwhile either is in the scan or
-    # reads the new flag when it re-checks it after saving (core.email_services).
+    # reads the new flag when it re-checks it after saving (core.api.email_services).
     services = sync_all_schedules(deps.scheduler, deps.schedules, running)
     if running and deps.wake is not None:
         # Sending starts now, not at each schedule's first tick (up to a minute away).

@@ -41,9 +41,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core import service_quota
 from core.clock import Clock
-from core.dispatch import lease
+from core.dispatch import lease, service_quota
 from core.dispatch.budget import SendBudget
 from core.dispatch.claims import (
     CLAIM_AHEAD_SECONDS,
@@ -60,11 +59,15 @@ from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
 from core.dispatch.recorder import Recorder, TaskTally
 from core.dispatch.repair import reconcile_if_drained, recover_in_flight
+from core.dispatch.send_errors import SendErrorClass, classify_send_error
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
-from core.ids import queue_key
-from core.mime import build_campaign_message
-from core.models import (
+from core.mail.mime import build_campaign_message
+from core.mail.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
+from core.mail.unsubscribe import sign_unsubscribe, unsubscribe_url
+from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
+from core.storage.ids import queue_key
+from core.storage.models import (
     EmailServiceModel,
     SchedulerStateModel,
     SenderModel,
@@ -72,11 +75,7 @@ from core.models import (
     TaskModel,
     TemplateModel,
 )
-from core.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
-from core.send_errors import SendErrorClass, classify_send_error
-from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.task_transitions import complete_if_done
-from core.unsubscribe import sign_unsubscribe, unsubscribe_url
 
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 # Tasks and the service are reloaded at least this often even when no control change was announced.

@@ -1,6 +1,6 @@
 """Where renders run: a long-lived worker process that the caller kills when a render is late.
 
-Why a process. The sandbox (core.sandbox) bounds operations and sizes, and checks the deadline
+Why a process. The sandbox (core.mail.sandbox) bounds operations and sizes, and checks the deadline
 between operations, but one operation can run for seconds inside a single call: `urlize` on a
 megabyte takes 2.2 s, `wordwrap(3)` 11 s, `split()|sort` 1.6 s (measured, Python 3.11). Nothing
 inside the process can stop such a call on time: `signal.alarm` works on the main thread only (the
@@ -20,7 +20,7 @@ Python 3.11, a 5 KB template whose in-process render takes ~0.2 ms of CPU):
   dispatcher's claimed emails of one template) is one request and one reply per email, read
   together: in the dispatcher, whose SES threads take the GIL at each of the loop's system calls,
   one round trip per email cost ~1 ms of the loop's wall clock.
-- The worker checks the deadline between operations (core.sandbox) and answers "timeout" itself,
+- The worker checks the deadline between operations (core.mail.sandbox) and answers "timeout" itself,
   so a template of many slow steps costs the budget (+5 ms) and no restart. A single slow call is
   cut by the caller: it waits for the budget plus GRACE_SECONDS, then kills the worker (SIGKILL),
   in all 260-280 ms for a 200 ms budget. The replacement starts at once (Popen: under 10 ms of the
@@ -66,7 +66,7 @@ from typing import Any
 from jinja2 import Template
 
 from core.errors import InvalidInput
-from core.sandbox import (
+from core.mail.sandbox import (
     MAX_RENDERED_CHARS,
     RenderBudgetExceeded,
     RenderError,
@@ -238,7 +238,7 @@ def _exit_with_parent(requests: int) -> None:
 
 
 def main() -> None:
-    """`python -m core.render_worker MEMORY_LIMIT_BYTES PROGRESS_FD`, started by Worker."""
+    """`python -m core.mail.render_worker MEMORY_LIMIT_BYTES PROGRESS_FD`, started by Worker."""
     replies = os.dup(1)
     os.dup2(2, 1)  # a stray print goes to stderr, never into the replies
     threading.Thread(target=_exit_with_parent, args=(0,), name="exit-with-parent", daemon=True).start()
@@ -285,7 +285,7 @@ class Worker:
                 sys.executable,
                 "-P",
                 "-m",
-                "core.render_worker",
+                "core.mail.render_worker",
                 str(memory_limit),
                 str(self._progress_file.fileno()),
             ],

@@ -1,26 +1,26 @@
 """Email services (sending accounts) as administrators manage them and users see them: settings,
 health, and today's usage. Usage is read from ServiceUsageModel (one item per service and UTC day,
 written by the dispatcher's conditional ADD); this module never writes it. Every service has a
-dispatch schedule (core.schedules), created with it and updated whenever `enabled` changes."""
+dispatch schedule (core.dispatch.schedules), created with it and updated whenever `enabled` changes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pynamodb.exceptions import PutError
 from pynamodb.expressions.update import Action
 
-from core.auth import Caller
+from core.api.auth import Caller
+from core.api.ownership import load_services
+from core.api.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
 from core.clock import Clock, iso, utc_day
 from core.dispatch.control import control_changed
+from core.dispatch.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
 from core.dispatch.wakeups import WakeQueue, WakeReason
 from core.errors import NotFound
-from core.ids import new_id
-from core.models import EmailServiceModel, ServiceUsageModel, UserModel, update_if
-from core.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
-from core.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
+from core.storage.ids import new_id
+from core.storage.models import EmailServiceModel, ServiceUsageModel, UserModel, update_if
 
 _BATCH_GET_LIMIT = 100
 
@@ -114,16 +114,6 @@ def list_services(caller: Caller, clock: Clock) -> ServiceList:
         services = [by_id[service_id] for service_id in user.service_ids or [] if service_id in by_id]
     used = _used_today([service.service_id for service in services], clock)
     return ServiceList(services=[service_out(service, used.get(service.service_id, 0)) for service in services])
-
-
-def load_services(service_ids: Iterable[str]) -> dict[str, EmailServiceModel]:
-    """The services that exist among `service_ids`, by id (BatchGet, 100 keys a call)."""
-    wanted = list(dict.fromkeys(service_id for service_id in service_ids if is_identifier(service_id)))
-    found: dict[str, EmailServiceModel] = {}
-    for start in range(0, len(wanted), _BATCH_GET_LIMIT):
-        for service in EmailServiceModel.batch_get(wanted[start : start + _BATCH_GET_LIMIT]):
-            found[service.service_id] = service
-    return found
 
 
 def _used_today(service_ids: list[str], clock: Clock) -> dict[str, int]:

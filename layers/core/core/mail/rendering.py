@@ -1,8 +1,8 @@
 """Template checking and rendering, as the rest of the code sees it.
 
-- What a template may do, and the budget of operations and sizes of each render: core.sandbox.
+- What a template may do, and the budget of operations and sizes of each render: core.mail.sandbox.
 - Where it runs, and how a render that takes longer than its wall-clock budget is stopped:
-  core.render_worker (a worker process, killed when late).
+  core.mail.render_worker (a worker process, killed when late).
 - Here: the contact's variables, the subject folded to one line, and the check on save: a template
   is saved only if it compiles, reaches for no Python internals, and renders a sample contact
   within the budget. What fails only because the sample lacks an attribute does not refuse it,
@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.api.schemas import MAX_SUBJECT_CHARS, is_identifier
 from core.errors import InvalidInput, NotFound
-from core.header_rules import one_line
-from core.models import TemplateModel
-from core.render_worker import default_workers
-from core.sandbox import RenderBudgetExceeded, RenderError, RenderTimeout
-from core.schemas import MAX_SUBJECT_CHARS, is_identifier
+from core.mail.header_rules import one_line
+from core.mail.render_worker import default_workers
+from core.mail.sandbox import RenderBudgetExceeded, RenderError, RenderTimeout
+from core.storage.models import TemplateModel
 
 __all__ = [
     "DEFAULT_RENDER_BUDGET",

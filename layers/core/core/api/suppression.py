@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.clock import Clock
-from core.ids import subtask_partition
-from core.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, update_if
+from core.mail.unsubscribe import verify_unsubscribe
 from core.refunds import refund_quota
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
+from core.storage.ids import subtask_partition
+from core.storage.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskModel, update_if
 from core.task_transitions import complete_if_done
-from core.unsubscribe import verify_unsubscribe
 
 # Tasks that may still hold a queued subtask for the contact.
 _OPEN = (TaskStatus.PLANNING, TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.PAUSED)

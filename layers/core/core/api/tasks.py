@@ -7,21 +7,19 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.auth import Caller
-from core.clock import Clock, iso
-from core.contacts import load_contacts
+from core.api.auth import Caller
+from core.api.ownership import load_contacts, load_sender, load_task, tenant_user
+from core.api.paging import decode_cursor, encode_cursor
+from core.api.schemas import TaskCreated, TaskIn, TaskOut, TaskPage, task_out, unique
+from core.clock import Clock
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
-from core.ids import new_id
-from core.models import EmailServiceModel, TaskModel
-from core.paging import decode_cursor, encode_cursor
-from core.planner_jobs import PlannerJob, enqueue
-from core.rendering import load_template
-from core.routing import NoServiceAvailable
-from core.schemas import RecipientRule, TaskCountsOut, TaskCreated, TaskIn, TaskOut, TaskPage, unique
-from core.senders import load_sender
+from core.mail.rendering import load_template
+from core.planning.planner_jobs import PlannerJob, enqueue
+from core.planning.routing import NoServiceAvailable
 from core.states import ContactStatus, TaskStatus, can_move
+from core.storage.ids import new_id
+from core.storage.models import EmailServiceModel, TaskModel
 from core.task_transitions import move_task
-from core.users import tenant_user
 
 TASK_ID_PATTERN = r"task_[0-9a-f]{24}"
 
@@ -31,35 +29,6 @@ class TaskDeps:
     clock: Clock
     sqs: Any
     planner_queue_url: str
-
-
-def task_out(task: TaskModel) -> TaskOut:
-    counts = task.counts.as_dict() if task.counts else {}
-    rule = (
-        RecipientRule(
-            type="tag_based",
-            include_tags=list(task.include_tags or []),
-            exclude_tags=list(task.exclude_tags or []),
-        )
-        if task.has_rule
-        else None
-    )
-    return TaskOut(
-        task_id=task.task_id,
-        user_id=task.user_id,
-        name=task.name,
-        status=task.status,
-        reason=task.reason,
-        sender_id=task.sender_id,
-        templates=list(task.template_ids),
-        contacts=len(task.contact_ids or []),
-        recipient_rule=rule,
-        scheduled_at=iso(task.scheduled_at) if task.scheduled_at is not None else None,
-        quota_reserved=int(task.quota_reserved) if task.quota_reserved is not None else None,
-        counts=TaskCountsOut(**{key: int(value) for key, value in counts.items()}),
-        created_at=iso(task.created_at),
-        updated_at=iso(task.updated_at),
-    )
 
 
 def _check_references(caller: Caller, request: TaskIn) -> int | None:
@@ -123,16 +92,6 @@ def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:
         move_task(task, TaskStatus.REJECTED, deps.clock.now(), reason="planner_unavailable")
         raise ServiceUnavailable("the planner queue is unavailable; try again shortly") from error
     return TaskCreated(task_id=task.task_id, status=task.status)
-
-
-def load_task(caller: Caller, task_id: str) -> TaskModel:
-    try:
-        task = TaskModel.get(task_id, consistent_read=True)
-    except TaskModel.DoesNotExist as error:
-        raise NotFound("task", task_id) from error
-    if not (caller.is_admin or task.user_id == caller.user_id):
-        raise NotFound("task", task_id)
-    return task
 
 
 def get_task(caller: Caller, task_id: str) -> TaskOut:

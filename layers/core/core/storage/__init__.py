@@ -1,0 +1,1 @@
+"""Storage: the DynamoDB models, identifiers and batched writes every flow shares."""
