@@ -31,10 +31,8 @@ services pay most per email; bench/dispatch.py measures it)."""
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -57,9 +55,11 @@ from core.dispatch.claims import (
 from core.dispatch.control import read_control
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
+from core.dispatch.outcomes import Move, ServiceEffect, outcome_of
 from core.dispatch.recorder import Recorder, TaskTally
 from core.dispatch.repair import reconcile_if_drained, recover_in_flight
-from core.dispatch.send_errors import SendErrorClass, classify_send_error
+from core.dispatch.send_errors import classify_send_error
+from core.dispatch.sender import Completed, SesSender, send_request
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
 from core.mail.mime import build_campaign_message
@@ -212,12 +212,9 @@ class Dispatcher:
         self.next_reload = 0.0  # tasks and service: reloaded when control changes, or by this time
         self.control_seen: tuple[int, int] | None = None  # (control_seq, wake_seq) at the last reload
         self.wake_seen = int(state.wake_seq or 0)
-        self.latency = 0.05  # SES call latency estimate (EWMA), sizes the in-flight pool
-        # (subtask, its SES call, monotonic start, the paced instant it was sent at)
-        self.in_flight: deque[tuple[SubtaskModel, Future[str], float, float]] = deque()
+        self.sender = SesSender(deps.ses, deps.max_in_flight)
         self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
         self.taken: set[tuple[str, str]] = set()  # keys picked by this invocation (not to be picked again)
-        self.pool: ThreadPoolExecutor | None = None
         # Claimed emails rendered with their batch (one render-worker round trip per template).
         self.rendered: dict[tuple[str, str], RenderedMessage | DomainError] = {}
 
@@ -419,18 +416,6 @@ class Dispatcher:
             unsubscribe_url=link,
         )
 
-    def _send(self, sender_email: str, subtask: SubtaskModel, raw: bytes) -> str:
-        request: dict[str, Any] = {
-            "FromEmailAddress": sender_email,
-            "Destination": {"ToAddresses": [subtask.email]},
-            "Content": {"Raw": {"Data": raw}},
-            "EmailTags": [{"Name": "task_id", "Value": subtask.task_id}],
-        }
-        if self.service.configuration_set:
-            request["ConfigurationSetName"] = self.service.configuration_set
-        reply = self.deps.ses.send_email(**request)
-        return str(reply["MessageId"])
-
     def send_one(self, work: TaskWork, subtask: SubtaskModel, now: float) -> None:
         try:
             raw = self.build(work, subtask)
@@ -444,82 +429,60 @@ class Dispatcher:
             return
         self.budget.sent(now)
         self.report.send_times.append(now)
-        allowed = min(self.deps.max_in_flight, max(1, math.ceil(self.latency / float(self.service.sending_rate))))
-        if allowed <= 1:
-            started = time.monotonic()
-            future: Future[str] = Future()
-            try:
-                future.set_result(self._send(work.sender.email, subtask, raw))
-            except (ClientError, BotoCoreError) as error:
-                future.set_exception(error)
-            self._observe(time.monotonic() - started)
-            self.settle(subtask, future, now)
-            return
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(max_workers=self.deps.max_in_flight, thread_name_prefix="ses")
-        self.in_flight.append(
-            (subtask, self.pool.submit(self._send, work.sender.email, subtask, raw), time.monotonic(), now)
-        )
-        while len(self.in_flight) >= allowed:
-            self.settle_oldest()
+        request = send_request(work.sender.email, subtask, raw, self.service.configuration_set)
+        for completed in self.sender.submit(subtask, request, now, float(self.service.sending_rate)):
+            self.settle(completed)
 
-    def _observe(self, seconds: float) -> None:
-        self.latency = 0.8 * self.latency + 0.2 * seconds
-
-    def settle_oldest(self) -> None:
-        subtask, future, started, sent_at = self.in_flight.popleft()
-        future.exception()  # waits
-        self._observe(time.monotonic() - started)
-        self.settle(subtask, future, sent_at)
-
-    def settle(self, subtask: SubtaskModel, future: Future[str], sent_at: float) -> None:
-        """Records the SES call's outcome; `sent_at` is the paced instant the call was made at."""
-        error = future.exception()
-        if error is None:
+    def settle(self, completed: Completed) -> None:
+        """Records an SES call's outcome (core.dispatch.outcomes) at the paced instant it was made."""
+        subtask = completed.subtask
+        error = completed.reply.exception()
+        if error is not None and not isinstance(error, ClientError | BotoCoreError):
+            raise error  # our own bug, maybe after SES took the email: it stays `sending` -> `unknown`
+        failure = classify_send_error(error) if error is not None else None
+        outcome = outcome_of(failure)
+        if outcome.quota_used:
             self.deps.fault("after_send", subtask)
+        else:
+            self.budget.give_back()  # SES did not take it: the quota unit was not used
+        now = self.deps.clock.now()
+        if outcome.move is Move.SENT:
             subtask.status = SubtaskStatus.SENT
-            subtask.message_id = future.result()
-            subtask.sent_at = sent_at
+            subtask.message_id = completed.reply.result()
+            subtask.sent_at = completed.sent_at
             subtask.error = None
             subtask.error_class = None
             self.report.sent += 1
             self.recorder.add(subtask, lambda tally: setattr(tally, "sent", tally.sent + 1))
             return
-        if not isinstance(error, ClientError | BotoCoreError):
-            raise error
-        outcome = classify_send_error(error)
-        if outcome.may_have_been_sent:
-            # The request may have reached SES (e.g. a read timeout): at most once wins.
-            self.deps.fault("after_send", subtask)
+        assert failure is not None
+        detail = f"{failure.code}: {failure.message}"
+        if outcome.move is Move.UNKNOWN:  # the request may have reached SES: at most once wins
             subtask.status = SubtaskStatus.UNKNOWN
-            subtask.error_class = outcome.error_class.value
-            subtask.error = f"{outcome.code}: {outcome.message}"[:500]
+            subtask.error_class = failure.error_class.value
+            subtask.error = detail[:500]
             self.recorder.add(subtask, lambda tally: setattr(tally, "unknown", tally.unknown + 1))
-            return
-        self.budget.give_back()  # SES did not accept it: the quota unit was not used
-        now = self.deps.clock.now()
-        if outcome.error_class in (SendErrorClass.THROTTLED, SendErrorClass.DAILY_QUOTA, SendErrorClass.ACCOUNT):
-            self.requeue(subtask, outcome.error_class, outcome.message, retry_at=0, spend_attempt=False)
-            if outcome.error_class is SendErrorClass.THROTTLED:
-                self.budget.throttled(now)
-            elif outcome.error_class is SendErrorClass.DAILY_QUOTA:
-                self.budget.quota_spent()
-                raise _StopSending(StopReason.DAILY_QUOTA)
-            else:
-                EmailServiceModel(self.service.service_id).update(
-                    actions=[
-                        EmailServiceModel.is_healthy.set(False),
-                        EmailServiceModel.health_reason.set(f"{outcome.code}: {outcome.message}"[:500]),
-                    ]
-                )
-                raise _StopSending(StopReason.ACCOUNT_PROBLEM)
-        elif outcome.error_class is SendErrorClass.TRANSIENT and int(subtask.attempts or 0) < self.deps.max_retries:
-            self.requeue(
-                subtask, outcome.error_class, outcome.message, retry_at=now + self.deps.retry_delay, spend_attempt=True
-            )
+        elif outcome.move is Move.REQUEUE:
+            self.requeue(subtask, failure.error_class, failure.message, retry_at=0, spend_attempt=False)
+        elif outcome.move is Move.RETRY and int(subtask.attempts or 0) < self.deps.max_retries:
+            retry_at = now + self.deps.retry_delay
+            self.requeue(subtask, failure.error_class, failure.message, retry_at=retry_at, spend_attempt=True)
         else:
             subtask.attempts = int(subtask.attempts or 0) + 1
-            self.fail(subtask, outcome.error_class.value, f"{outcome.code}: {outcome.message}")
+            self.fail(subtask, failure.error_class.value, detail)
+        self.affect_service(outcome.service, detail, now)
+
+    def affect_service(self, effect: ServiceEffect, detail: str, now: float) -> None:
+        if effect is ServiceEffect.BACK_OFF:
+            self.budget.throttled(now)
+        elif effect is ServiceEffect.STOP_FOR_THE_DAY:
+            self.budget.quota_spent()
+            raise _StopSending(StopReason.DAILY_QUOTA)
+        elif effect is ServiceEffect.MARK_UNHEALTHY:
+            EmailServiceModel(self.service.service_id).update(
+                actions=[EmailServiceModel.is_healthy.set(False), EmailServiceModel.health_reason.set(detail[:500])]
+            )
+            raise _StopSending(StopReason.ACCOUNT_PROBLEM)
 
     def requeue(
         self, subtask: SubtaskModel, error_class: str, message: str, *, retry_at: float, spend_attempt: bool
@@ -624,9 +587,9 @@ class Dispatcher:
         released = Release.LOST
         try:
             self.give_back_claims()
-            while self.in_flight:
+            for completed in self.sender.drain():
                 try:
-                    self.settle_oldest()
+                    self.settle(completed)
                 except _StopSending as stop:
                     self.report.stop_reason = stop.reason
                     unless_woken_since = None
@@ -634,9 +597,7 @@ class Dispatcher:
                     first_error = first_error or error
             self.recorder.flush(move_counters=True)
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
-                self.pool = None
+            self.sender.close()
             self.budget.close()
             if self.report.send_times:
                 EmailServiceModel(self.service.service_id).update(

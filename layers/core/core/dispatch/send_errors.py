@@ -1,12 +1,6 @@
-"""What a failed SES v2 `SendEmail` means for the recipient and the service: one table, `RULES`.
-
-| class       | what the dispatcher does                                                          |
-|-------------|-----------------------------------------------------------------------------------|
-| THROTTLED   | subtask back to queued, no attempt spent; the dispatcher backs off                |
-| DAILY_QUOTA | subtask back to queued, no attempt spent; the service stops sending for the day    |
-| TRANSIENT   | attempt + 1, retried after `retry_delay` up to `max_retries`, then `failed`        |
-| PERMANENT   | `failed` at once, the user's quota refunded                                        |
-| ACCOUNT     | service marked unhealthy; subtask back to queued, no attempt spent                 |
+"""Which class a failed SES v2 `SendEmail` belongs to: one table, `RULES`. What each class then
+does to the subtask, its quota unit and the service is the outcome table (core.dispatch.outcomes):
+THROTTLED, DAILY_QUOTA, TRANSIENT, PERMANENT, ACCOUNT.
 
 The first rule that matches wins. Rules look at the SES error's message text first (SES reports
 "Daily message quota exceeded" and "Maximum sending rate exceeded" under more than one code; see
