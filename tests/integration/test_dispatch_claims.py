@@ -1,7 +1,7 @@
-"""Claims in bulk (core.dispatch.dispatcher.claim_subtasks): about two seconds of pace claimed in one
-TransactWriteItems; a subtask moved meanwhile is left out; claimed emails of a task paused,
-cancelled or stopped before their turn go back (or are cancelled and refunded), nothing is left
-`sending`, and the quota units come back."""
+"""Claims in bulk (core.dispatch.claims.claim_subtasks): about one second of pace claimed in one
+TransactWriteItems (which is also the look at the controls); a subtask moved meanwhile is left out;
+claimed emails of a task paused, cancelled or stopped before their turn go back (or are cancelled
+and refunded), nothing is left `sending`, and the quota units come back."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def used_today(service_id: str, clock: FakeClock) -> int:
     ("interval", "emails", "per_claim"),
     [(1.0, 200, 1), (0.1, 100, 10), (0.001, 100, 25)],
 )
-def test_claims_cover_about_two_seconds_of_pace_in_one_request(
+def test_claims_cover_about_one_second_of_pace_in_one_request(
     world: World, clock: FakeClock, interval: float, emails: int, per_claim: int
 ) -> None:
     world.service("svc", sending_rate=interval)

@@ -1,5 +1,6 @@
-"""What a sending dispatcher re-reads each second, in one request: the scheduler's running flag and
-control sequence, and its own service's lease and wake count. Every control change (pause, resume,
+"""What a sending dispatcher looks at each second when its claim does not (claims check the same
+controls in their transaction: core.dispatch.claims), in one request: the scheduler's running flag
+and control sequence, and its own service's lease and wake count. Every control change (pause, resume,
 cancel, a task queued, a service changed) bumps the control sequence (`control_changed`), so the
 dispatcher reloads its tasks and service only when something changed."""
 

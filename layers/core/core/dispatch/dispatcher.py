@@ -4,29 +4,32 @@ The invocation
   1. takes the service's lease (a conditional write; an overlapping invocation exits at once, a
      successor waits for its predecessor's hand-off: core.dispatch.lease) and stops at once while
      the scheduler is stopped or the service is disabled or unhealthy;
-  2. marks `unknown` whatever a dead predecessor left `sending` (never re-sent automatically);
+  2. marks `unknown` whatever a dead predecessor's in-flight journal still lists as `sending`
+     (never re-sent automatically: core.dispatch.repair);
   3. until its time budget is spent, picks work round robin user -> task -> subtask from a pointer
      persisted in DynamoDB, one email per user per round, tasks of a user in turn;
-  4. claims about two seconds of pace ahead in one request (`queued -> sending`, conditional, with
-     this invocation's token; one unit each of a service-quota block reserved with a conditional
-     ADD), then for each email waits for the service's pace (`sending_rate` seconds since the last
-     send, also across invocations), renders and sends through SES v2, and buffers the outcome;
-     claimed emails it stops before sending go back to their queue;
-  5. flushes outcomes in batches: subtask items (BatchWriteItem; the claim makes this invocation
-     their only writer), and every few seconds task counters and user refunds; completes tasks
-     with nothing left queued;
+  4. claims about one second of pace ahead in one transaction that also journals the batch under
+     the lease and checks the controls (core.dispatch.claims; one unit each of a service-quota block
+     reserved with a conditional ADD: core.dispatch.budget), renders the batch, then for each email
+     waits for the service's pace (`sending_rate` seconds since the last send, also across
+     invocations) and sends through SES v2 (core.dispatch.sender); claimed emails it stops before
+     sending go back to their queue;
+  5. records outcomes by the outcome table (core.dispatch.outcomes) in batches: subtask items
+     (BatchWriteItem; the claim makes this invocation their only writer), and every few seconds task
+     counters (with the task's move to `sending` or `completed` in the same request) and refunds;
   6. near the end of its budget, with work left, starts its successor (a wake-up naming itself), so
      sending continues across invocations at the service's pace (docs/dispatch.md).
 
-Control (stop, pause, cancel, disable) is looked at every second of sending time with one request
-(core.dispatch.control); tasks and the service are reloaded only when it says something changed.
+Control (stop, pause, cancel, disable) is looked at every second of sending time with one request:
+the claim itself, or a read (core.dispatch.control) while claimed emails wait their turn; tasks and
+the service are reloaded only when the control sequence moved.
 
 `attempts` counts failed tries: throttling and account-level errors spend none, a transient
 error spends one and is retried after `retry_delay` while attempts < max_retries.
 
-Requests per sent email at steady state: shares of the claim transaction, the queue Query, the
-batched record, the counters and the quota block, plus the one-request look each second (so slow
-services pay most per email; bench/dispatch.py measures it)."""
+Requests per sent email at steady state: shares of the claim transaction (the look included), the
+queue Query, the batched record, the counters and the quota block (so slow services pay most per
+email: one claim a second; bench/dispatch.py measures it)."""
 
 from __future__ import annotations
 
@@ -260,9 +263,13 @@ class Dispatcher:
             known.task = task
             works[task.task_id] = known
         works.update(_load_works(new))
+        # A task back after a pause moves to `sending` again with its first counters.
+        self.recorder.started.difference_update(task.task_id for task in new)
         self.works = works
         # Tasks already `sending` need no move there with their first counters (one request less).
         self.recorder.started.update(t for t, w in works.items() if w.task.status == TaskStatus.SENDING)
+        for task_id, work in works.items():
+            self.recorder.queued_left.setdefault(task_id, int(work.task.counts.queued or 0))
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
         # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.

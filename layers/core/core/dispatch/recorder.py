@@ -46,6 +46,9 @@ class Recorder:
         self.tallies: dict[str, TaskTally] = {}
         self.user_of: dict[str, str] = {}
         self.started: set[str] = set()  # tasks already moved to `sending` by this invocation
+        # Each task's queued count as last seen (loaded, or answered by a counter update): when an
+        # update's outcomes match it, the update tries to complete the task in the same request.
+        self.queued_left: dict[str, int] = {}
         self.next_counters = deps.clock.now() + COUNTER_FLUSH_SECONDS
         self.outcomes = 0  # records written since the counters last moved
 
@@ -77,8 +80,9 @@ class Recorder:
             self._move_counters(task_id, tally, now)
 
     def _move_counters(self, task_id: str, tally: TaskTally, now: float) -> None:
-        """One update per task: its counters and, the first time this invocation records for it,
-        its move to `sending` (in the same request, when the task may still move there)."""
+        """One update per task: its counters, with its move to `sending` the first time this
+        invocation records for it, or to `completed` when these outcomes look like its last (each
+        under its own condition; a refused one falls back to the counters alone)."""
         task = TaskModel(task_id, user_id=self.user_of[task_id])
         done = tally.sent + tally.failed + tally.unknown
         counters: list[Action] = [
@@ -89,14 +93,18 @@ class Recorder:
             TASK_COUNTS.unknown.add(tally.unknown),
         ]
         moved = False
-        if task_id not in self.started:
+        if done and self.queued_left.get(task_id) == done:  # the condition, not this guess, decides
+            move = task_move(task, TaskStatus.COMPLETED, now, actions=counters, condition=TASK_COUNTS.queued == done)
+            moved = update_if(task, move.actions, move.condition)
+        if not moved and task_id not in self.started:
             self.started.add(task_id)
             # The move sets `reason` itself only when asked: clearing it stays with the counters.
             move = task_move(task, TaskStatus.SENDING, now, actions=counters)
             moved = update_if(task, move.actions, move.condition)  # answers with the new item
         if not moved:  # already sending, or paused/cancelled meanwhile: the counters alone
             task.update(actions=[*counters, TaskModel.updated_at.set(now)])
-        if done and int(task.counts.queued) <= 0:
+        self.queued_left[task_id] = int(task.counts.queued)
+        if done and task.status != TaskStatus.COMPLETED and int(task.counts.queued) <= 0:
             complete_if_done(task_id, now)
         if tally.refund:  # never sent: the user's quota comes back
             refund_quota(task_id=task_id, user_id=self.user_of[task_id], units=tally.refund)

@@ -1,6 +1,7 @@
-"""Two dispatcher functions by pace: a service sending at most PACED_MAX_PER_SECOND emails a second
-spends most of its invocation asleep between sends, and Lambda bills that sleep by memory; it runs on
-a small function (the paced tier). Faster services need the CPU of the larger one (the fast tier).
+"""Two dispatcher functions by pace: a service sending at most 10 emails a second (at least
+PACED_MIN_INTERVAL_SECONDS between sends) spends most of its invocation asleep between sends, and
+Lambda bills that sleep by memory; it runs on a small function (the paced tier). Faster services
+need the CPU of the larger one (the fast tier).
 
 Routing is only about cost: either function dispatches any service correctly (the lease, not the
 function, decides who sends), so a service whose rate changed since its schedule or wake-up was
