@@ -13,6 +13,7 @@ also the look at the controls: at slow paces a dispatcher makes one request per 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,18 +78,31 @@ class Journal:
     batch_of: dict[str, str] = field(default_factory=dict)  # key -> its batch id
     settled: set[str] = field(default_factory=set)  # batches fully recorded, still in the item
     count: int = 0
+    # The recorder may settle from its writer thread while the loop claims.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def next_batch_id(self) -> str:
         self.count += 1
         return f"{self.owner}#{self.count}"
 
-    def opened(self, batch_id: str, keys: Iterable[str]) -> None:
-        self.open[batch_id] = set(keys)
-        for key in self.open[batch_id]:
-            self.batch_of[key] = batch_id
+    def opened(self, batch_id: str, keys: Iterable[str], forget: Iterable[str] = ()) -> None:
+        """A batch was claimed (and the settled batches `forget` were removed from the item)."""
+        with self.lock:
+            self.settled.difference_update(forget)
+            self.open[batch_id] = set(keys)
+            for key in self.open[batch_id]:
+                self.batch_of[key] = batch_id
+
+    def settled_batches(self) -> list[str]:
+        with self.lock:
+            return sorted(self.settled)
 
     def settle(self, subtasks: Iterable[SubtaskModel]) -> None:
         """The subtasks' outcome is written (or they went back): their batch may leave the journal."""
+        with self.lock:
+            self._settle(subtasks)
+
+    def _settle(self, subtasks: Iterable[SubtaskModel]) -> None:
         for subtask in subtasks:
             batch_id = self.batch_of.pop(journal_key(subtask), None)
             if batch_id is None:
@@ -101,7 +115,8 @@ class Journal:
 
     def unsettled(self) -> dict[str, list[str]]:
         """What the journal must still hold when the lease is let go (a write that failed)."""
-        return {batch_id: sorted(keys) for batch_id, keys in self.open.items()}
+        with self.lock:
+            return {batch_id: sorted(keys) for batch_id, keys in self.open.items()}
 
 
 def _claim_actions(owner: str) -> list[Action]:
@@ -144,7 +159,7 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
             return set()
         batch_id = journal.next_batch_id()
         keys = [journal_key(subtask) for subtask in pending]
-        done = sorted(journal.settled)
+        done = journal.settled_batches()
         journalled: list[Action] = [SchedulerStateModel.inflight[batch_id].set(keys)]
         journalled += [SchedulerStateModel.inflight[old].remove() for old in done]
         try:
@@ -173,8 +188,7 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
             if "TransactionConflict" in codes:
                 time.sleep(backoff(attempt, base=0.02))
             continue
-        journal.settled.difference_update(done)
-        journal.opened(batch_id, keys)
+        journal.opened(batch_id, keys, forget=done)
         for subtask in pending:
             _claimed_locally(subtask, journal.owner)
         return set(keys)

@@ -63,6 +63,7 @@ from core.dispatch.recorder import Recorder, TaskTally
 from core.dispatch.repair import reconcile_if_drained, recover_in_flight
 from core.dispatch.send_errors import classify_send_error
 from core.dispatch.sender import Completed, SesSender, send_request
+from core.dispatch.tiers import Tier, tier_of
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
 from core.mail.mime import build_campaign_message
@@ -198,7 +199,8 @@ class Dispatcher:
         self.state = state
         self.report = DispatchReport(service_id=service.service_id)
         self.journal = Journal(service.service_id, deps.owner)
-        self.recorder = Recorder(deps, self.journal)
+        # Fast services write their records on a writer thread: a batch write would stall the pace.
+        self.recorder = Recorder(deps, self.journal, background=tier_of(float(service.sending_rate)) is Tier.FAST)
         tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
         self.fairness = Fairness(Pointer(state.pointer_user or "", tasks))
         self.works: dict[str, TaskWork] = {}
@@ -605,6 +607,7 @@ class Dispatcher:
             self.recorder.flush(move_counters=True)
         finally:
             self.sender.close()
+            first_error = first_error or self.recorder.close()  # all written before the lease goes
             self.budget.close()
             if self.report.send_times:
                 EmailServiceModel(self.service.service_id).update(
@@ -614,7 +617,7 @@ class Dispatcher:
                 self.fairness.pointer.user,
                 dict(self.fairness.pointer.tasks),
                 self.budget.last_send_at,
-                tuple(sorted(self.journal.settled)),
+                tuple(self.journal.settled_batches()),
             )
             released = lease.release(
                 self.service.service_id,

@@ -4,6 +4,7 @@ completion of a task exactly once."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,8 +40,13 @@ class TaskTally:
 class Recorder:
     """Buffers subtask outcomes and writes them in batches, with the task counters they move."""
 
-    def __init__(self, deps: DispatcherDeps, journal: Journal) -> None:
+    def __init__(self, deps: DispatcherDeps, journal: Journal, *, background: bool = False) -> None:
         self.deps = deps
+        # `background`: batches are written on one writer thread, in order, while the loop sends on
+        # (a 25-item write would otherwise hold up a fast pace); the loop waits for the previous
+        # batch only when it hands over the next, and learns of its failure then.
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder") if background else None
+        self.pending: Future[None] | None = None
         self.journal = journal  # a recorded outcome's claim leaves the in-flight journal
         self.items: list[SubtaskModel] = []
         self.tallies: dict[str, TaskTally] = {}
@@ -63,19 +69,44 @@ class Recorder:
     def flush(self, *, move_counters: bool = False) -> None:
         """Writes the buffered records; moves the task counters too when `move_counters` or when
         COUNTER_FLUSH_SECONDS passed since they last moved (one update per task then, however many
-        record batches it spans)."""
+        record batches it spans). A failure of the previous background batch is raised here, after
+        this batch is written."""
+        failed = self._wait()
         items, self.items = self.items, []
+        now = self.deps.clock.now()
+        self.outcomes += len(items)
+        tallies: dict[str, TaskTally] | None = None
+        if move_counters or now >= self.next_counters or self.outcomes >= COUNTER_FLUSH_OUTCOMES:
+            self.outcomes = 0
+            self.next_counters = now + COUNTER_FLUSH_SECONDS
+            tallies, self.tallies = self.tallies, {}
+        if self.writer is None or move_counters or failed is not None:
+            self._write(items, tallies)
+        else:
+            self.pending = self.writer.submit(self._write, items, tallies)
+        if failed is not None:
+            raise failed
+
+    def close(self) -> BaseException | None:
+        """Waits for the writer; returns what its last batch raised, if anything."""
+        failed = self._wait()
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+            self.writer = None
+        return failed
+
+    def _wait(self) -> BaseException | None:
+        pending, self.pending = self.pending, None
+        return pending.exception() if pending is not None else None
+
+    def _write(self, items: list[SubtaskModel], tallies: dict[str, TaskTally] | None) -> None:
         put_items(self.deps.dynamodb, self.deps.subtasks_table, items, self.deps.clock)
         self.journal.settle(items)
         for item in items:
             self.deps.fault("after_record", item)
-        now = self.deps.clock.now()
-        self.outcomes += len(items)
-        if not move_counters and now < self.next_counters and self.outcomes < COUNTER_FLUSH_OUTCOMES:
+        if tallies is None:
             return
-        self.outcomes = 0
-        self.next_counters = now + COUNTER_FLUSH_SECONDS
-        tallies, self.tallies = self.tallies, {}
+        now = self.deps.clock.now()
         for task_id, tally in tallies.items():
             self._move_counters(task_id, tally, now)
 
