@@ -68,6 +68,11 @@ def batch_owner(batch_id: str) -> str:
     return batch_id.rpartition("#")[0]
 
 
+def journal_task_id(key: str) -> str:
+    """The task a journal key's subtask belongs to (its partition is `task_id#shard`)."""
+    return parse_journal_key(key)[0].rpartition("#")[0]
+
+
 @dataclass
 class Journal:
     """This invocation's view of its in-flight journal: which claimed keys are not recorded yet."""
@@ -113,10 +118,10 @@ class Journal:
                 del self.open[batch_id]
                 self.settled.add(batch_id)
 
-    def unsettled(self) -> dict[str, list[str]]:
-        """What the journal must still hold when the lease is let go (a write that failed)."""
-        with self.lock:
-            return {batch_id: sorted(keys) for batch_id, keys in self.open.items()}
+
+def _cancellation_codes(error: TransactWriteError) -> list[str]:
+    """Why each item of a cancelled transaction failed, in request order ("None": it did not)."""
+    return [reason.code if reason else "None" for reason in (error.cancellation_reasons or [])]
 
 
 def _claim_actions(owner: str) -> list[Action]:
@@ -176,7 +181,7 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
                 )
         except TransactWriteError as error:
             # PynamoDB sends condition checks first, then the updates in the order they were added.
-            codes = [reason.code if reason else "None" for reason in (error.cancellation_reasons or [])]
+            codes = _cancellation_codes(error)
             if len(codes) != len(pending) + 2:
                 raise
             control, *claims, lease = codes
@@ -210,10 +215,9 @@ def update_all(
                 for subtask in pending:
                     transaction.update(subtask, actions=actions_of(subtask), condition=condition)
         except TransactWriteError as error:
-            reasons = list(error.cancellation_reasons or [])
-            if len(reasons) != len(pending):
+            codes = _cancellation_codes(error)
+            if len(codes) != len(pending):
                 raise
-            codes = [reason.code if reason else "None" for reason in reasons]
             pending = [s for s, code in zip(pending, codes, strict=True) if code != _REFUSED]
             if "TransactionConflict" in codes:
                 time.sleep(backoff(attempt, base=0.02))

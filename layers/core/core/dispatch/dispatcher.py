@@ -69,7 +69,7 @@ from core.errors import DomainError
 from core.mail.mime import build_campaign_message
 from core.mail.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
 from core.mail.unsubscribe import sign_unsubscribe, unsubscribe_url
-from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
+from core.states import DISPATCHABLE, SubtaskStatus
 from core.storage.ids import queue_key
 from core.storage.models import (
     EmailServiceModel,
@@ -221,7 +221,8 @@ class Dispatcher:
         self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
         self.taken: set[tuple[str, str]] = set()  # keys picked by this invocation (not to be picked again)
         # Claimed emails rendered with their batch (one render-worker round trip per template).
-        self.rendered: dict[tuple[str, str], RenderedMessage | DomainError] = {}
+        # (its result, its unsubscribe link), by subtask key: the link is signed once per email.
+        self.rendered: dict[tuple[str, str], tuple[RenderedMessage | DomainError, str]] = {}
 
     # ---------------------------------------------------------------- control
 
@@ -265,13 +266,8 @@ class Dispatcher:
             known.task = task
             works[task.task_id] = known
         works.update(_load_works(new))
-        # A task back after a pause moves to `sending` again with its first counters.
-        self.recorder.started.difference_update(task.task_id for task in new)
         self.works = works
-        # Tasks already `sending` need no move there with their first counters (one request less).
-        self.recorder.started.update(t for t, w in works.items() if w.task.status == TaskStatus.SENDING)
-        for task_id, work in works.items():
-            self.recorder.queued_left.setdefault(task_id, int(work.task.counts.queued or 0))
+        self.recorder.loaded([work.task for work in works.values()], new=[task.task_id for task in new])
         self.fairness.replace_tasks(works)
         self.next_reload = next_due
         # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.
@@ -382,8 +378,8 @@ class Dispatcher:
             work, first = picks[0]
             contacts = [self.contact(subtask) for _, subtask in picks]
             results = render_many(work.template[first.template_id], contacts, self.deps.render_budget_seconds)
-            for (_, subtask), result in zip(picks, results, strict=False):
-                self.rendered[(subtask.partition, subtask.contact_id)] = result
+            for (_, subtask), contact, result in zip(picks, contacts, results, strict=False):
+                self.rendered[(subtask.partition, subtask.contact_id)] = (result, contact["unsubscribe_url"])
 
     def contact(self, subtask: SubtaskModel) -> dict[str, Any]:
         token = sign_unsubscribe(
@@ -406,14 +402,17 @@ class Dispatcher:
             self.budget.give_back(release_claims(claimed, self.journal, self.deps.clock.now()))
 
     def build(self, work: TaskWork, subtask: SubtaskModel) -> bytes:
-        contact = self.contact(subtask)
-        link = contact["unsubscribe_url"]
-        rendered = self.rendered.pop((subtask.partition, subtask.contact_id), None)
-        if rendered is None:
+        ahead = self.rendered.pop((subtask.partition, subtask.contact_id), None)
+        if ahead is None:  # left out of its batch (after a late render): alone, as before
+            contact = self.contact(subtask)
+            link = contact["unsubscribe_url"]
             # In a worker process: a template over the budget costs this loop the budget, no more.
             rendered = render_template(work.template[subtask.template_id], contact, self.deps.render_budget_seconds)
-        elif isinstance(rendered, DomainError):
-            raise rendered
+        else:
+            result, link = ahead
+            if isinstance(result, DomainError):
+                raise result
+            rendered = result
         domain = self.service.from_domain or work.sender.email.rpartition("@")[2]
         return build_campaign_message(
             sender_name=work.sender.name,

@@ -58,6 +58,16 @@ class Recorder:
         self.next_counters = deps.clock.now() + COUNTER_FLUSH_SECONDS
         self.outcomes = 0  # records written since the counters last moved
 
+    def loaded(self, tasks: list[TaskModel], new: list[str]) -> None:
+        """What the loop's (re)load saw of the tasks it sends for: one already `sending` needs no
+        move there with its first counters (one request less), one back after a pause (`new`) does;
+        its queued count lets the update with its last outcomes complete it too."""
+        self.started.difference_update(new)
+        for task in tasks:
+            if task.status == TaskStatus.SENDING:
+                self.started.add(task.task_id)
+            self.queued_left.setdefault(task.task_id, int(task.counts.queued or 0))
+
     def add(self, subtask: SubtaskModel, tally: Callable[[TaskTally], None] | None = None) -> None:
         self.items.append(subtask)
         if tally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.dispatch.claims import batch_owner, parse_journal_key
+from core.dispatch.claims import batch_owner, journal_task_id, parse_journal_key
 from core.dispatch.lease import service_state_key
 from core.states import DISPATCHABLE, SubtaskStatus
 from core.storage.ids import SUBTASK_SHARDS, queue_key
@@ -41,7 +41,7 @@ def recover_in_flight(state: SchedulerStateModel, deps: DispatcherDeps) -> int:
                 (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == owner),
             ):
                 continue  # recorded before the crash, or given back
-            task_id = partition.rpartition("#")[0]
+            task_id = journal_task_id(key)
             recovered[task_id] = recovered.get(task_id, 0) + 1
     for task_id, count in recovered.items():
         TaskModel(task_id).update(actions=[TASK_COUNTS.queued.add(-count), TASK_COUNTS.unknown.add(count)])
@@ -59,7 +59,7 @@ def _in_flight_tasks(states: list[SchedulerStateModel], owner: str) -> set[str]:
     """Tasks with a claim journalled by another invocation on any of these services' lease items
     (this invocation's own claims still in flight are `sending`, which the recount looks for)."""
     return {
-        parse_journal_key(key)[0].rpartition("#")[0]
+        journal_task_id(key)
         for state in states
         for batch_id, keys in (state.inflight.as_dict() if state.inflight else {}).items()
         if batch_owner(batch_id) != owner

@@ -318,10 +318,7 @@ class Worker:
         seconds (plus GRACE_SECONDS). Raises RenderTimeout, RenderBudgetExceeded, RenderError or
         InvalidInput naming the part; WorkerGone when the worker had died before the request.
         `sample`: the check on save (see serve); a part the sample cannot render comes back empty."""
-        (result,) = self.render_many(sources, [context], budget, sample=sample)
-        if isinstance(result, InvalidInput):
-            raise result
-        return result
+        return _only(self.render_many(sources, [context], budget, sample=sample))
 
     def render_many(
         self, sources: Sources, contexts: list[dict[str, Any]], budget: float, *, sample: bool = False
@@ -475,6 +472,14 @@ class Worker:
                 pipe.close()
 
 
+def _only(results: list[Rendered]) -> list[str]:
+    """The one context's parts, or the error its render raised."""
+    (result,) = results
+    if isinstance(result, InvalidInput):
+        raise result
+    return result
+
+
 def _split_parts(payload: bytes, count: int) -> list[str]:
     parts: list[str] = []
     offset = 0
@@ -514,10 +519,7 @@ class RenderWorkers:
 
     def render(self, sources: Sources, context: dict[str, Any], budget: float, *, sample: bool = False) -> list[str]:
         """See Worker.render. A worker found dead when given the request is replaced, once."""
-        (result,) = self.render_many(sources, [context], budget, sample=sample)
-        if isinstance(result, InvalidInput):
-            raise result
-        return result
+        return _only(self.render_many(sources, [context], budget, sample=sample))
 
     def render_many(
         self, sources: Sources, contexts: list[dict[str, Any]], budget: float, *, sample: bool = False
