@@ -10,6 +10,9 @@ class TaskStatus(StrEnum):
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     SENDING = "sending"
+    # No service the task's user may use can send now (all unhealthy, disabled or out of daily
+    # quota): `reason` says which; a dispatcher's next send for it moves it back to `sending`.
+    WAITING = "waiting"
     PAUSED = "paused"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
@@ -35,24 +38,35 @@ class ContactStatus(StrEnum):
 
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PLANNING: frozenset(
-        {TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.REJECTED, TaskStatus.CANCELLED}
+        {TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.WAITING, TaskStatus.REJECTED, TaskStatus.CANCELLED}
     ),
     # scheduled -> sending: nothing moves a due task to queued first, its dispatcher starts it;
     # scheduled -> completed: every subtask of it was suppressed (unsubscribed) before its time.
     TaskStatus.SCHEDULED: frozenset(
-        {TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}
+        {
+            TaskStatus.QUEUED,
+            TaskStatus.SENDING,
+            TaskStatus.WAITING,
+            TaskStatus.PAUSED,
+            TaskStatus.CANCELLED,
+            TaskStatus.COMPLETED,
+        }
     ),
-    TaskStatus.QUEUED: frozenset({TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
-    TaskStatus.SENDING: frozenset({TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
+    TaskStatus.QUEUED: frozenset(
+        {TaskStatus.SENDING, TaskStatus.WAITING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}
+    ),
+    TaskStatus.SENDING: frozenset({TaskStatus.WAITING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
+    TaskStatus.WAITING: frozenset({TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
     # Not paused -> sending: a dispatcher's late record of a paused task must not restart it.
     TaskStatus.PAUSED: frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.CANCELLED}),
-    TaskStatus.COMPLETED: frozenset(),
+    # completed -> queued: POST /api/tasks/{id}/retry-failed re-queues the failed recipients.
+    TaskStatus.COMPLETED: frozenset({TaskStatus.QUEUED}),
     TaskStatus.CANCELLED: frozenset(),
     TaskStatus.REJECTED: frozenset(),
 }
 
 # Tasks a dispatcher may send for; they carry the sparse `active` index attributes.
-DISPATCHABLE = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING})
+DISPATCHABLE = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.WAITING})
 
 # Moves a sending dispatcher must hear about at once (control_changed): a task it may now send for,
 # or one it must stop sending. `sending` is the dispatcher's own move; `completed` happens only once

@@ -137,6 +137,8 @@ class DispatchReport:
     sent: int = 0
     failed: int = 0
     requeued: int = 0
+    throttled: int = 0  # SES throttling replies (re-queued without spending an attempt)
+    unknown: int = 0  # sends whose outcome is unknown (may have been sent)
     recovered_unknown: int = 0
     handed_off: bool = False
     send_times: list[float] = field(default_factory=list)
@@ -149,6 +151,8 @@ class DispatchReport:
             "sent": self.sent,
             "failed": self.failed,
             "requeued": self.requeued,
+            "throttled": self.throttled,
+            "unknown": self.unknown,
             "recovered_unknown": self.recovered_unknown,
             "handed_off": self.handed_off,
         }
@@ -467,6 +471,7 @@ class Dispatcher:
         detail = f"{failure.code}: {failure.message}"
         if outcome.move is Move.UNKNOWN:  # the request may have reached SES: at most once wins
             subtask.status = SubtaskStatus.UNKNOWN
+            self.report.unknown += 1
             subtask.error_class = failure.error_class.value
             subtask.error = detail[:500]
             self.recorder.add(subtask, lambda tally: setattr(tally, "unknown", tally.unknown + 1))
@@ -482,6 +487,7 @@ class Dispatcher:
 
     def affect_service(self, effect: ServiceEffect, detail: str, now: float) -> None:
         if effect is ServiceEffect.BACK_OFF:
+            self.report.throttled += 1
             self.budget.throttled(now)
         elif effect is ServiceEffect.STOP_FOR_THE_DAY:
             self.budget.quota_spent()
