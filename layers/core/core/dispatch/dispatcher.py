@@ -472,6 +472,7 @@ class Dispatcher:
         if outcome.move is Move.UNKNOWN:  # the request may have reached SES: at most once wins
             subtask.status = SubtaskStatus.UNKNOWN
             self.report.unknown += 1
+            subtask.failed_at = now
             subtask.error_class = failure.error_class.value
             subtask.error = detail[:500]
             self.recorder.add(subtask, lambda tally: setattr(tally, "unknown", tally.unknown + 1))
@@ -518,6 +519,7 @@ class Dispatcher:
 
     def fail(self, subtask: SubtaskModel, error_class: str, message: str) -> None:
         subtask.status = SubtaskStatus.FAILED
+        subtask.failed_at = self.deps.clock.now()
         subtask.error_class = error_class
         subtask.error = message[:500]
         self.report.failed += 1

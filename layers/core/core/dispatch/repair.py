@@ -37,6 +37,7 @@ def recover_in_flight(state: SchedulerStateModel, deps: DispatcherDeps) -> int:
                 [
                     SubtaskModel.status.set(SubtaskStatus.UNKNOWN),
                     SubtaskModel.error.set("dispatcher stopped between claim and record; not retried"),
+                    SubtaskModel.failed_at.set(deps.clock.now()),
                 ],
                 (SubtaskModel.status == SubtaskStatus.SENDING) & (SubtaskModel.claim_owner == owner),
             ):

@@ -135,12 +135,22 @@ class EmailServiceModel(_Base):
     is_healthy = BooleanAttribute(default=True)
     health_reason = UnicodeAttribute(null=True)
     last_health_check = NumberAttribute(null=True)
+    # What the last health check read of the SES account (core.service_health).
+    health_source = UnicodeAttribute(null=True)  # "sesv2:GetAccount" or "ses:GetSendQuota" (fallback)
+    account_sending_enabled = BooleanAttribute(null=True)
+    account_enforcement_status = UnicodeAttribute(null=True)  # HEALTHY | PROBATION | SHUTDOWN
+    account_max_24_hour_send = NumberAttribute(null=True)
+    account_max_send_rate = NumberAttribute(null=True)  # emails per second
+    account_sent_last_24_hours = NumberAttribute(null=True)
+    health_warnings = ListAttribute[Any](of=UnicodeAttribute, null=True)  # e.g. rate above the account's
     last_sent = NumberAttribute(null=True)
     created_at = NumberAttribute()
 
 
 class ServiceUsageModel(_Base):
-    """Emails a service has reserved on one UTC day; capped by a conditional ADD."""
+    """Emails a service has reserved on one UTC day (`day` = YYYY-MM-DD), capped by a conditional ADD.
+    The same table holds the sent counters per minute (`day` = YYYY-MM-DDTHH:MM, `sent`) of a service
+    (`service_id`) and of a task (`service_id` = task#<task_id>): core.dispatch.rates."""
 
     class Meta(_Base.Meta):
         table_name = "ServiceUsageTable"
@@ -148,6 +158,7 @@ class ServiceUsageModel(_Base):
     service_id = UnicodeAttribute(hash_key=True)
     day = UnicodeAttribute(range_key=True)  # YYYY-MM-DD, UTC
     used = NumberAttribute(default=0)
+    sent = NumberAttribute(null=True)  # minute counters only
     expires_at = NumberAttribute(null=True)  # TTL: old days clean themselves up
 
 
@@ -266,6 +277,7 @@ class SubtaskModel(_Base):
     error_class = UnicodeAttribute(null=True)
     claim_owner = UnicodeAttribute(null=True)  # the dispatcher invocation that claimed it
     sent_at = NumberAttribute(null=True)
+    failed_at = NumberAttribute(null=True)  # when it became `failed` or `unknown` (the failures ledger)
     created_at = NumberAttribute()
 
     queue = QueueIndex()
