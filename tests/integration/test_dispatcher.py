@@ -121,7 +121,7 @@ def test_completed_exactly_once_with_counts(world: World, clock: FakeClock) -> N
     final = task(task_id)
     assert report.sent == 7 and final.status == "completed"
     assert (final.counts.sent, final.counts.queued) == (7, 0)
-    assert final.active_partition is None
+    assert final.active_partition == "done#2026-11-30"  # out of the dispatchers' partition, in stats'
     assert all(s.message_id for s in sent_subtasks(task_id))
     # A later tick finds nothing and changes nothing
     clock.advance(TICK)

@@ -234,7 +234,7 @@ def test_pausing_takes_the_task_out_of_the_active_index(api: ApiClient, clock: F
     assert (reply.body["task_id"], reply.body["status"]) == (task_id, "paused")
     assert reply.body["updated_at"] == "2026-11-30T00:53:25Z"
     stored = _stored(task_id)
-    assert (stored.status, stored.active_partition, stored.active_sort) == ("paused", None, None)
+    assert (stored.status, stored.active_partition, stored.active_sort) == ("paused", "held", f"alice#{task_id}")
     assert _active_ids() == []
 
 

@@ -70,7 +70,7 @@ def control_seq() -> int:
 
 
 def test_a_move_the_table_refuses_writes_nothing(aws: Settings, clock: FakeClock) -> None:
-    given_task(TaskStatus.COMPLETED)
+    given_task(TaskStatus.CANCELLED)
     before = stored_task(aws)
 
     moved = move_task(TaskModel("task_1", user_id="alice"), TaskStatus.QUEUED, clock.now())
@@ -110,7 +110,7 @@ def test_the_active_index_follows_the_status_through_pause_resume_and_completion
 
     clock.advance(5)
     assert move_task(task, TaskStatus.PAUSED, clock.now())
-    assert active_ids() == [] and task.active_partition is None and task.updated_at == clock.now()
+    assert active_ids() == [] and task.active_partition == "held" and task.updated_at == clock.now()
 
     assert move_task(task, TaskStatus.QUEUED, clock.now(), sources=[TaskStatus.PAUSED])
     assert move_task(task, TaskStatus.SENDING, clock.now())

@@ -30,7 +30,15 @@ MOVES_IN_USE = [
     ("pause", S.SENDING, S.PAUSED),
     ("resume", S.PAUSED, S.QUEUED),
     ("resume", S.PAUSED, S.SCHEDULED),
-    *[("cancel", source, S.CANCELLED) for source in (S.PLANNING, S.SCHEDULED, S.QUEUED, S.SENDING, S.PAUSED)],
+    ("planner: finish with no service available", S.PLANNING, S.WAITING),
+    ("failover: no service of the user available", S.QUEUED, S.WAITING),
+    ("failover: no service of the user available", S.SENDING, S.WAITING),
+    ("dispatcher: first record after waiting", S.WAITING, S.SENDING),
+    ("retry-failed", S.COMPLETED, S.QUEUED),
+    *[
+        ("cancel", source, S.CANCELLED)
+        for source in (S.PLANNING, S.SCHEDULED, S.QUEUED, S.SENDING, S.WAITING, S.PAUSED)
+    ],
 ]
 
 
@@ -50,7 +58,8 @@ def written(actions: list[Action]) -> dict[str, Any]:
 
 def test_every_status_has_a_row_and_terminal_statuses_go_nowhere() -> None:
     assert set(TASK_TRANSITIONS) == set(TaskStatus)
-    assert [s for s, targets in TASK_TRANSITIONS.items() if not targets] == [S.COMPLETED, S.CANCELLED, S.REJECTED]
+    assert [s for s, targets in TASK_TRANSITIONS.items() if not targets] == [S.CANCELLED, S.REJECTED]
+    assert TASK_TRANSITIONS[S.COMPLETED] == {S.QUEUED}  # only retry-failed reopens a task
 
 
 @pytest.mark.parametrize(("who", "source", "target"), MOVES_IN_USE)
@@ -62,7 +71,7 @@ def test_every_move_in_use_is_in_the_table(who: str, source: TaskStatus, target:
 @pytest.mark.parametrize(
     ("source", "target"),
     [
-        (S.COMPLETED, S.QUEUED),
+        (S.COMPLETED, S.SENDING),
         (S.CANCELLED, S.CANCELLED),
         (S.PAUSED, S.COMPLETED),
         (S.PAUSED, S.SENDING),  # a late record of a paused task's send must not restart it
@@ -79,19 +88,19 @@ def test_a_stored_status_as_text_is_looked_up_and_an_unknown_one_allows_nothing(
 
 
 def test_sources_can_be_narrowed_but_never_widened_past_the_table() -> None:
-    assert set(allowed_sources(S.CANCELLED)) == {S.PLANNING, S.SCHEDULED, S.QUEUED, S.SENDING, S.PAUSED}
+    assert set(allowed_sources(S.CANCELLED)) == {S.PLANNING, S.SCHEDULED, S.QUEUED, S.SENDING, S.WAITING, S.PAUSED}
     assert allowed_sources(S.QUEUED, [S.PAUSED]) == [S.PAUSED]
     with pytest.raises(ValueError, match="no move"):
-        allowed_sources(S.QUEUED, [S.COMPLETED])
+        allowed_sources(S.QUEUED, [S.CANCELLED])
     with pytest.raises(ValueError):
         allowed_sources(S.QUEUED, [])
 
 
 def test_which_statuses_are_active_and_which_arrivals_are_announced() -> None:
-    assert {S.SCHEDULED, S.QUEUED, S.SENDING} == DISPATCHABLE
+    assert {S.SCHEDULED, S.QUEUED, S.SENDING, S.WAITING} == DISPATCHABLE
     assert {S.SCHEDULED, S.QUEUED, S.PAUSED, S.CANCELLED} == ANNOUNCED
     # A dispatcher's own moves and rejections from planning need no announcement.
-    assert not ANNOUNCED & {S.SENDING, S.COMPLETED, S.REJECTED, S.PLANNING}
+    assert not ANNOUNCED & {S.SENDING, S.WAITING, S.COMPLETED, S.REJECTED, S.PLANNING}
 
 
 @pytest.mark.parametrize("target", sorted(DISPATCHABLE))
@@ -108,17 +117,32 @@ def test_a_move_to_a_dispatchable_status_puts_the_task_in_the_active_index(targe
     assert active_sort("alice", "task_1") == "alice#task_1"
 
 
-@pytest.mark.parametrize("target", sorted(set(TaskStatus) - DISPATCHABLE - {S.PLANNING}))
-def test_a_move_to_any_other_status_takes_the_task_out_of_the_active_index(target: TaskStatus) -> None:
-    move = task_move(TaskModel("task_1"), target, 100.0, reason="why")  # no user_id needed
+@pytest.mark.parametrize(
+    ("target", "partition"),
+    [
+        (S.PAUSED, "held"),
+        (S.COMPLETED, "done#1970-01-01"),
+        (S.CANCELLED, "done#1970-01-01"),
+        (S.REJECTED, "done#1970-01-01"),
+    ],
+)
+def test_a_move_to_any_other_status_takes_the_task_out_of_the_active_partition(
+    target: TaskStatus, partition: str
+) -> None:
+    move = task_move(TaskModel("task_1"), target, 100.0, reason="why")  # no user_id needed: the sort key stays
 
     assert written(move.actions) == {
         "status": target,
         "reason": "why",
-        "active_partition": None,
-        "active_sort": None,
+        "active_partition": partition,
         "updated_at": "100.0",
     }
+    with_user = task_move(TaskModel("task_1", user_id="alice"), target, 100.0)
+    assert written(with_user.actions)["active_sort"] == "alice#task_1"
+
+
+def test_a_task_back_in_planning_leaves_the_index() -> None:
+    assert task_transitions.index_partition(S.PLANNING, 100.0) is None
 
 
 def test_a_move_to_an_active_status_without_the_user_id_is_refused_before_any_write() -> None:

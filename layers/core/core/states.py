@@ -68,6 +68,11 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 # Tasks a dispatcher may send for; they carry the sparse `active` index attributes.
 DISPATCHABLE = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.WAITING})
 
+# Not sent for but shown by status and stats (the `held` partition of the task index), and the
+# statuses no task leaves by itself (the `done#<day>` partitions: stats shows the last days').
+HELD = frozenset({TaskStatus.PAUSED})
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.REJECTED})
+
 # Moves a sending dispatcher must hear about at once (control_changed): a task it may now send for,
 # or one it must stop sending. `sending` is the dispatcher's own move; `completed` happens only once
 # nothing is queued; `rejected` leaves `planning`, which no dispatcher sees.

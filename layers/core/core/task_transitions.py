@@ -1,8 +1,9 @@
 """Where a task's status changes: every move goes through here, allowed by the transition table in
 core.states and written as one conditional UpdateItem (or one item of a caller's transaction).
 
-A move also keeps the sparse `active` index in step (a task carries `active_partition` and
-`active_sort` exactly while its status is in DISPATCHABLE), sets `updated_at`, and tells sending
+A move also keeps the sparse task index in step (`active_partition`: `active` exactly while its
+status is in DISPATCHABLE, `held` while paused, `done#<day>` once finished; `active_sort` user#task),
+sets `updated_at`, and tells sending
 dispatchers when its target is in ANNOUNCED. The condition, not an earlier read, decides: a move
 refused because the task moved meanwhile writes nothing and returns False."""
 
@@ -15,12 +16,14 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
+from core.clock import utc_day
 from core.dispatch.control import control_changed
 from core.errors import InvalidState
-from core.states import ANNOUNCED, DISPATCHABLE, TaskStatus, sources_of
+from core.states import ANNOUNCED, DISPATCHABLE, FINISHED, HELD, TaskStatus, sources_of
 from core.storage.models import TASK_COUNTS, TaskModel, update_if
 
-ACTIVE_PARTITION = "active"  # the one partition of the sparse `active` index
+ACTIVE_PARTITION = "active"  # the partition of the sparse `active` index that dispatchers read
+HELD_PARTITION = "held"  # paused tasks: not sent, still counted by status and stats
 
 
 class TaskMoveRefused(InvalidState):
@@ -55,13 +58,32 @@ def allowed_sources(target: TaskStatus, only: Iterable[TaskStatus] | None = None
     return narrowed
 
 
-def index_actions(target: TaskStatus, user_id: str | None, task_id: str) -> list[Action]:
-    """The `active` index attributes a task in `target` carries (set) or must not carry (removed)."""
-    if target not in DISPATCHABLE:
+def index_partition(status: TaskStatus, now: float) -> str | None:
+    """Which partition of the task index a task in `status` sits in: dispatchers read `active`
+    only; status and stats read `active`, `held` and the last days' `done#<day>` (core.api.scheduler_status)."""
+    if status in DISPATCHABLE:
+        return ACTIVE_PARTITION
+    if status in HELD:
+        return HELD_PARTITION
+    if status in FINISHED:
+        return finished_partition(now)
+    return None  # planning: not shown until planned
+
+
+def finished_partition(now: float) -> str:
+    return f"done#{utc_day(now)}"
+
+
+def index_actions(target: TaskStatus, user_id: str | None, task_id: str, now: float) -> list[Action]:
+    """The task index attributes a task in `target` carries (set) or must not carry (removed)."""
+    partition = index_partition(target, now)
+    if partition is None:
         return [TaskModel.active_partition.remove(), TaskModel.active_sort.remove()]
     if not user_id:
+        if partition != ACTIVE_PARTITION:  # its sort key was set when it could send (complete_if_done knows no user)
+            return [TaskModel.active_partition.set(partition)]
         raise ValueError(f"moving task {task_id} to {target} needs its user_id (the `active` index sort key)")
-    return [TaskModel.active_partition.set(ACTIVE_PARTITION), TaskModel.active_sort.set(active_sort(user_id, task_id))]
+    return [TaskModel.active_partition.set(partition), TaskModel.active_sort.set(active_sort(user_id, task_id))]
 
 
 def task_move(
@@ -83,7 +105,7 @@ def task_move(
         actions=[
             TaskModel.status.set(target),
             *([TaskModel.reason.set(reason)] if reason is not None else []),
-            *index_actions(target, task.user_id, task.task_id),
+            *index_actions(target, task.user_id, task.task_id, now),
             TaskModel.updated_at.set(now),
             *actions,
         ],

@@ -3,15 +3,17 @@ completion of a task exactly once."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pynamodb.expressions.update import Action
 
+from core.dispatch import rates
 from core.refunds import refund_quota
-from core.states import TaskStatus
+from core.states import SubtaskStatus, TaskStatus
 from core.storage.batch_writes import BATCH_WRITE_LIMIT, put_items
 from core.storage.models import TASK_COUNTS, SubtaskModel, TaskModel, update_if
 from core.task_transitions import complete_if_done, task_move
@@ -35,6 +37,7 @@ class TaskTally:
     unknown: int = 0
     refund: int = 0
     started: bool = False
+    sent_by_minute: Counter[str] = field(default_factory=Counter)  # core.dispatch.rates
 
 
 class Recorder:
@@ -71,7 +74,10 @@ class Recorder:
     def add(self, subtask: SubtaskModel, tally: Callable[[TaskTally], None] | None = None) -> None:
         self.items.append(subtask)
         if tally:
-            tally(self.tallies.setdefault(subtask.task_id, TaskTally()))
+            task_tally = self.tallies.setdefault(subtask.task_id, TaskTally())
+            tally(task_tally)
+            if subtask.status == SubtaskStatus.SENT and subtask.sent_at is not None:
+                task_tally.sent_by_minute[rates.minute_of(float(subtask.sent_at))] += 1
             self.user_of[subtask.task_id] = subtask.user_id
         if len(self.items) >= RECORD_BATCH:
             self.flush()
@@ -117,8 +123,12 @@ class Recorder:
         if tallies is None:
             return
         now = self.deps.clock.now()
+        service_sent: Counter[str] = Counter()
         for task_id, tally in tallies.items():
             self._move_counters(task_id, tally, now)
+            rates.add_sent(rates.task_counter_key(task_id), tally.sent_by_minute, now)
+            service_sent.update(tally.sent_by_minute)
+        rates.add_sent(self.journal.service_id, service_sent, now)
 
     def _move_counters(self, task_id: str, tally: TaskTally, now: float) -> None:
         """One update per task: its counters, with its move to `sending` the first time this
