@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from local_runner.demo import dashboard_link
 from local_runner.functions import FunctionSpec, LocalContext, function_specs, load_handler
 from local_runner.moto_server import EmbeddedAws
 from local_runner.runner import DEFAULT_OUTBOX, LocalRunner, RunnerConfig, prepare_functions
@@ -55,10 +56,14 @@ def serve(args: argparse.Namespace) -> int:
     _stop_on_signals()
     try:
         with LocalRunner(config) as runner:
+            assert runner.gateway is not None
+            admin = runner.gateway.tokens.issue("admin", ["admins"])
             print(
                 f"""
 Local runner up (embedded AWS, no account, no Docker). Ctrl-C stops it.
   API        {runner.api_url}          Swagger UI: {runner.api_url}/swagger
+  Dashboard  {dashboard_link(runner.api_url, admin)}
+             (as "admin", in the admins group; the token lasts as long as this runner)
   AWS        {runner.aws_endpoint}     (make invoke ... ENDPOINT={runner.aws_endpoint})
   outbox     {config.outbox}/*.eml
 Get a token:

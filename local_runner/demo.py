@@ -313,6 +313,12 @@ class Api:
             raise DemoFailed(f"{method} {path} answered something that is not JSON: {raw[:300]!r}") from None
 
 
+def dashboard_link(api_url: str, token: str) -> str:
+    """The operator page (`GET /dashboard`) with a token in the URL fragment: one click opens it, and
+    the browser never sends a fragment to any server (the page keeps it in the tab's sessionStorage)."""
+    return f"{api_url.rstrip('/')}/dashboard#token={quote(token, safe='.-_')}"
+
+
 # ---------------------------------------------------------------- the outbox
 
 
@@ -965,6 +971,7 @@ def play(api: Api, outbox: Outbox, deadline: float, out: TextIO) -> bool:
 
     scenario = build_scenario()
     world = World()
+    say(f"dashboard (live while the demo runs): {dashboard_link(api.base_url, api.token(ADMIN_ID, admin=True))}")
     if outbox.ignored:
         say(f"note: {len(outbox.ignored)} .eml files already in {outbox.folder} are from an earlier run; ignored")
     create_services(api, scenario, world, say)

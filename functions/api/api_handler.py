@@ -6,11 +6,11 @@ from typing import Any
 
 from api_context import app, logger, with_json_body
 from api_idempotency import resolve_once
-from api_routes import contacts, scheduler, senders, services, tasks, templates, unsubscribe, users
+from api_routes import contacts, dashboard, scheduler, senders, services, tasks, templates, unsubscribe, users
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-for module in (users, services, senders, contacts, templates, tasks, scheduler, unsubscribe):
+for module in (users, services, senders, contacts, templates, tasks, scheduler, unsubscribe, dashboard):
     app.include_router(module.router)
 
 
