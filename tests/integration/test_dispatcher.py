@@ -102,13 +102,13 @@ def test_daily_quota_is_never_exceeded_and_the_rest_waits_for_the_next_day(world
     assert reports[0].stop_reason is StopReason.DAILY_QUOTA
     assert ServiceUsageModel.get("svc", first_day).used == 10
     assert task(task_id).counts.queued == 20
-    assert task(task_id).reason == "waiting_for_daily_quota:svc"
+    assert (task(task_id).status, task(task_id).reason) == ("waiting", "daily_quota_exhausted:svc")
 
     # When the next UTC day starts, 10 more go out
     clock.current = (clock.current // 86_400 + 1) * 86_400 + 5
     world.tick("svc", budget=59.0)
     assert len(sent_subtasks(task_id)) == 20
-    assert task(task_id).reason == "waiting_for_daily_quota:svc"  # exhausted again, still waiting
+    assert task(task_id).reason == "daily_quota_exhausted:svc"  # exhausted again, still waiting
     assert ServiceUsageModel.get("svc", utc_day(clock.now())).used == 10
 
 

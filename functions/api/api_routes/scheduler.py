@@ -5,6 +5,8 @@ from api_responses import AUTH, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core.api import scheduler_control
+from core.api import scheduler_status as status
+from core.api.scheduler_status import StatsOut, StatusOut
 from core.api.schemas import SchedulerStateOut, TaskOut
 
 router = Router()
@@ -35,3 +37,13 @@ def pause_task(task_id: str) -> TaskOut:
 @router.post("/api/scheduler/tasks/<task_id>/resume", responses=documented(200, AUTH, 404, 409))
 def resume_task(task_id: str) -> TaskOut:
     return scheduler_control.resume_task(current_caller(router), task_id, _control_deps())
+
+
+@router.get("/api/scheduler/status", responses=documented(200, AUTH, 403))
+def scheduler_status() -> StatusOut:
+    return status.scheduler_status(current_caller(router), deps().clock)
+
+
+@router.get("/api/scheduler/stats", responses=documented(200, AUTH, 403))
+def scheduler_stats() -> StatsOut:
+    return status.scheduler_stats(current_caller(router), deps().clock)

@@ -157,7 +157,12 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
     each object what the claim wrote). A subtask whose condition fails (a canceller, an unsubscribe
     moved it first) is left out and the rest retried. Raises ControlMoved or LeaseLost."""
     pending = list(subtasks)
-    condition = (SubtaskModel.status == SubtaskStatus.QUEUED) & (SubtaskModel.next_attempt_at <= now)
+    # Still queued on this service: a failover may have moved it to another since it was read.
+    condition = (
+        (SubtaskModel.status == SubtaskStatus.QUEUED)
+        & (SubtaskModel.next_attempt_at <= now)
+        & (SubtaskModel.service_id == journal.service_id)
+    )
     actions = _claim_actions(journal.owner)
     for attempt in range(CLAIM_ATTEMPTS):
         if not pending:

@@ -56,6 +56,7 @@ from core.dispatch.claims import (
     release_claims,
 )
 from core.dispatch.control import read_control
+from core.dispatch.failover import fail_over
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
 from core.dispatch.outcomes import Move, ServiceEffect, outcome_of
@@ -99,6 +100,14 @@ class StopReason(StrEnum):
     ACCOUNT_PROBLEM = "account_problem"
 
 
+# Stops after which the service's queued work fails over (core.dispatch.failover), with the reason a
+# task shows when no other service of its user can take it.
+_FAILOVER_REASONS = {
+    StopReason.SERVICE_UNAVAILABLE: "no_healthy_service",
+    StopReason.ACCOUNT_PROBLEM: "no_healthy_service",
+    StopReason.DAILY_QUOTA: "daily_quota_exhausted:{service_id}",
+}
+
 FaultHook = Callable[[str, SubtaskModel], None]
 
 
@@ -140,6 +149,7 @@ class DispatchReport:
     throttled: int = 0  # SES throttling replies (re-queued without spending an attempt)
     unknown: int = 0  # sends whose outcome is unknown (may have been sent)
     recovered_unknown: int = 0
+    failed_over: int = 0  # queued subtasks moved to other services (core.dispatch.failover)
     handed_off: bool = False
     send_times: list[float] = field(default_factory=list)
 
@@ -154,6 +164,7 @@ class DispatchReport:
             "throttled": self.throttled,
             "unknown": self.unknown,
             "recovered_unknown": self.recovered_unknown,
+            "failed_over": self.failed_over,
             "handed_off": self.handed_off,
         }
 
@@ -547,8 +558,16 @@ class Dispatcher:
             if self.finish(unless_woken_since=woken) is not Release.WOKEN:
                 break
             self.next_refresh = 0.0
-        if self.report.stop_reason is StopReason.DAILY_QUOTA:
-            self.explain_waiting(f"waiting_for_daily_quota:{self.service.service_id}")
+        reason = _FAILOVER_REASONS.get(self.report.stop_reason)
+        if reason is not None:  # its queued work goes to the users' other services, or waits
+            moved = fail_over(
+                self.service.service_id,
+                reason.format(service_id=self.service.service_id),
+                self.deps.clock.now(),
+                wake=self.deps.wake,
+                time_left=lambda: deadline - self.deps.clock.now(),
+            )
+            self.report.failed_over = moved.moved
         return self.report
 
     def send_until_stopped(self, deadline: float, first: bool) -> StopReason:
@@ -588,12 +607,6 @@ class Dispatcher:
         self.report.handed_off = self.deps.wake.successor(
             self.service.service_id, self.deps.owner, deadline, float(self.service.sending_rate)
         )
-
-    def explain_waiting(self, reason: str) -> None:
-        """Tasks with work left on this service say why nothing moves (cleared by their next send)."""
-        for work in self.works.values():
-            if work.candidates or not work.dry:
-                TaskModel(work.task.task_id).update(actions=[TaskModel.reason.set(reason)])
 
     def finish(self, unless_woken_since: int | None) -> Release:
         """Settles every email still in flight and writes every buffered outcome, even when one of

@@ -37,6 +37,7 @@ class WakeReason(StrEnum):
     DUE = "due"  # a scheduled task's time came
     ENABLED = "enabled"  # its service was changed while enabled (e.g. enabled again)
     HANDOFF = "handoff"
+    FAILOVER = "failover"  # another service's queued work moved to it
 
 
 class WakeRequest(BaseModel):

@@ -33,10 +33,10 @@ from typing import Any
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from core.clock import Clock, backoff, utc_day
+from core.clock import Clock, backoff
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
-from core.planning.routing import NoServiceAvailable, ServiceCapacity, routing_cycle, service_weights
+from core.planning.routing import NoServiceAvailable, routing_cycle, service_weights, user_capacities, waiting_reason
 from core.refunds import refund_in
 from core.states import ContactStatus, SubtaskStatus, TaskStatus
 from core.storage.batch_writes import WireItem, put_wire_items
@@ -45,8 +45,6 @@ from core.storage.models import (
     TASK_COUNTS,
     TASK_PLAN,
     ContactModel,
-    EmailServiceModel,
-    ServiceUsageModel,
     TaskModel,
     UserModel,
     transaction_connection,
@@ -293,26 +291,6 @@ def _count_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
     remembered.keep(cursor, Page(recipients, page.cursor, page.exhausted, page.wire_bytes))
 
 
-def _service_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
-    service_ids = list(user.service_ids or [])
-    services = list(EmailServiceModel.batch_get(service_ids)) if service_ids else []
-    day = utc_day(now)
-    used = {
-        usage.service_id: int(usage.used)
-        for usage in ServiceUsageModel.batch_get([(s.service_id, day) for s in services])
-    }
-    return [
-        ServiceCapacity(
-            service_id=s.service_id,
-            enabled=bool(s.enabled),
-            healthy=bool(s.is_healthy),
-            sending_rate=float(s.sending_rate),
-            remaining_today=max(0, int(s.daily_quota) - used.get(s.service_id, 0)),
-        )
-        for s in services
-    ]
-
-
 def _reject(task: TaskModel, deps: PlannerDeps, reason: str) -> PlanOutcome:
     rejected = move_task(
         task,
@@ -335,7 +313,7 @@ def _reserve(task: TaskModel, deps: PlannerDeps) -> PlanOutcome | None:
     user = UserModel.get(task.user_id, consistent_read=True)
     now = deps.clock.now()
     try:
-        cycle = routing_cycle(service_weights(_service_capacities(user, now)))
+        cycle = routing_cycle(service_weights(user_capacities(user, now)))
     except NoServiceAvailable:
         return _reject(task, deps, "no_service")
     try:
@@ -452,7 +430,9 @@ def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
     elif task.scheduled_at is not None and task.scheduled_at > now:
         status, reason = TaskStatus.SCHEDULED, None
     else:
-        status, reason = TaskStatus.QUEUED, None
+        status, reason = TaskStatus.QUEUED, _why_waiting(task, now)
+        if reason is not None:  # no service it may use can send now: it shows why, and moves on by itself
+            status = TaskStatus.WAITING
     move = task_move(
         task,
         status,
@@ -479,9 +459,16 @@ def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
             raise LeaseLost("planner lease lost while finishing") from error
         raise
     announce(status)
-    if not reason:
+    if status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED):
         _wake(task, deps, now)
     return PlanOutcome.DONE
+
+
+def _why_waiting(task: TaskModel, now: float) -> str | None:
+    """Why none of the services the task is routed to can send now, or None when one can."""
+    routed = set(task.plan.routing or [])
+    capacities = user_capacities(UserModel.get(task.user_id, consistent_read=True), now)
+    return waiting_reason([capacity for capacity in capacities if capacity.service_id in routed])
 
 
 def _wake(task: TaskModel, deps: PlannerDeps, now: float) -> None:

@@ -1,10 +1,11 @@
 """Routing: which of a user's email services a subtask goes to.
 
-The rule (documented in docs/planning.md): among the user's assigned services that
-are enabled and healthy and still have daily quota today, each gets a share proportional to what
-it can deliver in the next 24 hours, `min(remaining daily quota, 86,400 / sending_rate)`. When
-none qualifies, the enabled services share equally and the work waits (failover between services
-is not built yet).
+The rule (documented in docs/planning.md): a user's available services are those assigned to them
+that are enabled and healthy and still have daily quota today; each gets a share proportional to
+what it can deliver in the next 24 hours, `min(remaining daily quota, 86,400 / sending_rate)`. When
+none is available, the enabled services share equally and the task waits with the reason
+`waiting_reason` gives; a service that stops being available hands its queued work to the user's
+other available services (core.dispatch.failover).
 Shares become a short cycle by smooth weighted round robin (the nginx algorithm), so consecutive
 recipients interleave across services instead of arriving in blocks, and the service of the
 recipient at plan position `seq` is `cycle[seq % len(cycle)]`: deterministic, so a resumed or
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.clock import utc_day
 from core.errors import Conflict
+from core.storage.models import EmailServiceModel, ServiceUsageModel, UserModel
 
 CYCLE_SLOTS = 100
 SECONDS_PER_DAY = 86_400
@@ -36,9 +39,44 @@ class ServiceCapacity:
     def deliverable_next_day(self) -> float:
         return min(float(self.remaining_today), SECONDS_PER_DAY / self.sending_rate)
 
+    @property
+    def available(self) -> bool:
+        return self.enabled and self.healthy and self.remaining_today > 0
+
+
+def user_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
+    """What each service assigned to the user can send today (two BatchGetItems)."""
+    service_ids = list(dict.fromkeys(user.service_ids or []))
+    services = list(EmailServiceModel.batch_get(service_ids)) if service_ids else []
+    day = utc_day(now)
+    used = {
+        usage.service_id: int(usage.used)
+        for usage in ServiceUsageModel.batch_get([(s.service_id, day) for s in services])
+    }
+    return [
+        ServiceCapacity(
+            service_id=s.service_id,
+            enabled=bool(s.enabled),
+            healthy=bool(s.is_healthy),
+            sending_rate=float(s.sending_rate),
+            remaining_today=max(0, int(s.daily_quota) - used.get(s.service_id, 0)),
+        )
+        for s in sorted(services, key=lambda service: service.service_id)
+    ]
+
+
+def waiting_reason(services: list[ServiceCapacity]) -> str | None:
+    """Why work for these services cannot move now (None when one of them is available): every
+    healthy one is out of daily quota (`daily_quota_exhausted:<first such service>`), or none is
+    enabled and healthy (`no_healthy_service`)."""
+    if any(s.available for s in services):
+        return None
+    exhausted = [s.service_id for s in services if s.enabled and s.healthy]
+    return f"daily_quota_exhausted:{exhausted[0]}" if exhausted else "no_healthy_service"
+
 
 def service_weights(services: list[ServiceCapacity]) -> dict[str, float]:
-    usable = [s for s in services if s.enabled and s.healthy and s.remaining_today > 0]
+    usable = [s for s in services if s.available]
     if usable:
         return {s.service_id: s.deliverable_next_day for s in usable}
     enabled = [s for s in services if s.enabled]

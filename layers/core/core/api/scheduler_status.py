@@ -1,0 +1,265 @@
+"""`GET /api/scheduler/status` and `GET /api/scheduler/stats`, answered from counters.
+
+What they read, whatever the number of subtasks:
+- the scheduler item (running flag, last health check);
+- the services in scope (administrators: all, a Scan of the services table; users: theirs);
+- the tasks in scope from the task index (core.task_transitions.index_partition): `active` (may
+  send) and `held` (paused) for status; stats adds `done#<day>` of today and yesterday (UTC);
+- counters: each task's `counts`, each service's usage today and the sent counters per minute of
+  services and tasks (core.dispatch.rates), in BatchGetItems of 100 keys.
+
+So a call costs a number of requests that grows with services and open tasks, never with subtasks
+(tests/integration/test_scheduler_status.py counts them)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from core.api.auth import Caller
+from core.api.ownership import load_services, tenant_user
+from core.api.schemas import TaskCountsOut
+from core.clock import Clock, iso, utc_day
+from core.dispatch import rates
+from core.dispatch.schedules import SCHEDULER_STATE_KEY
+from core.states import DISPATCHABLE, TaskStatus
+from core.storage.models import EmailServiceModel, SchedulerStateModel, ServiceUsageModel, TaskModel
+from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, finished_partition
+
+SECONDS_PER_DAY = 86_400
+_BATCH_GET_LIMIT = 100
+
+
+class StatusOut(BaseModel):
+    is_running: bool
+    active_services: int  # enabled and healthy services in the caller's scope
+    total_queued_subtasks: int
+    processing_rate: str  # "45 emails/min": sent over the last 5 minutes, per minute
+    processing_rate_per_minute: float
+    last_health_check: str | None
+
+
+class TaskStatsOut(BaseModel):
+    task_id: str
+    name: str
+    user_id: str
+    status: str
+    reason: str | None
+    counts: TaskCountsOut
+    rate_per_minute: float  # sent over the last 5 minutes, per minute
+    estimated_finish: str | None  # from the paces of its services and who shares them; None when stalled
+    service_ids: list[str]
+
+
+class ServiceStatsOut(BaseModel):
+    service_id: str
+    name: str
+    enabled: bool
+    is_healthy: bool
+    reason: str | None  # why it does not send (unhealthy, disabled, out of quota today)
+    daily_quota: int
+    used_today: int
+    remaining_quota: int
+    usage_percentage: float
+    last_sent: str | None
+    last_health_check: str | None
+    configured_rate_per_minute: float
+    rate_per_minute: float  # sent over the last 5 minutes, per minute
+    warnings: list[str]
+
+
+class StatsOut(BaseModel):
+    generated_at: str
+    tasks: list[TaskStatsOut]
+    services: list[ServiceStatsOut]
+
+
+# ---------------------------------------------------------------- what a call reads
+
+
+@dataclass
+class _Scope:
+    caller: Caller
+    services: list[EmailServiceModel]
+    tasks: list[TaskModel]
+
+
+def _scheduler_item() -> SchedulerStateModel | None:
+    try:
+        return SchedulerStateModel.get(SCHEDULER_STATE_KEY, consistent_read=True)
+    except SchedulerStateModel.DoesNotExist:
+        return None
+
+
+def _services_in_scope(caller: Caller) -> list[EmailServiceModel]:
+    if caller.is_admin:
+        return sorted(EmailServiceModel.scan(), key=lambda service: service.service_id)
+    user = tenant_user(caller)
+    services = load_services(user.service_ids or [])
+    return [services[service_id] for service_id in dict.fromkeys(user.service_ids or []) if service_id in services]
+
+
+def _tasks_in(partitions: Iterable[str], caller: Caller) -> list[TaskModel]:
+    """Tasks in the given partitions of the task index: all of them, or the caller's own."""
+    condition = None if caller.is_admin else TaskModel.active_sort.startswith(f"{caller.user_id}#")
+    tasks: list[TaskModel] = []
+    for partition in partitions:
+        tasks.extend(TaskModel.active.query(partition, condition))
+    return tasks
+
+
+def _load(caller: Caller, now: float, *, finished: bool) -> _Scope:
+    partitions = [ACTIVE_PARTITION, HELD_PARTITION]
+    if finished:
+        partitions += [finished_partition(now), finished_partition(now - SECONDS_PER_DAY)]
+    return _Scope(caller, _services_in_scope(caller), _tasks_in(partitions, caller))
+
+
+def _usage_today(services: list[EmailServiceModel], now: float) -> dict[str, int]:
+    day = utc_day(now)
+    keys = [(service.service_id, day) for service in services]
+    used: dict[str, int] = {}
+    for start in range(0, len(keys), _BATCH_GET_LIMIT):
+        for item in ServiceUsageModel.batch_get(keys[start : start + _BATCH_GET_LIMIT]):
+            used[item.service_id] = int(item.used or 0)
+    return used
+
+
+def _sent_recently(scope: _Scope, now: float, *, tasks: bool) -> dict[str, int]:
+    keys = [service.service_id for service in scope.services]
+    if tasks:
+        keys += [rates.task_counter_key(task.task_id) for task in scope.tasks]
+    return rates.sent_in_window(keys, now)
+
+
+# ---------------------------------------------------------------- status
+
+
+def scheduler_status(caller: Caller, clock: Clock) -> StatusOut:
+    """SPEC §3 status. Administrators see the whole system; a user sees their own tasks and the
+    services assigned to them (the rate is then their own tasks' rate)."""
+    now = clock.now()
+    scheduler = _scheduler_item()
+    scope = _load(caller, now, finished=not caller.is_admin)
+    queued = sum(int(task.counts.queued or 0) for task in scope.tasks if task.status != TaskStatus.CANCELLED)
+    if caller.is_admin:
+        sent = sum(rates.sent_in_window([service.service_id for service in scope.services], now).values())
+    else:
+        task_keys = [rates.task_counter_key(task.task_id) for task in scope.tasks]
+        sent = sum(rates.sent_in_window(task_keys, now).values())
+    per_minute = rates.per_minute(sent)
+    checked = scheduler.last_health_check if scheduler else None
+    return StatusOut(
+        is_running=bool(scheduler and scheduler.running),
+        active_services=sum(1 for service in scope.services if service.enabled and service.is_healthy),
+        total_queued_subtasks=queued,
+        processing_rate=f"{per_minute:g} emails/min",
+        processing_rate_per_minute=per_minute,
+        last_health_check=iso(checked) if checked is not None else None,
+    )
+
+
+# ---------------------------------------------------------------- stats
+
+
+def _service_reason(service: EmailServiceModel, remaining: int) -> str | None:
+    if not service.enabled:
+        return "disabled"
+    if not service.is_healthy:
+        return service.health_reason or "unhealthy"
+    if remaining <= 0:
+        return f"daily_quota_exhausted:{service.service_id}"
+    return None
+
+
+def _can_send(service: EmailServiceModel, remaining: int) -> bool:
+    return _service_reason(service, remaining) is None
+
+
+def _estimated_finish(
+    task: TaskModel,
+    services: dict[str, EmailServiceModel],
+    remaining: dict[str, int],
+    sharing: dict[str, dict[str, int]],
+    now: float,
+) -> str | None:
+    """When the task's queued emails are out, at the paces of its services: each service's pace is
+    shared by the users sending on it (one pick per user per round), and a user's share by their
+    tasks on it. None when nothing of it can move now (paused, waiting, no service can send)."""
+    queued = int(task.counts.queued or 0)
+    if queued <= 0 or task.status not in DISPATCHABLE:
+        return None
+    per_second = 0.0
+    for service_id in dict.fromkeys(task.plan.routing or []):
+        service = services.get(service_id)
+        users = sharing.get(service_id, {})
+        if service is None or not _can_send(service, remaining.get(service_id, 0)) or task.user_id not in users:
+            continue
+        per_second += 1.0 / float(service.sending_rate) / len(users) / users[task.user_id]
+    if per_second <= 0:
+        return None
+    start = max(now, float(task.scheduled_at or 0))
+    return iso(start + queued / per_second)
+
+
+def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
+    """Per task (open ones, and those finished today or yesterday) and per service, in scope."""
+    now = clock.now()
+    scope = _load(caller, now, finished=True)
+    used = _usage_today(scope.services, now)
+    sent = _sent_recently(scope, now, tasks=True)
+    # Estimates need every service a task routes to, assigned to the caller or not any more.
+    services = {service.service_id: service for service in scope.services}
+    routed = {service_id for task in scope.tasks for service_id in task.plan.routing or []}
+    missing = routed - set(services)
+    if missing:
+        services.update(load_services(missing))
+        used.update(_usage_today([services[i] for i in missing if i in services], now))
+    remaining = {sid: max(0, int(s.daily_quota) - used.get(sid, 0)) for sid, s in services.items()}
+    # Who shares each service's pace: users with a task that may send there, and how many tasks each.
+    sharing: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for task in scope.tasks:
+        if task.status in DISPATCHABLE and int(task.counts.queued or 0) > 0:
+            for service_id in dict.fromkeys(task.plan.routing or []):
+                sharing[service_id][task.user_id] += 1
+    tasks = [
+        TaskStatsOut(
+            task_id=task.task_id,
+            name=task.name,
+            user_id=task.user_id,
+            status=task.status,
+            reason=task.reason,
+            counts=TaskCountsOut(**(task.counts.as_dict() if task.counts else {})),
+            rate_per_minute=rates.per_minute(sent.get(rates.task_counter_key(task.task_id), 0)),
+            estimated_finish=_estimated_finish(task, services, remaining, sharing, now),
+            service_ids=list(dict.fromkeys(task.plan.routing or [])),
+        )
+        for task in sorted(scope.tasks, key=lambda task: task.task_id)
+    ]
+    service_stats = []
+    for service in scope.services:
+        quota = int(service.daily_quota)
+        used_today = used.get(service.service_id, 0)
+        left = remaining[service.service_id]
+        service_stats.append(
+            ServiceStatsOut(
+                service_id=service.service_id,
+                name=service.name,
+                enabled=bool(service.enabled),
+                is_healthy=bool(service.is_healthy),
+                reason=_service_reason(service, left),
+                daily_quota=quota,
+                used_today=used_today,
+                remaining_quota=left,
+                usage_percentage=round(100.0 * used_today / quota, 1) if quota else 100.0,
+                last_sent=iso(service.last_sent) if service.last_sent is not None else None,
+                last_health_check=iso(service.last_health_check) if service.last_health_check is not None else None,
+                configured_rate_per_minute=round(60.0 / float(service.sending_rate), 2),
+                rate_per_minute=rates.per_minute(sent.get(service.service_id, 0)),
+                warnings=list(service.health_warnings or []),
+            )
+        )
+    return StatsOut(generated_at=iso(now), tasks=tasks, services=service_stats)
