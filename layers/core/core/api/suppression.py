@@ -18,7 +18,14 @@ from core.storage.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskMod
 from core.task_transitions import complete_if_done
 
 # Tasks that may still hold a queued subtask for the contact.
-_OPEN = (TaskStatus.PLANNING, TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.PAUSED)
+_OPEN = (
+    TaskStatus.PLANNING,
+    TaskStatus.SCHEDULED,
+    TaskStatus.QUEUED,
+    TaskStatus.SENDING,
+    TaskStatus.WAITING,
+    TaskStatus.PAUSED,
+)
 
 
 @dataclass(frozen=True)
