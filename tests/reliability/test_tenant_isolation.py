@@ -108,6 +108,16 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ("GET", "/api/tasks"): [Probe(lambda w, a, b: ("/api/tasks", None), 200)],
     ("GET", "/api/tasks/{task_id}"): [Probe(lambda w, a, b: (f"/api/tasks/{a.task_id}", None), 404)],
     ("POST", "/api/tasks/{task_id}/cancel"): [Probe(lambda w, a, b: (f"/api/tasks/{a.task_id}/cancel", None), 404)],
+    ("GET", "/api/scheduler/status"): [Probe(lambda w, a, b: ("/api/scheduler/status", None), 200)],
+    ("GET", "/api/scheduler/stats"): [Probe(lambda w, a, b: ("/api/scheduler/stats", None), 200)],
+    ("POST", "/api/services/{service_id}/check"): [
+        Probe(lambda w, a, b: (f"/api/services/{w.service_id}/check", None), 403)
+    ],
+    ("GET", "/api/tasks/{task_id}/failures"): [Probe(lambda w, a, b: (f"/api/tasks/{a.task_id}/failures", None), 404)],
+    ("POST", "/api/tasks/{task_id}/retry-failed"): [
+        Probe(lambda w, a, b: (f"/api/tasks/{a.task_id}/retry-failed", None), 404)
+    ],
+    ("GET", "/dashboard"): [Probe(lambda w, a, b: ("/dashboard", None), 200)],
     ("POST", "/api/scheduler/start"): [Probe(lambda w, a, b: ("/api/scheduler/start", None), 403)],
     ("POST", "/api/scheduler/stop"): [Probe(lambda w, a, b: ("/api/scheduler/stop", None), 403)],
     ("POST", "/api/scheduler/tasks/{task_id}/pause"): [
