@@ -7,8 +7,18 @@ from api_responses import AUTH, CREATE, documented, link
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core.api import tasks
-from core.api.schemas import TaskCreated, TaskIn, TaskOut, TaskPage
+from core.api import failures, tasks
+from core.api.schemas import (
+    DEFAULT_FAILURES_PAGE,
+    MAX_FAILURES_PAGE,
+    FailurePage,
+    FailureStatus,
+    RetryFailedOut,
+    TaskCreated,
+    TaskIn,
+    TaskOut,
+    TaskPage,
+)
 
 router = Router()
 
@@ -19,6 +29,8 @@ _TASK_LINKS = {
     "CancelTask": link("POST", "/api/tasks/{task_id}/cancel", **_NEW_TASK),
     "PauseTask": link("POST", "/api/scheduler/tasks/{task_id}/pause", **_NEW_TASK),
     "ResumeTask": link("POST", "/api/scheduler/tasks/{task_id}/resume", **_NEW_TASK),
+    "ListFailures": link("GET", "/api/tasks/{task_id}/failures", **_NEW_TASK),
+    "RetryFailed": link("POST", "/api/tasks/{task_id}/retry-failed", **_NEW_TASK),
 }
 
 
@@ -48,3 +60,19 @@ def get_task(task_id: str) -> TaskOut:
 @router.post("/api/tasks/<task_id>/cancel", responses=documented(200, AUTH, 404, 409, 503))
 def cancel_task(task_id: str) -> TaskOut:
     return tasks.cancel_task(current_caller(router), task_id, _task_deps())
+
+
+@router.get("/api/tasks/<task_id>/failures", responses=documented(200, AUTH, 404))
+def list_failures(
+    task_id: str,
+    status: Annotated[FailureStatus, Query()] = "failed",
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_FAILURES_PAGE)] = DEFAULT_FAILURES_PAGE,
+) -> FailurePage:
+    return failures.list_failures(current_caller(router), task_id, status, cursor, limit)
+
+
+@router.post("/api/tasks/<task_id>/retry-failed", responses=documented(200, AUTH, 404, 409, 503))
+def retry_failed(task_id: str) -> RetryFailedOut:
+    api = deps()
+    return failures.retry_failed(current_caller(router), task_id, failures.RetryDeps(clock=api.clock, wake=api.wake))

@@ -1,7 +1,8 @@
 """Quota refunds: units a task reserved but will never send go back to its user. Both halves, the
 task's `quota_refunded` and the user's `remaining_quota`, move in one TransactWriteItems, so a
 crash or a refused condition moves both or neither; the task's other counters (queued, cancelled,
-suppressed) ride in the same task update."""
+suppressed) ride in the same task update. Retrying failed recipients takes refunded units back the
+same way (rereserve_in)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,34 @@ def refund_in(
     )
     if units > 0:
         transaction.update(UserModel(user_id), actions=[UserModel.remaining_quota.add(units)])
+
+
+def rereserve_in(
+    transaction: TransactWrite,
+    *,
+    task_id: str,
+    user_id: str,
+    units: int,
+    task_actions: Sequence[Action] = (),
+    task_condition: Condition | None = None,
+) -> None:
+    """The reverse of refund_in, for units refunded earlier that will be sent after all (failed
+    recipients queued again): the task's `quota_refunded -= units` (with the caller's
+    `task_actions`, under `task_condition`), then the user's `remaining_quota -= units` under
+    `remaining_quota >= units`. Added in that order, task then user: a caller reading the reasons of
+    a cancelled transaction finds them there."""
+    if units <= 0:
+        raise ValueError(f"a re-reservation takes at least one unit ({units})")
+    transaction.update(
+        TaskModel(task_id),
+        actions=[*task_actions, TaskModel.quota_refunded.add(-units)],
+        condition=task_condition,
+    )
+    transaction.update(
+        UserModel(user_id),
+        actions=[UserModel.remaining_quota.add(-units)],
+        condition=UserModel.remaining_quota >= units,
+    )
 
 
 def refund_quota(

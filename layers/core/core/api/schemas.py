@@ -450,6 +450,45 @@ class TaskPage(BaseModel):
     cursor: str | None = None
 
 
+# ---------------------------------------------------------------- failed recipients
+
+# A failures page is read from 16 shards with a filter; 500 small items keep a reply well under 1 MB.
+DEFAULT_FAILURES_PAGE = 50
+MAX_FAILURES_PAGE = 500
+FailureStatus = Literal["failed", "unknown"]
+
+
+class FailureOut(BaseModel):
+    """One recipient of the task that did not get its email (`failed`), or may or may not have
+    (`unknown`: the send's outcome was lost, so it is never retried)."""
+
+    contact_id: str
+    email: str
+    status: FailureStatus
+    error_class: str | None = None  # core.dispatch.send_errors' class, or render / render_timeout / message
+    message: str | None = None  # the last error, as SES (or the renderer) gave it
+    attempts: int
+    failed_at: str | None = None  # when it failed or became unknown (null for items older than the field)
+    may_have_been_sent: bool  # true exactly for `unknown`
+
+
+class FailurePage(BaseModel):
+    task_id: str
+    status: FailureStatus  # which list this page is of
+    failures: list[FailureOut]
+    cursor: str | None = None
+
+
+class RetryFailedOut(BaseModel):
+    """Reply of retry-failed: how many `failed` recipients were queued again (their quota taken
+    back), and the task as it stands after."""
+
+    task_id: str
+    requeued: int
+    status: str
+    counts: TaskCountsOut
+
+
 # ---------------------------------------------------------------- scheduler control
 
 
