@@ -1,6 +1,7 @@
 """The whole system on one machine: an embedded AWS (single-threaded moto server in a child process),
 every resource the template declares, the API on http://127.0.0.1:3000, the planner fed from its
-queue, every ENABLED schedule fired at its rate, and SES's accepted mail in `outbox/`.
+queue, every ENABLED schedule fired at its rate (the embedded Scheduler's and those the template
+declares on its functions), and SES's accepted mail in `outbox/`.
 
 The handlers run in this process, unchanged: they reach the embedded AWS through the standard
 `AWS_ENDPOINT_URL`, set (with the template's function environment) before they are imported.
@@ -35,7 +36,14 @@ from local_runner.functions import (
 )
 from local_runner.http_api import LocalApiGateway
 from local_runner.moto_server import EmbeddedAws, aws_environment
-from local_runner.template import REPO_ROOT, CreatedResources, create_resources, environment_for, load_template
+from local_runner.template import (
+    REPO_ROOT,
+    CreatedResources,
+    create_resources,
+    declared_schedules,
+    environment_for,
+    load_template,
+)
 from local_runner.triggers import (
     OutboxWriter,
     PollingThread,
@@ -51,6 +59,19 @@ DEFAULT_OUTBOX = REPO_ROOT / "outbox"
 # How long Ctrl-C waits for running invocations (a dispatcher can run for its 240 s budget; it is cut
 # off as a Lambda at its timeout would be: whatever it had claimed is reported `unknown` next time).
 STOP_GRACE_SECONDS = 3.0
+# Seconds between fires of the schedules template.yaml declares on functions (the health check's is
+# an hour): shorter, a local run sees them, e.g. `LOCAL_TEMPLATE_SCHEDULE_SECONDS=30 make demo`.
+TEMPLATE_SCHEDULE_SECONDS_ENV = "LOCAL_TEMPLATE_SCHEDULE_SECONDS"
+
+
+def _template_schedule_seconds() -> float | None:
+    text = os.environ.get(TEMPLATE_SCHEDULE_SECONDS_ENV, "").strip()
+    if not text:
+        return None
+    seconds = float(text)
+    if seconds <= 0:
+        raise ValueError(f"{TEMPLATE_SCHEDULE_SECONDS_ENV} must be a positive number of seconds, not {text!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,8 @@ class RunnerConfig:
     # Function settings over the template's (as `sam local --env-vars`), e.g. a short
     # DISPATCHER_BUDGET_SECONDS to watch hand-offs in a test or a benchmark.
     environment: Mapping[str, str] = field(default_factory=dict)
+    # The period of the template's own schedules (None: their rate); default from the environment.
+    template_schedule_seconds: float | None = field(default_factory=_template_schedule_seconds)
 
 
 def prepare_functions(
@@ -77,6 +100,12 @@ def prepare_functions(
     created = create_resources(boto3.Session())
     os.environ.update({**environment_for(created, functions=functions), **(extra or {})})
     return created
+
+
+def _shows_info(level: str) -> bool:
+    """Whether the handlers' log level lets INFO lines through (an unknown level name: Powertools' INFO)."""
+    number = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    return number <= logging.INFO
 
 
 class FunctionHost:
@@ -162,6 +191,9 @@ class LocalRunner:
                 "POWERTOOLS_LOG_LEVEL": config.log_level,
                 "POWERTOOLS_TRACE_DISABLED": "1",
                 "POWERTOOLS_METRICS_NAMESPACE": "edm-scheduler-local",
+                # Metrics are EMF lines on stdout, like the functions' log lines: shown at INFO,
+                # left out at quieter levels (the demo's progress display).
+                "POWERTOOLS_METRICS_DISABLED": "false" if _shows_info(config.log_level) else "true",
                 "UNSUBSCRIBE_BASE_URL": f"{self.gateway.url}/unsubscribe",
                 **config.environment,
             },
@@ -180,7 +212,11 @@ class LocalRunner:
         self.outbox = OutboxWriter(self.aws, config.outbox)
         self._pollers.append(self.outbox)
         self.scheduler = ScheduleFirer(
-            session.client("scheduler", config=client_config), self.functions.specs, self.functions.invoke
+            session.client("scheduler", config=client_config),
+            self.functions.specs,
+            self.functions.invoke,
+            declared=declared_schedules(self.template),
+            template_period=config.template_schedule_seconds,
         )
         self._pollers.append(self.scheduler)
         for poller in self._pollers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import string
 from collections.abc import Iterable, Iterator
@@ -79,6 +80,157 @@ def function_events(template: dict[str, Any], event_type: str) -> Iterator[tuple
         for event in props.get("Events", {}).values():
             if event["Type"] == event_type:
                 yield logical_id, event.get("Properties", {})
+
+
+# ------------------------------------------------------------------ parameters and conditions
+
+# AWS pseudo parameters as they read locally.
+PSEUDO_PARAMETERS = {
+    "AWS::Region": LOCAL_REGION,
+    "AWS::AccountId": LOCAL_ACCOUNT,
+    "AWS::Partition": "aws",
+    "AWS::StackName": "local",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+_SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def resolve_parameters(value: Any, template: dict[str, Any]) -> str | None:
+    """A value built from literals, parameters (their defaults), pseudo parameters, `!Sub`, `!If` and
+    its conditions, as CloudFormation would with no parameter overridden; None when it needs
+    anything else (a resource's attribute, a parameter without a default)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    ((function, argument),) = value.items()
+    if function == "Ref":
+        return _parameter(str(argument), template)
+    if function == "Fn::Sub":
+        text, variables = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])
+        missing = False
+
+        def substitute(found: re.Match[str]) -> str:
+            nonlocal missing
+            name = found.group(1)
+            resolved = (
+                resolve_parameters(variables[name], template) if name in variables else _parameter(name, template)
+            )
+            missing = missing or resolved is None
+            return resolved or ""
+
+        result = _SUB_VARIABLE.sub(substitute, str(text)).replace("${!", "${")
+        return None if missing else result
+    if function == "Fn::If":
+        condition, when_true, when_false = argument
+        holds = condition_holds(str(condition), template)
+        if holds is None:
+            return None
+        return resolve_parameters(when_true if holds else when_false, template)
+    return None
+
+
+def _parameter(name: str, template: dict[str, Any]) -> str | None:
+    if name in PSEUDO_PARAMETERS:
+        return PSEUDO_PARAMETERS[name]
+    parameter = template.get("Parameters", {}).get(name)
+    if parameter is None or "Default" not in parameter:
+        return None
+    return resolve_parameters(parameter["Default"], template)
+
+
+def condition_holds(name: str, template: dict[str, Any]) -> bool | None:
+    """A named condition of the template with every parameter at its default; None when it cannot
+    be told locally."""
+    return _condition(template.get("Conditions", {}).get(name), template)
+
+
+def _condition(expression: Any, template: dict[str, Any]) -> bool | None:
+    if not isinstance(expression, dict) or len(expression) != 1:
+        return None
+    ((function, argument),) = expression.items()
+    if function == "Condition":
+        return condition_holds(str(argument), template)
+    if function == "Fn::Equals":
+        left, right = (resolve_parameters(side, template) for side in argument)
+        return None if left is None or right is None else left == right
+    parts = [_condition(part, template) for part in argument] if isinstance(argument, list) else []
+    if None in parts or not parts:
+        return None
+    if function == "Fn::Not":
+        return not parts[0]
+    if function == "Fn::And":
+        return all(parts)
+    if function == "Fn::Or":
+        return any(parts)
+    return None
+
+
+# ------------------------------------------------------------------ schedules declared on functions
+
+
+@dataclass(frozen=True)
+class DeclaredSchedule:
+    """A `ScheduleV2` (EventBridge Scheduler) or `Schedule` (EventBridge rule) event of a template
+    function: AWS creates it with the stack, so the local runner fires it itself (local_runner/triggers.py)."""
+
+    function: str  # the function's logical id
+    name: str  # "<function>.<event name>"
+    expression: str | None  # resolved; None when it cannot be resolved locally
+    event: dict[str, Any]  # what the function receives
+    enabled: bool
+
+
+def declared_schedules(template: dict[str, Any]) -> list[DeclaredSchedule]:
+    schedules = []
+    for logical_id, props in resources_of_type(template, "AWS::Serverless::Function").items():
+        for event_name, event in props.get("Events", {}).items():
+            kind = event.get("Type")
+            if kind not in ("ScheduleV2", "Schedule"):
+                continue
+            properties = event.get("Properties", {})
+            expression = resolve_parameters(
+                properties.get("ScheduleExpression" if kind == "ScheduleV2" else "Schedule"), template
+            )
+            state = resolve_parameters(properties.get("State", "ENABLED"), template)
+            enabled = state == "ENABLED" and properties.get("Enabled", True) is not False
+            schedules.append(
+                DeclaredSchedule(
+                    function=logical_id,
+                    name=f"{logical_id}.{event_name}",
+                    expression=expression,
+                    event=_schedule_event(kind, properties, logical_id, event_name, template),
+                    enabled=enabled,
+                )
+            )
+    return schedules
+
+
+def _schedule_event(
+    kind: str, properties: dict[str, Any], function: str, event_name: str, template: dict[str, Any]
+) -> dict[str, Any]:
+    """Its `Input` (a JSON text) when it has one; else what AWS sends: EventBridge Scheduler an empty
+    object, an EventBridge rule its scheduled event (without the per-fire `id` and `time`)."""
+    text = resolve_parameters(properties.get("Input"), template) if "Input" in properties else None
+    if text is not None:
+        event: dict[str, Any] = json.loads(text)
+        return event
+    if kind == "ScheduleV2":
+        return {}
+    return {
+        "version": "0",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": LOCAL_ACCOUNT,
+        "region": LOCAL_REGION,
+        "resources": [f"arn:aws:events:{LOCAL_REGION}:{LOCAL_ACCOUNT}:rule/{function}{event_name}"],
+        "detail": {},
+    }
+
+
+# ------------------------------------------------------------------ resources
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@
   every ENABLED `rate(...)` schedule and invokes its target with its `Input` once per period, at a
   random second of each period as AWS does (60-second precision: two fires of a one-minute rate may
   be 1 s or 119 s apart), each fire on its own thread, so a long invocation overlaps the next one.
+  The same for the `ScheduleV2` / `Schedule` events template functions declare (the health check),
+  which AWS creates with the stack and the runner never sees in the embedded Scheduler; their
+  period can be shortened for local runs (`template_period`).
 - `OutboxWriter`: writes every message SES accepted to `<outbox>/<n>-<message id>.eml`.
 
 Polls never long-poll: the embedded server answers one request at a time, and a 20-second
@@ -26,7 +29,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from local_runner.functions import FunctionSpec, Invoke, function_for_arn
 from local_runner.moto_server import EmbeddedAws
-from local_runner.template import LOCAL_REGION, CreatedResources, function_events
+from local_runner.template import LOCAL_REGION, CreatedResources, DeclaredSchedule, function_events
 
 log = logging.getLogger("local_runner")
 
@@ -43,6 +46,7 @@ _RATE = re.compile(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 EML_SUFFIX = ".eml"
 UNFIRED_RECHECK_SECONDS = 60.0  # how often a schedule the runner cannot fire is read again
+TEMPLATE_GROUP = "template"  # the key group of schedules declared in the template
 SCHEDULE_CONCURRENCY = 256  # fired invocations running at once (Lambda's own limit is the account's)
 
 
@@ -314,7 +318,9 @@ def random_second(period: float) -> float:
 
 class ScheduleFirer(PollingThread):
     """Fires each ENABLED rate schedule once in every period counted from when it was first seen
-    enabled, at the offset `offset(period)` gives for that period (a random second by default)."""
+    enabled, at the offset `offset(period)` gives for that period (a random second by default):
+    those of the embedded Scheduler, and those the template declares on its functions (`declared`,
+    first seen when the runner starts, every `template_period` seconds when given)."""
 
     name = "scheduler"
 
@@ -326,6 +332,8 @@ class ScheduleFirer(PollingThread):
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         offset: Callable[[float], float] = random_second,
+        declared: Sequence[DeclaredSchedule] = (),
+        template_period: float | None = None,
     ) -> None:
         super().__init__(interval)
         self._scheduler = scheduler
@@ -336,9 +344,29 @@ class ScheduleFirer(PollingThread):
         self._next_fire: dict[tuple[str, str], float] = {}
         self._window: dict[tuple[str, str], float] = {}  # start of the period the next fire falls in
         self._warned: set[tuple[str, str]] = set()
+        self._declared = self._fireable(declared, template_period)
         # Overlapping fires each get a thread (a long invocation overlaps the next fire, as in AWS).
         self._workers = WarmThreads(self.name, SCHEDULE_CONCURRENCY)
         self.fired = 0
+
+    def _fireable(
+        self, declared: Sequence[DeclaredSchedule], template_period: float | None
+    ) -> list[tuple[DeclaredSchedule, float]]:
+        """The declared schedules the runner fires, each with its period."""
+        fireable = []
+        for schedule in declared:
+            period = rate_seconds(schedule.expression or "")
+            if not schedule.enabled or schedule.function not in self._functions:
+                continue
+            if period is None:
+                log.warning(
+                    "schedule %s (%s) is not fired locally: only rate() schedules are",
+                    schedule.name,
+                    schedule.expression,
+                )
+                continue
+            fireable.append((schedule, template_period if template_period else period))
+        return fireable
 
     def poll_once(self) -> bool:
         pages = self._scheduler.get_paginator("list_schedules").paginate(State="ENABLED")
@@ -359,6 +387,15 @@ class ScheduleFirer(PollingThread):
             except Exception:  # a schedule the runner cannot read (bad Input, ...) skips its turn
                 log.exception("schedule %s/%s could not be fired", *key)
                 self._next_fire[key] = now + UNFIRED_RECHECK_SECONDS
+        for schedule, period in self._declared:
+            key = (TEMPLATE_GROUP, schedule.name)
+            seen.add(key)
+            self._window.setdefault(key, now)  # the stack's schedules: first seen when the runner starts
+            due = self._next_fire.get(key)
+            if (due is not None and due > now) or self._first_fire_later(key, due, now, period):
+                continue
+            self._next_period(key, now, period)
+            self._fire(schedule.function, schedule.name, schedule.event)
         # A schedule disabled (or deleted) and enabled again starts a new period, like a new one.
         for key in set(self._window) - seen:
             self._window.pop(key, None)
@@ -381,17 +418,25 @@ class ScheduleFirer(PollingThread):
                 )
             self._next_fire[key] = now + UNFIRED_RECHECK_SECONDS  # not re-read every poll
             return
-        if due is None:  # first look: its fire falls somewhere in the current period
-            self._next_fire[key] = self._window[key] + self._offset(period)
-            if self._next_fire[key] > now:
-                return
+        if self._first_fire_later(key, due, now, period):
+            return
         event = json.loads(schedule["Target"].get("Input") or "{}")
-        # Periods follow each other from the first, so fires do not drift; after a long stall the
-        # next period starts now (no burst of missed fires).
+        self._next_period(key, now, period)
+        self._fire(target.logical_id, schedule["Name"], event)
+
+    def _first_fire_later(self, key: tuple[str, str], due: float | None, now: float, period: float) -> bool:
+        """On the first look its fire falls somewhere in the current period: True while that is ahead."""
+        if due is not None:
+            return False
+        self._next_fire[key] = self._window[key] + self._offset(period)
+        return self._next_fire[key] > now
+
+    def _next_period(self, key: tuple[str, str], now: float, period: float) -> None:
+        """Periods follow each other from the first, so fires do not drift; after a long stall the
+        next period starts now (no burst of missed fires)."""
         window = self._window[key] + period
         self._window[key] = window if window + period > now else now
         self._next_fire[key] = self._window[key] + self._offset(period)
-        self._fire(target.logical_id, schedule["Name"], event)
 
     def _fire(self, function: str, name: str, event: dict[str, Any]) -> None:
         self.fired += 1

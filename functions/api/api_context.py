@@ -22,6 +22,7 @@ from core.clock import Clock, SystemClock
 from core.dispatch.schedules import ScheduleConfig
 from core.dispatch.wakeups import WakeQueue
 from core.secrets import resolve_signing_key
+from core.service_health import RegionalClients
 from core.settings import Settings, load_settings
 from core.storage.models import bind_tables
 
@@ -39,6 +40,7 @@ class ApiDeps:
     ses: Any  # SES v2: sender identities
     schedules: ScheduleConfig
     wake: WakeQueue  # starts dispatchers at once (scheduler start, resume, a service enabled)
+    ses_clients: RegionalClients  # SES v1 and v2 per region: a service's health check runs in its region
 
 
 @lru_cache(maxsize=1)
@@ -55,6 +57,7 @@ def deps() -> ApiDeps:
         ses=boto3.client("sesv2", config=retries),
         schedules=ScheduleConfig.from_settings(settings),
         wake=WakeQueue.from_settings(sqs, settings),
+        ses_clients=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=retries)),
     )
 
 

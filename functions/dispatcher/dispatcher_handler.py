@@ -15,7 +15,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 from core.clock import Clock, SystemClock
-from core.dispatch.dispatcher import DispatcherDeps, dispatch_service
+from core.dispatch.dispatcher import DispatcherDeps, DispatchReport, dispatch_service
+from core.dispatch.metrics import configured_interval, dispatch_metrics, publish
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.secrets import resolve_signing_key
 from core.settings import Settings, load_settings
@@ -79,6 +80,16 @@ def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
     )
 
 
+def publish_metrics(report: DispatchReport) -> None:
+    """Sent, Failed, Throttled, Unknown and PaceAchieved of this invocation (core.dispatch.metrics).
+    A metric lost must not fail the invocation: its emails are sent and recorded."""
+    try:
+        interval = configured_interval(report.service_id) if len(report.send_times) >= 2 else None
+        publish(dispatch_metrics(report, interval))
+    except Exception:
+        logger.exception("dispatcher metrics not published", extra={"service_id": report.service_id})
+
+
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
@@ -89,6 +100,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     for body in bodies:
         request = WakeRequest.model_validate(body)
         report = dispatch_service(request.service_id, deps_for(context, rt), request)
+        publish_metrics(report)
         summary = {**report.summary(), "trigger": request.reason or "schedule"}
         logger.info("dispatcher invocation finished", extra=summary)
         summaries.append(summary)

@@ -37,6 +37,7 @@ ADMIN_OPERATIONS = {
     "PUT /api/users/{user_id}/services",
     "POST /api/services",
     "PATCH /api/services/{service_id}",
+    "POST /api/services/{service_id}/check",
     "POST /api/scheduler/start",
     "POST /api/scheduler/stop",
 }

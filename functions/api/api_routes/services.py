@@ -4,6 +4,7 @@ from api_context import current_caller, deps
 from api_responses import AUTH, BODY, CREATE, documented
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from core import service_health
 from core.api import email_services
 from core.api.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch
 
@@ -28,3 +29,10 @@ def list_services() -> ServiceList:
 @router.patch("/api/services/<service_id>", responses=documented(200, BODY, 403, 404))
 def update_service(service_id: str, request: ServicePatch) -> ServiceOut:
     return email_services.update_service(current_caller(router), service_id, request, _service_deps())
+
+
+@router.post("/api/services/<service_id>/check", responses=documented(200, AUTH, 403, 404))
+def check_service(service_id: str) -> service_health.ServiceHealthOut:
+    api = deps()
+    health = service_health.HealthDeps(clock=api.clock, clients=api.ses_clients, wake=api.wake)
+    return service_health.check_service_now(current_caller(router), service_id, health)
