@@ -1,6 +1,6 @@
 """The local runner's stand-ins for AWS's own machinery, on in-process moto: EventBridge Scheduler
-firing (rate, first fire, overlap, disable/enable) and the SQS event source mapping (batches,
-partial failures, whole-batch failures)."""
+firing (rate, first fire, overlap, disable/enable, the schedules the template declares on functions)
+and the SQS event source mapping (batches, partial failures, whole-batch failures)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -15,7 +16,13 @@ import pytest
 from moto import mock_aws
 
 from local_runner.functions import function_specs
-from local_runner.template import create_resources, load_template
+from local_runner.template import (
+    DeclaredSchedule,
+    create_resources,
+    declared_schedules,
+    load_template,
+    resolve_parameters,
+)
 from local_runner.triggers import (
     QueueMapping,
     QueueTrigger,
@@ -24,6 +31,8 @@ from local_runner.triggers import (
     random_second,
     rate_seconds,
 )
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 DISPATCHER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:DispatcherFunction"
 
@@ -238,6 +247,74 @@ def test_the_template_wake_up_mapping_runs_batches_concurrently() -> None:
     assert wake.batch_size == 1
     assert wake.concurrency == int(template["Parameters"]["DispatchWakeConcurrency"]["Default"]) >= 2
     assert mappings["PlannerFunction"].concurrency == 1  # conditional ScalingConfig: one batch at a time locally
+
+
+def test_the_template_declares_the_health_check_schedule_with_the_sample_events_input() -> None:
+    (health,) = [schedule for schedule in declared_schedules(load_template()) if schedule.function == "HealthFunction"]
+    # HealthCheckIntervalMinutes' default, through the template's !If and !Sub
+    assert health.expression == "rate(60 minutes)" and health.enabled
+    assert health.event == json.loads((EVENTS / "health_check.json").read_text())
+
+
+def test_parameters_and_conditions_resolve_as_cloudformation_would_with_the_defaults() -> None:
+    template = {
+        "Parameters": {"Minutes": {"Type": "Number", "Default": 1}, "Name": {"Type": "String"}},
+        "Conditions": {
+            "EveryMinute": {"Fn::Equals": [{"Ref": "Minutes"}, "1"]},
+            "NotEveryMinute": {"Fn::Not": [{"Condition": "EveryMinute"}]},
+        },
+    }
+    expression = {"Fn::If": ["EveryMinute", "rate(1 minute)", {"Fn::Sub": "rate(${Minutes} minutes)"}]}
+    assert resolve_parameters(expression, template) == "rate(1 minute)"
+    template["Parameters"]["Minutes"]["Default"] = 5
+    assert resolve_parameters(expression, template) == "rate(5 minutes)"
+    assert resolve_parameters({"Fn::If": ["NotEveryMinute", "yes", "no"]}, template) == "yes"
+    assert resolve_parameters({"Fn::Sub": "${AWS::Region}/${Minutes}"}, template) == "us-east-1/5"
+    assert resolve_parameters({"Fn::Sub": "x-${Name}"}, template) is None  # no default: unknown locally
+    assert resolve_parameters({"Fn::GetAtt": ["Queue", "Arn"]}, template) is None
+
+
+def test_a_schedule_the_template_declares_fires_every_period_without_any_scheduler_schedule(scheduler: Any) -> None:
+    """The health check's schedule is created by CloudFormation in AWS, never through the API: the
+    runner fires it from the template, here every 30 s instead of its hour."""
+    invoke, clock = BlockingInvoke(), Clock()
+    invoke.release.set()
+    declared = [schedule for schedule in declared_schedules(load_template()) if schedule.function == "HealthFunction"]
+    firer = ScheduleFirer(
+        scheduler,
+        function_specs(load_template()),
+        invoke,
+        clock=clock,
+        offset=AT_PERIOD_START,
+        declared=declared,
+        template_period=30.0,
+    )
+    firer.poll_once()  # the runner's start: fires now
+    clock.now += 29
+    firer.poll_once()
+    clock.now += 1
+    firer.poll_once()
+    assert firer.wait_for_invocations(5)
+    assert invoke.calls == [("HealthFunction", {"trigger": "health_check"})] * 2
+
+
+def test_declared_schedules_keep_their_rate_unless_told_and_disabled_or_cron_ones_never_fire(scheduler: Any) -> None:
+    invoke, clock = BlockingInvoke(), Clock()
+    invoke.release.set()
+    declared = [
+        DeclaredSchedule("HealthFunction", "HealthFunction.Hourly", "rate(1 hour)", {"n": 1}, enabled=True),
+        DeclaredSchedule("HealthFunction", "HealthFunction.Off", "rate(1 minute)", {"n": 2}, enabled=False),
+        DeclaredSchedule("HealthFunction", "HealthFunction.Cron", "cron(0 * * * ? *)", {"n": 3}, enabled=True),
+        DeclaredSchedule("NoSuchFunction", "NoSuchFunction.Tick", "rate(1 minute)", {"n": 4}, enabled=True),
+    ]
+    firer = ScheduleFirer(
+        scheduler, function_specs(load_template()), invoke, clock=clock, offset=AT_PERIOD_START, declared=declared
+    )
+    for _ in range(3):
+        firer.poll_once()
+        clock.now += 1800  # half an hour
+    assert firer.wait_for_invocations(5)
+    assert invoke.calls == [("HealthFunction", {"n": 1})] * 2  # at 0 and after an hour
 
 
 # ------------------------------------------------------------------ SQS
