@@ -38,6 +38,7 @@ from core.settings import Settings  # noqa: E402
 from core.storage.models import bind_tables  # noqa: E402
 from local_runner import moto_speedups  # noqa: E402
 from local_runner.apigw import claims_for, rest_event  # noqa: E402
+from local_runner.http_api import routes_from_template  # noqa: E402
 from local_runner.template import create_resources, environment_for, load_template  # noqa: E402
 
 moto_speedups.install()
@@ -193,6 +194,9 @@ class ApiReply:
     headers: dict[str, str]
 
 
+_ROUTES = routes_from_template(load_template())
+
+
 class ApiClient:
     """Calls the API Lambda handler in-process with API Gateway REST proxy events."""
 
@@ -220,7 +224,21 @@ class ApiClient:
         if claims is None and user is not None:
             default_groups = ["admins"] if user == "admin" else []
             claims = claims_for(user, groups if groups is not None else default_groups)
-        event = rest_event(method, path, body=body, claims=claims, query=query, headers=headers)
+        # The template's resource and path parameters, as API Gateway (and the local gateway) pass them.
+        resource, parameters = next(
+            ((route.resource, found) for route in _ROUTES if (found := route.match(method, path)) is not None),
+            (None, None),
+        )
+        event = rest_event(
+            method,
+            path,
+            resource=resource,
+            path_parameters=parameters or None,
+            body=body,
+            claims=claims,
+            query=query,
+            headers=headers,
+        )
         reply = self._handler(event, _LambdaContext())
         text = reply.get("body") or ""
         try:

@@ -42,7 +42,16 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 KEPT_SECONDS = 24 * 60 * 60
 # Routes that create something; the other POSTs (cancel, start, pause, ...) are idempotent anyway.
 CREATING_ROUTES = frozenset(
-    {"/api/users", "/api/services", "/api/senders", "/api/contacts", "/api/templates", "/api/tasks"}
+    {
+        "/api/users",
+        "/api/services",
+        "/api/senders",
+        "/api/contacts",
+        "/api/templates",
+        "/api/tasks",
+        # Not a creation, but a repeat after a lost reply must not re-queue (and charge) twice.
+        "/api/tasks/{task_id}/retry-failed",
+    }
 )
 # Replies are stored in one DynamoDB item (400 KB); a larger one is stored compressed.
 _COMPRESS_ABOVE = 64 * 1024
@@ -158,7 +167,8 @@ def resolve_once(event: dict[str, Any], context: LambdaContext, resolve: Callabl
     if not claims.get("sub"):
         return resolve()  # unauthenticated: the API answers 401, nothing to remember
     request = {
-        "scope": {"user": str(claims["sub"]), "route": event["resource"], "key": key},
+        # The path too: one key on two tasks' retry-failed is two requests.
+        "scope": {"user": str(claims["sub"]), "route": event["resource"], "path": event.get("path"), "key": key},
         "body": _parsed_body(event.get("body")),
     }
     remembering = _remembering()

@@ -366,3 +366,16 @@ def test_concurrent_retries_requeue_each_subtask_once_and_take_its_quota_once(
     assert (int(stored.counts.failed), int(stored.counts.queued)) == (0, len(REJECTED))
     assert int(UserModel.get("alice", consistent_read=True).remaining_quota) == user_before - len(REJECTED)
     assert int(stored.quota_refunded) == refunded_before - len(REJECTED)
+
+
+def test_a_repeated_retry_with_the_same_idempotency_key_re_queues_once(api: ApiClient, sent: Sent) -> None:
+    # Given a first retry whose reply the client lost, and a second send that failed them all again
+    key = {"Idempotency-Key": "retry-1"}
+    first = api.post(f"/api/tasks/{sent.task_id}/retry-failed", user="alice", headers=key)
+    assert first.status == 200 and first.body["requeued"] == 30
+    state = _state(sent.task_id)
+
+    # When the client repeats the call with the same key, the first answer comes back, nothing moves
+    again = api.post(f"/api/tasks/{sent.task_id}/retry-failed", user="alice", headers=key)
+    assert (again.status, again.body) == (200, first.body)
+    assert _state(sent.task_id) == state

@@ -191,7 +191,13 @@ def _requeue_actions(subtask: SubtaskModel, task_id: str) -> list[Action]:
 def _task_update(task: TaskModel, units: int, now: float) -> tuple[TaskStatus | None, list[Action], Condition]:
     """The task's part of a chunk: counters, and the move back to `queued` for a completed task
     (the target, None when the status stays), under "the status is still what this expects"."""
-    counters: list[Action] = [TASK_COUNTS.failed.add(-units), TASK_COUNTS.queued.add(units)]
+    # requeue_seq: dispatchers sending the task read its queues again; a drained-task repair that
+    # counted before this commit does not overwrite its counters (core.dispatch.repair).
+    counters: list[Action] = [
+        TASK_COUNTS.failed.add(-units),
+        TASK_COUNTS.queued.add(units),
+        TaskModel.requeue_seq.add(1),
+    ]
     if task.status == TaskStatus.COMPLETED:
         move = task_move(task, TaskStatus.QUEUED, now, sources=[TaskStatus.COMPLETED], actions=counters)
         return move.target, move.actions, move.condition

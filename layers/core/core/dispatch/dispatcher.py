@@ -277,7 +277,10 @@ class Dispatcher:
                 new.append(task)
                 continue
             # A known task's queue keeps its read state: nothing is added to it but this invocation's
-            # own retries (tracked by recheck_at); a task resumed after a pause comes back as new.
+            # own retries (tracked by recheck_at), failover and retry-failed (which bump requeue_seq);
+            # a task resumed after a pause comes back as new.
+            if (task.requeue_seq or 0) != (known.task.requeue_seq or 0):
+                known.dry, known.read_to_end, known.recheck_at, known.reconciled = False, False, math.inf, False
             known.task = task
             works[task.task_id] = known
         works.update(_load_works(new))

@@ -69,6 +69,8 @@ def fail_over(
         cycle = routing_cycle(service_weights(others))
         _route_also(task, cycle)
         moved, finished = _move_queued(task, service_id, cycle, time_left)
+        if moved:  # receiving dispatchers that found the task's queue empty read it again
+            TaskModel(task.task_id).update(actions=[TaskModel.requeue_seq.add(1)])
         report.moved += moved
         report.targets.update(cycle)
         if not finished:

@@ -92,6 +92,10 @@ def reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
     for service_id in services:
         if next(iter(SubtaskModel.queue.query(queue_key(service_id, task.task_id), limit=1)), None):
             return
+    # Work re-queued (retry-failed) after the recount read the subtasks must not be overwritten.
+    seen = TaskModel.get(task.task_id, consistent_read=True, attributes_to_get=["task_id", "requeue_seq"])
+    requeue_seq = seen.requeue_seq
+    unchanged = TaskModel.requeue_seq.does_not_exist() if requeue_seq is None else TaskModel.requeue_seq == requeue_seq
     statuses: dict[str, int] = {}
     for shard in range(SUBTASK_SHARDS):
         for subtask in SubtaskModel.query(f"{task.task_id}#{shard:02d}", attributes_to_get=["status"]):
@@ -106,7 +110,7 @@ def reconcile_if_drained(task: TaskModel, now: float, owner: str) -> None:
             TASK_COUNTS.failed.set(statuses.get(SubtaskStatus.FAILED, 0)),
             TASK_COUNTS.unknown.set(statuses.get(SubtaskStatus.UNKNOWN, 0)),
         ],
-        TaskModel.status.is_in(*DISPATCHABLE),
+        TaskModel.status.is_in(*DISPATCHABLE) & unchanged,
     )
     if not repaired:
         return

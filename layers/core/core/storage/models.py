@@ -233,6 +233,9 @@ class TaskModel(_Base):
     planner_lease_until = NumberAttribute(null=True)
     active_partition = UnicodeAttribute(null=True)
     active_sort = UnicodeAttribute(null=True)
+    # Bumped when queued work reappears (retry-failed) or moves between services (failover): a
+    # dispatcher that found the task's queue empty reads it again.
+    requeue_seq = NumberAttribute(null=True)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
 
