@@ -132,12 +132,15 @@ def test_cancel_and_a_service_change_are_announced_and_enabling_wakes(
     before = control_seq()
 
     assert api.patch(f"/api/services/{service}", {"enabled": False}).status == 200
+    # Its schedule stops firing: one last run finds it disabled and fails its queued work over.
+    assert wake_ups(aws) == [{"service_id": service, "reason": "disabled"}]
+    assert api.patch(f"/api/services/{service}", {"name": "renamed while disabled"}).status == 200
     assert wake_ups(aws) == []
     assert api.patch(f"/api/services/{service}", {"enabled": True}).status == 200
     assert wake_ups(aws) == [{"service_id": service, "reason": "enabled"}]
     assert api.post(f"/api/tasks/{task_id}/cancel", user="alice").status == 200
 
-    assert control_seq() == before + 3
+    assert control_seq() == before + 4
 
 
 class Context:

@@ -96,8 +96,13 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
     running = scheduler_running()
     sync_service_schedule(deps.scheduler, deps.schedules, service, running)
     _recheck_running(service, deps, running)
-    if running and service.enabled and deps.wake is not None:
-        deps.wake.wake([service_id], WakeReason.ENABLED)  # enabled again: work waiting on it starts now
+    if running and deps.wake is not None:
+        if service.enabled:
+            deps.wake.wake([service_id], WakeReason.ENABLED)  # enabled again: work waiting on it starts now
+        elif "enabled" in request.model_fields_set:
+            # Disabled: its dispatcher runs once more, finds it disabled and fails its queued work
+            # over to the users' other services (its schedule no longer fires).
+            deps.wake.wake([service_id], WakeReason.DISABLED)
     return service_out(service, used_today=_used_today([service_id], deps.clock).get(service_id, 0))
 
 

@@ -38,6 +38,7 @@ class WakeReason(StrEnum):
     ENABLED = "enabled"  # its service was changed while enabled (e.g. enabled again)
     HANDOFF = "handoff"
     FAILOVER = "failover"  # another service's queued work moved to it
+    DISABLED = "disabled"  # its service was disabled: its queued work fails over
 
 
 class WakeRequest(BaseModel):
