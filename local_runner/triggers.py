@@ -12,7 +12,11 @@
   be 1 s or 119 s apart), each fire on its own thread, so a long invocation overlaps the next one.
   The same for the `ScheduleV2` / `Schedule` events template functions declare (the health check),
   which AWS creates with the stack and the runner never sees in the embedded Scheduler; their
-  period can be shortened for local runs (`template_period`).
+  period can be shortened for local runs (`template_period`). AWS starts those at the deploy, before
+  anyone uses the stack; locally the stack and its use start together, so their first fire comes one
+  period after the runner starts (a run is not checked before it could set itself up).
+  A fire falls at a random second of the first minute of its period (of the period, when shorter):
+  the 60-second precision EventBridge Scheduler keeps.
 - `OutboxWriter`: writes every message SES accepted to `<outbox>/<n>-<message id>.eml`.
 
 Polls never long-poll: the embedded server answers one request at a time, and a 20-second
@@ -46,6 +50,7 @@ _RATE = re.compile(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 EML_SUFFIX = ".eml"
 UNFIRED_RECHECK_SECONDS = 60.0  # how often a schedule the runner cannot fire is read again
+PRECISION_SECONDS = 60.0  # EventBridge Scheduler fires within this much of each period's start
 TEMPLATE_GROUP = "template"  # the key group of schedules declared in the template
 SCHEDULE_CONCURRENCY = 256  # fired invocations running at once (Lambda's own limit is the account's)
 
@@ -390,7 +395,7 @@ class ScheduleFirer(PollingThread):
         for schedule, period in self._declared:
             key = (TEMPLATE_GROUP, schedule.name)
             seen.add(key)
-            self._window.setdefault(key, now)  # the stack's schedules: first seen when the runner starts
+            self._window.setdefault(key, now + period)  # the stack's: one period after the runner starts
             due = self._next_fire.get(key)
             if (due is not None and due > now) or self._first_fire_later(key, due, now, period):
                 continue
@@ -428,7 +433,7 @@ class ScheduleFirer(PollingThread):
         """On the first look its fire falls somewhere in the current period: True while that is ahead."""
         if due is not None:
             return False
-        self._next_fire[key] = self._window[key] + self._offset(period)
+        self._next_fire[key] = self._window[key] + self._offset(min(period, PRECISION_SECONDS))
         return self._next_fire[key] > now
 
     def _next_period(self, key: tuple[str, str], now: float, period: float) -> None:
@@ -436,7 +441,7 @@ class ScheduleFirer(PollingThread):
         next period starts now (no burst of missed fires)."""
         window = self._window[key] + period
         self._window[key] = window if window + period > now else now
-        self._next_fire[key] = self._window[key] + self._offset(period)
+        self._next_fire[key] = self._window[key] + self._offset(min(period, PRECISION_SECONDS))
 
     def _fire(self, function: str, name: str, event: dict[str, Any]) -> None:
         self.fired += 1

@@ -276,7 +276,8 @@ def test_parameters_and_conditions_resolve_as_cloudformation_would_with_the_defa
 
 def test_a_schedule_the_template_declares_fires_every_period_without_any_scheduler_schedule(scheduler: Any) -> None:
     """The health check's schedule is created by CloudFormation in AWS, never through the API: the
-    runner fires it from the template, here every 30 s instead of its hour."""
+    runner fires it from the template, here every 30 s instead of its hour, from one period after
+    its start (locally the stack is created when it is first used)."""
     invoke, clock = BlockingInvoke(), Clock()
     invoke.release.set()
     declared = [schedule for schedule in declared_schedules(load_template()) if schedule.function == "HealthFunction"]
@@ -289,13 +290,16 @@ def test_a_schedule_the_template_declares_fires_every_period_without_any_schedul
         declared=declared,
         template_period=30.0,
     )
-    firer.poll_once()  # the runner's start: fires now
-    clock.now += 29
-    firer.poll_once()
-    clock.now += 1
-    firer.poll_once()
+    fired_at = []
+    for _ in range(91):
+        before = firer.fired
+        firer.poll_once()
+        if firer.fired > before:
+            fired_at.append(clock.now - 1000.0)
+        clock.now += 1
     assert firer.wait_for_invocations(5)
-    assert invoke.calls == [("HealthFunction", {"trigger": "health_check"})] * 2
+    assert fired_at == [30.0, 60.0, 90.0]
+    assert invoke.calls == [("HealthFunction", {"trigger": "health_check"})] * 3
 
 
 def test_declared_schedules_keep_their_rate_unless_told_and_disabled_or_cron_ones_never_fire(scheduler: Any) -> None:
@@ -307,14 +311,21 @@ def test_declared_schedules_keep_their_rate_unless_told_and_disabled_or_cron_one
         DeclaredSchedule("HealthFunction", "HealthFunction.Cron", "cron(0 * * * ? *)", {"n": 3}, enabled=True),
         DeclaredSchedule("NoSuchFunction", "NoSuchFunction.Tick", "rate(1 minute)", {"n": 4}, enabled=True),
     ]
+    spans: list[float] = []
+
+    def offset(span: float) -> float:
+        spans.append(span)
+        return 0.0
+
     firer = ScheduleFirer(
-        scheduler, function_specs(load_template()), invoke, clock=clock, offset=AT_PERIOD_START, declared=declared
+        scheduler, function_specs(load_template()), invoke, clock=clock, offset=offset, declared=declared
     )
-    for _ in range(3):
+    for _ in range(5):
         firer.poll_once()
         clock.now += 1800  # half an hour
     assert firer.wait_for_invocations(5)
-    assert invoke.calls == [("HealthFunction", {"n": 1})] * 2  # at 0 and after an hour
+    assert invoke.calls == [("HealthFunction", {"n": 1})] * 2  # after one hour and after two
+    assert set(spans) == {60.0}  # each fire within the first minute of its hour, as Scheduler's precision
 
 
 # ------------------------------------------------------------------ SQS
