@@ -323,9 +323,10 @@ def random_second(period: float) -> float:
 
 class ScheduleFirer(PollingThread):
     """Fires each ENABLED rate schedule once in every period counted from when it was first seen
-    enabled, at the offset `offset(period)` gives for that period (a random second by default):
-    those of the embedded Scheduler, and those the template declares on its functions (`declared`,
-    first seen when the runner starts, every `template_period` seconds when given)."""
+    enabled, at the offset `offset(span)` gives in that period's first `span` seconds (a random
+    second of its first minute by default): those of the embedded Scheduler, and those the template
+    declares on its functions (`declared`: from one period after the runner starts, every
+    `template_period` seconds when given)."""
 
     name = "scheduler"
 
