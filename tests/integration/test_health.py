@@ -371,6 +371,24 @@ def test_an_admin_checks_a_service_through_the_api(api: ApiClient, clock: FakeCl
     assert listed["last_health_check"] == reply.body["last_health_check"]
 
 
+def test_a_services_from_domain_is_registered_with_ses_in_its_region_when_saved(api: ApiClient) -> None:
+    # Given a service created with a domain (and another whose domain changes later)
+    body = {"name": "ses", "region": "eu-west-1", "sending_rate": 1.0, "daily_quota": 200}
+    created = api.post("/api/services", {**body, "from_domain": "mail.example.com"}).body["service_id"]
+    changed = api.post("/api/services", body).body["service_id"]
+    assert api.patch(f"/api/services/{changed}", {"from_domain": "news.example.com"}).status == 200
+
+    # Then SES was asked to verify each domain in the service's region (the embedded SES verifies at
+    # once; real SES once its DKIM records are published), and the check finds them verified
+    identities = boto3.client("sesv2", region_name="eu-west-1").list_email_identities()["EmailIdentities"]
+    assert {"mail.example.com", "news.example.com"} <= {i["IdentityName"] for i in identities}
+    for service_id in (created, changed):
+        reply = api.post(f"/api/services/{service_id}/check")
+        assert (reply.status, reply.body["is_healthy"], reply.body["health_reason"]) == (200, True, None)
+    # and saving it again is no error (SES says it already exists)
+    assert api.patch(f"/api/services/{created}", {"from_domain": "mail.example.com"}).status == 200
+
+
 def test_only_an_admin_may_check_a_service(api: ApiClient) -> None:
     reply = api.post("/api/services", {"name": "ses", "region": REGION, "sending_rate": 1.0, "daily_quota": 200})
     service_id = reply.body["service_id"]

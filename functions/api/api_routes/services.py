@@ -13,7 +13,9 @@ router = Router()
 
 def _service_deps() -> email_services.ServiceDeps:
     api = deps()
-    return email_services.ServiceDeps(clock=api.clock, scheduler=api.scheduler, schedules=api.schedules, wake=api.wake)
+    return email_services.ServiceDeps(
+        clock=api.clock, scheduler=api.scheduler, schedules=api.schedules, wake=api.wake, ses_clients=api.ses_clients
+    )
 
 
 @router.post("/api/services", responses=documented(201, CREATE, 403))

@@ -5,9 +5,11 @@ dispatch schedule (core.dispatch.schedules), created with it and updated wheneve
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import PutError
 from pynamodb.expressions.update import Action
 
@@ -19,6 +21,7 @@ from core.dispatch.control import control_changed
 from core.dispatch.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
 from core.dispatch.wakeups import WakeQueue, WakeReason
 from core.errors import NotFound
+from core.service_health import RegionalClients
 from core.storage.ids import new_id
 from core.storage.models import EmailServiceModel, ServiceUsageModel, UserModel, update_if
 
@@ -31,6 +34,26 @@ class ServiceDeps:
     scheduler: Any  # boto3 EventBridge Scheduler client
     schedules: ScheduleConfig
     wake: WakeQueue | None = None
+    ses_clients: RegionalClients | None = None  # registers a service's from_domain in its region
+
+
+log = logging.getLogger(__name__)
+
+
+def _register_from_domain(service: EmailServiceModel, deps: ServiceDeps) -> None:
+    """Asks SES (v2 CreateEmailIdentity, in the service's region) to verify the service's domain, as
+    POST /api/senders does for an address: SES answers with the DKIM records to publish, and the
+    health check reports `identity_not_verified:<domain>` until they are. Best effort: the service
+    is saved either way, and the health check says whether the domain can send."""
+    if not service.from_domain or deps.ses_clients is None:
+        return
+    try:
+        deps.ses_clients.sesv2(service.region).create_email_identity(EmailIdentity=service.from_domain)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "AlreadyExistsException":
+            log.warning("could not register %s with SES in %s: %s", service.from_domain, service.region, error)
+    except BotoCoreError as error:
+        log.warning("could not register %s with SES in %s: %s", service.from_domain, service.region, error)
 
 
 def _recheck_running(service: EmailServiceModel, deps: ServiceDeps, running: bool) -> None:
@@ -65,6 +88,7 @@ def create_service(caller: Caller, request: ServiceIn, deps: ServiceDeps) -> Ser
         delete_service_schedule(deps.scheduler, deps.schedules, service.service_id)
         raise
     _recheck_running(service, deps, running)
+    _register_from_domain(service, deps)
     return service_out(service, used_today=0)
 
 
@@ -96,6 +120,8 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
     running = scheduler_running()
     sync_service_schedule(deps.scheduler, deps.schedules, service, running)
     _recheck_running(service, deps, running)
+    if "from_domain" in request.model_fields_set or "region" in request.model_fields_set:
+        _register_from_domain(service, deps)
     if running and deps.wake is not None:
         if service.enabled:
             deps.wake.wake([service_id], WakeReason.ENABLED)  # enabled again: work waiting on it starts now
