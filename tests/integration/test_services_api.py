@@ -60,6 +60,7 @@ def test_non_admin_cannot_create_a_service(api: ApiClient) -> None:
         ({**VALID, "daily_quota": True}, "daily_quota"),
         ({**VALID, "daily_quota": 10**30}, "daily_quota"),
         ({**VALID, "region": "Mars"}, "region"),
+        ({**VALID, "region": "xx-nowhere-9"}, "region"),  # the shape of a region, but SES has no endpoint there
         ({**VALID, "name": ""}, "name"),
         ({**VALID, "from_domain": "not a domain"}, "from_domain"),
         ({**VALID, "configuration_set": "a b"}, "configuration_set"),

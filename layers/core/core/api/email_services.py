@@ -52,7 +52,7 @@ def _register_from_domain(service: EmailServiceModel, deps: ServiceDeps) -> None
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") != "AlreadyExistsException":
             log.warning("could not register %s with SES in %s: %s", service.from_domain, service.region, error)
-    except BotoCoreError as error:
+    except (BotoCoreError, KeyError) as error:  # KeyError: an embedded SES without that region
         log.warning("could not register %s with SES in %s: %s", service.from_domain, service.region, error)
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import botocore.session
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -127,7 +128,22 @@ MIN_SENDING_RATE = 0.0001  # seconds between sends: 10,000/s, above any SES acco
 MAX_SENDING_RATE = 86_400.0  # one email a day
 MAX_DAILY_QUOTA = 1_000_000_000
 
-Region = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$")]
+# Regions where SES v2 has an endpoint (botocore's endpoint data): a region SES does not serve would
+# only fail later, at the health check and at every send.
+SES_REGIONS = frozenset(
+    region
+    for partition in ("aws", "aws-us-gov")
+    for region in botocore.session.get_session().get_available_regions("sesv2", partition_name=partition)
+)
+
+
+def _ses_region(region: str) -> str:
+    if region not in SES_REGIONS:
+        raise ValueError(f"SES is not available in {region!r}")
+    return region
+
+
+Region = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$"), AfterValidator(_ses_region)]
 DomainName = Annotated[
     str,
     StringConstraints(max_length=253, pattern=r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"),
