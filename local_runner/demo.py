@@ -914,6 +914,47 @@ def print_failures(scenario: Scenario, final: Snapshot, say: Say) -> None:
         say(f"  {_describe_task(task)}")
 
 
+def print_operating_surface(
+    api: Api, scenario: Scenario, final: Snapshot, services: dict[str, Json], checks: Checks, say: Say
+) -> None:
+    """What an operator sees (GET /api/scheduler/status and /stats, answered from counters), checked
+    against the tasks and services the demo watched."""
+    status = api.call("GET", "/api/scheduler/status")
+    stats = api.call("GET", "/api/scheduler/stats")
+    say("Operator view (GET /api/scheduler/status and /stats; the page: the dashboard link above):")
+    say(
+        f"  running {status['is_running']}, {status['active_services']} active services, "
+        f"{status['total_queued_subtasks']} queued, {status['processing_rate']} over the last 5 minutes"
+    )
+    total_sent = sum(task["counts"]["sent"] for task in final.tasks.values())
+    checks.check(status["total_queued_subtasks"] == 0, "status: nothing queued once every campaign completed")
+    checks.check(
+        status["processing_rate_per_minute"] == round(total_sent / 5, 2),
+        f"status: processing rate ({status['processing_rate']}) = emails sent in the window ({total_sent}) / 5",
+    )
+    by_task = {task["task_id"]: task for task in stats["tasks"]}
+    for user in scenario.users:
+        watched = final.tasks[user.user_id]
+        shown = by_task.get(watched["task_id"])
+        if shown is None:
+            checks.check(False, f"stats: {user.user_id}'s task is listed")
+            continue
+        say(f"  {user.user_id:<6} {shown['status']}, {shown['counts']['sent']} sent, {shown['rate_per_minute']}/min")
+        checks.check(shown["counts"] == watched["counts"], f"stats: {user.user_id}'s counts = the task's counts")
+    for service in stats["services"]:
+        say(
+            f"  {service['name']:<9} healthy {service['is_healthy']}, {service['used_today']}/{service['daily_quota']}"
+            f" used ({service['usage_percentage']}%), {service['rate_per_minute']}/min"
+            f" of {service['configured_rate_per_minute']}/min configured"
+        )
+        watched_service = services.get(service["name"])
+        if watched_service is not None:
+            checks.check(
+                service["used_today"] == watched_service["used_today"],
+                f"stats: {service['name']} used today = GET /api/services ({watched_service['used_today']})",
+            )
+
+
 def print_fairness(scenario: Scenario, world: World, emails: Sequence[SentEmail], checks: Checks, say: Say) -> None:
     say("Fairness (round robin user → task → subtask, one email per user per round):")
     for window in fairness_windows(scenario, world, emails):
@@ -1001,6 +1042,7 @@ def play(api: Api, outbox: Outbox, deadline: float, out: TextIO) -> bool:
     print_user_quotas(api, scenario, final, checks, say)
     print_services(scenario, emails, services, checks, say)
     print_failures(scenario, final, say)
+    print_operating_surface(api, scenario, final, services, checks, say)
     print_fairness(scenario, world, emails, checks, say)
     check_outbox_count(final, emails, checks)
     check_recipients(scenario, world, emails, checks)

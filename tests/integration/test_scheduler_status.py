@@ -11,6 +11,7 @@ import pytest
 from botocore.hooks import HierarchicalEmitter
 
 from core.clock import iso
+from core.dispatch import rates
 from core.settings import Settings
 from core.storage.models import EmailServiceModel, SchedulerStateModel, SubtaskModel, TaskModel
 from tests.conftest import ApiClient, FakeClock
@@ -87,6 +88,9 @@ def test_status_and_stats_follow_a_campaign(world: World, api: ApiClient, clock:
     stats = api.get("/api/scheduler/stats").body
     assert _stats_task(stats, task_id)["status"] == "completed"
     assert _stats_task(stats, task_id)["estimated_finish"] is None
+    # The task keeps its sent counts of the last minutes only: older ones went with a later update.
+    kept = TaskModel.get(task_id).sent_minutes.as_dict()
+    assert kept and set(kept) <= set(rates.window(clock.now()))
 
 
 def test_a_user_without_a_user_record_is_refused(world: World, api: ApiClient) -> None:

@@ -5,8 +5,8 @@ What they read, whatever the number of subtasks:
 - the services in scope (administrators: all, a Scan of the services table; users: theirs);
 - the tasks in scope from the task index (core.task_transitions.index_partition): `active` (may
   send) and `held` (paused) for status; stats adds `done#<day>` of today and yesterday (UTC);
-- counters: each task's `counts`, each service's usage today and the sent counters per minute of
-  services and tasks (core.dispatch.rates), in BatchGetItems of 100 keys.
+- counters: each task's `counts` and sent counts per minute (on the task item), each service's usage
+  today and its sent counters per minute (core.dispatch.rates), in BatchGetItems of 100 keys.
 
 So a call costs a number of requests that grows with services and open tasks, never with subtasks
 (tests/integration/test_scheduler_status.py counts them)."""
@@ -128,13 +128,6 @@ def _usage_today(services: list[EmailServiceModel], now: float) -> dict[str, int
     return used
 
 
-def _sent_recently(scope: _Scope, now: float, *, tasks: bool) -> dict[str, int]:
-    keys = [service.service_id for service in scope.services]
-    if tasks:
-        keys += [rates.task_counter_key(task.task_id) for task in scope.tasks]
-    return rates.sent_in_window(keys, now)
-
-
 # ---------------------------------------------------------------- status
 
 
@@ -148,8 +141,7 @@ def scheduler_status(caller: Caller, clock: Clock) -> StatusOut:
     if caller.is_admin:
         sent = sum(rates.sent_in_window([service.service_id for service in scope.services], now).values())
     else:
-        task_keys = [rates.task_counter_key(task.task_id) for task in scope.tasks]
-        sent = sum(rates.sent_in_window(task_keys, now).values())
+        sent = sum(rates.task_sent_in_window(task, now) for task in scope.tasks)
     per_minute = rates.per_minute(sent)
     checked = scheduler.last_health_check if scheduler else None
     return StatusOut(
@@ -210,7 +202,7 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
     now = clock.now()
     scope = _load(caller, now, finished=True)
     used = _usage_today(scope.services, now)
-    sent = _sent_recently(scope, now, tasks=True)
+    sent = rates.sent_in_window([service.service_id for service in scope.services], now)
     # Estimates need every service a task routes to, assigned to the caller or not any more.
     services = {service.service_id: service for service in scope.services}
     routed = {service_id for task in scope.tasks for service_id in task.plan.routing or []}
@@ -233,7 +225,7 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
             status=task.status,
             reason=task.reason,
             counts=TaskCountsOut(**(task.counts.as_dict() if task.counts else {})),
-            rate_per_minute=rates.per_minute(sent.get(rates.task_counter_key(task.task_id), 0)),
+            rate_per_minute=rates.per_minute(rates.task_sent_in_window(task, now)),
             estimated_finish=_estimated_finish(task, services, remaining, sharing, now),
             service_ids=list(dict.fromkeys(task.plan.routing or [])),
         )

@@ -58,6 +58,7 @@ class Recorder:
         # Each task's queued count as last seen (loaded, or answered by a counter update): when an
         # update's outcomes match it, the update tries to complete the task in the same request.
         self.queued_left: dict[str, int] = {}
+        self.stale_minutes: dict[str, list[str]] = {}
         self.next_counters = deps.clock.now() + COUNTER_FLUSH_SECONDS
         self.outcomes = 0  # records written since the counters last moved
 
@@ -66,7 +67,10 @@ class Recorder:
         move there with its first counters (one request less), one back after a pause (`new`) does;
         its queued count lets the update with its last outcomes complete it too."""
         self.started.difference_update(new)
+        now = self.deps.clock.now()
         for task in tasks:
+            # Its per-minute counters older than the rate window go with its next counter update.
+            self.stale_minutes[task.task_id] = rates.stale_minutes(task, now)
             if task.status == TaskStatus.SENDING:
                 self.started.add(task.task_id)
             self.queued_left.setdefault(task.task_id, int(task.counts.queued or 0))
@@ -126,7 +130,6 @@ class Recorder:
         service_sent: Counter[str] = Counter()
         for task_id, tally in tallies.items():
             self._move_counters(task_id, tally, now)
-            rates.add_sent(rates.task_counter_key(task_id), tally.sent_by_minute, now)
             service_sent.update(tally.sent_by_minute)
         rates.add_sent(self.journal.service_id, service_sent, now)
 
@@ -142,6 +145,7 @@ class Recorder:
             TASK_COUNTS.sent.add(tally.sent),
             TASK_COUNTS.failed.add(tally.failed),
             TASK_COUNTS.unknown.add(tally.unknown),
+            *rates.task_minute_actions(tally.sent_by_minute, self.stale_minutes.pop(task_id, ())),
         ]
         moved = False
         if done and self.queued_left.get(task_id) == done:  # the condition, not this guess, decides

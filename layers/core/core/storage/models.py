@@ -149,8 +149,8 @@ class EmailServiceModel(_Base):
 
 class ServiceUsageModel(_Base):
     """Emails a service has reserved on one UTC day (`day` = YYYY-MM-DD), capped by a conditional ADD.
-    The same table holds the sent counters per minute (`day` = YYYY-MM-DDTHH:MM, `sent`) of a service
-    (`service_id`) and of a task (`service_id` = task#<task_id>): core.dispatch.rates."""
+    The same table holds a service's sent counters per minute (`day` = YYYY-MM-DDTHH:MM, `sent`):
+    core.dispatch.rates."""
 
     class Meta(_Base.Meta):
         table_name = "ServiceUsageTable"
@@ -236,6 +236,9 @@ class TaskModel(_Base):
     # Bumped when queued work reappears (retry-failed) or moves between services (failover): a
     # dispatcher that found the task's queue empty reads it again.
     requeue_seq = NumberAttribute(null=True)
+    # Emails sent per minute (YYYY-MM-DDTHH:MM -> n), moved with the counters; only the last minutes
+    # are kept (core.dispatch.rates). Created empty with the task: updates set keys inside it.
+    sent_minutes = MapAttribute[str, Any](default=dict)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
 
