@@ -14,22 +14,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
 
 from local_runner.demo import Api
+from tests.support.serving import serve, until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BROWSER = os.environ.get("CHROMIUM") or next(
     (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
 )
@@ -157,20 +152,6 @@ class Served:
     paused_task: str
 
 
-def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-    return value
-
-
-def _drain(stream: IO[str], lines: list[str]) -> None:
-    for line in stream:
-        lines.append(line)
-
-
 def _status(api: Api, user: str, task_id: str) -> str:
     return str(api.call("GET", f"/api/tasks/{task_id}", as_user=user)["status"])
 
@@ -201,28 +182,8 @@ def _tenant_campaign(api: Api, user: str, service_id: str, recipients: int, name
 @pytest.fixture(scope="module")
 def served(browser: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     outbox = tmp_path_factory.mktemp("outbox")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    process = subprocess.Popen(  # noqa: S603 - our own module
-        [sys.executable, "-m", "local_runner", "serve", "--port", "0", "--outbox", str(outbox)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    threading.Thread(target=_drain, args=(process.stdout, lines), daemon=True).start()
-
-    def started() -> tuple[str, str] | None:
-        output = "".join(lines)
-        assert process.poll() is None, f"the runner exited:\n{output}"
-        api, page = re.search(r"API\s+(http://\S+)", output), re.search(r"Dashboard\s+(http://\S+)", output)
-        return (api.group(1), page.group(1)) if api and page else None
-
-    try:
-        api_url, dashboard_url = _until(started, 90, "the runner's banner")
+    with serve(outbox) as served:
+        api_url, dashboard_url = served.banner("API", "Dashboard")
         api = Api(api_url)
         # Given a service shared by two tenants: alice's campaign is sent to the end, bob's is paused
         # before the start with all of its emails queued (so every number holds still while we look)
@@ -235,15 +196,11 @@ def served(browser: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         )
         sent_task = _tenant_campaign(api, "alice", service_id, 12, RISKY_NAME)
         paused_task = _tenant_campaign(api, "bob", service_id, 8, "Bob's weekly")
-        _until(lambda: _status(api, "alice", sent_task) == _status(api, "bob", paused_task) == "queued", 30, "plans")
+        until(lambda: _status(api, "alice", sent_task) == _status(api, "bob", paused_task) == "queued", 30, "plans")
         api.call("POST", f"/api/scheduler/tasks/{paused_task}/pause")
         api.call("POST", "/api/scheduler/start")
-        _until(lambda: _status(api, "alice", sent_task) == "completed", 60, "alice's campaign to be sent")
+        until(lambda: _status(api, "alice", sent_task) == "completed", 60, "alice's campaign to be sent")
         yield Served(browser, api, dashboard_url, service_id, sent_task, paused_task)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # ---------------------------------------------------------------- what the page shows

@@ -8,24 +8,20 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.serving import serve, until
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -65,53 +61,12 @@ class Runner:
         return token
 
 
-def _until(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.25)
-
-
-def _drain(stream: IO[str], lines: list[str]) -> None:
-    """Reads the runner's output for as long as it writes, so a full pipe can never block it."""
-    for line in stream:
-        lines.append(line)
-
-
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[Runner]:
     outbox = tmp_path / "outbox"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    process = subprocess.Popen(  # noqa: S603 - our own module
-        [sys.executable, "-m", "local_runner", "serve", "--port", "0", "--outbox", str(outbox)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    threading.Thread(target=_drain, args=(process.stdout, lines), daemon=True).start()
-
-    def started() -> tuple[str, str] | None:
-        output = "".join(lines)
-        api, aws = re.search(r"API\s+(http://\S+)", output), re.search(r"AWS\s+(http://\S+)", output)
-        assert process.poll() is None, f"the runner exited:\n{output}"
-        return (api.group(1), aws.group(1)) if api and aws else None
-
-    api_url, aws_endpoint = _until(started, 90, "the runner to start")
-    try:
-        yield Runner(process, api_url, aws_endpoint, outbox)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with serve(outbox) as served:
+        api_url, aws_endpoint = served.banner("API", "AWS")
+        yield Runner(served.process, api_url, aws_endpoint, outbox)
 
 
 def _messages(outbox: Path) -> list[EmailMessage]:
@@ -188,7 +143,7 @@ def test_a_campaign_is_planned_dispatched_by_its_schedule_and_lands_in_the_outbo
     task_path = f"/api/tasks/{task['task_id']}"
 
     # The planner runs from its queue: the task leaves `planning` with three recipients (Dana excluded).
-    planned = _until(
+    planned = until(
         lambda: (reply := runner.ok("GET", task_path, token=alice))["status"] != "planning" and reply,
         60,
         "the planner",
@@ -198,13 +153,13 @@ def test_a_campaign_is_planned_dispatched_by_its_schedule_and_lands_in_the_outbo
 
     # Starting the scheduler enables the service's schedule; the runner fires it; the dispatcher sends.
     runner.ok("POST", "/api/scheduler/start", token=admin)
-    done = _until(
+    done = until(
         lambda: (reply := runner.ok("GET", task_path, token=alice))["status"] == "completed" and reply,
         90,
         "the campaign to complete",
     )
     assert done["counts"]["sent"] == 3 and done["counts"]["failed"] == 0, done["counts"]
-    messages = _until(lambda: len(found := _messages(runner.outbox)) == 3 and found, 10, "three .eml files")
+    messages = until(lambda: len(found := _messages(runner.outbox)) == 3 and found, 10, "three .eml files")
 
     by_recipient = {str(message["To"]): message for message in messages}
     assert set(by_recipient) == {"Ana <ana@example.org>", "Bruno <bruno@example.org>", "Chen <chen@example.org>"}

@@ -5,7 +5,6 @@ of GET /api/scheduler/status and /stats equals the truth counted from the tables
 from __future__ import annotations
 
 import random
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -17,11 +16,10 @@ from botocore.exceptions import ClientError
 from core.clock import utc_day
 from core.dispatch import rates
 from core.planning.cancellation import sweep_cancelled_task
-from core.planning.planner import PlannerDeps
 from core.settings import Settings
 from core.storage.models import EmailServiceModel, ServiceUsageModel, SubtaskModel, TaskModel
 from tests.conftest import ApiClient, FakeClock
-from tests.support.dispatching import World, start_scheduler
+from tests.support.dispatching import World, planner_deps, start_scheduler
 
 SEED = 20_261_202
 SERVICES = {"svc-a": 0.5, "svc-b": 1.0, "svc-c": 2.0}
@@ -58,15 +56,7 @@ def world(aws: Settings, clock: FakeClock) -> World:
 
 def _cancel(api: ApiClient, task: TaskModel, settings: Settings, clock: FakeClock) -> None:
     assert api.post(f"/api/tasks/{task.task_id}/cancel", user=task.user_id).status == 200
-    deps = PlannerDeps(
-        clock=clock,
-        dynamodb=boto3.client("dynamodb"),
-        subtasks_table=settings.subtasks_table,
-        seconds_left=lambda: 600.0,
-        owner=uuid.uuid4().hex,
-        lease_seconds=300.0,
-    )
-    sweep_cancelled_task(task.task_id, deps)
+    sweep_cancelled_task(task.task_id, planner_deps(settings, clock))  # the planner queue's job
 
 
 def test_status_and_stats_equal_the_truth_after_a_randomized_run(

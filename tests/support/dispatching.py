@@ -45,8 +45,9 @@ def seed_sender_and_template(user_id: str, now: float) -> tuple[str, str]:
     return "snd_1", "tpl_1"
 
 
-def plan_now(task_id: str, settings: Settings, clock: Clock) -> None:
-    deps = PlannerDeps(
+def planner_deps(settings: Settings, clock: Clock) -> PlannerDeps:
+    """One planner invocation's dependencies, with time to spare."""
+    return PlannerDeps(
         clock=clock,
         dynamodb=boto3.client("dynamodb"),
         subtasks_table=settings.subtasks_table,
@@ -54,7 +55,10 @@ def plan_now(task_id: str, settings: Settings, clock: Clock) -> None:
         owner=uuid.uuid4().hex,
         lease_seconds=300.0,
     )
-    assert plan_task(task_id, deps) is PlanOutcome.DONE
+
+
+def plan_now(task_id: str, settings: Settings, clock: Clock) -> None:
+    assert plan_task(task_id, planner_deps(settings, clock)) is PlanOutcome.DONE
 
 
 @dataclass

@@ -22,6 +22,29 @@ from core.storage.models import TaskModel, UserModel, transaction_connection
 _CONFLICT_ATTEMPTS = 5
 
 
+def _quota_back_in(
+    transaction: TransactWrite,
+    *,
+    task_id: str,
+    user_id: str,
+    units: int,
+    task_actions: Sequence[Action],
+    task_condition: Condition | None,
+    user_condition: Condition | None = None,
+) -> None:
+    """`units` of quota from the task back to its user (negative: from the user to the task again):
+    the task item (`quota_refunded += units` with the caller's actions, under `task_condition`),
+    then the user item (`remaining_quota += units`), in the caller's transaction, in that order (a
+    caller reading the reasons of a cancelled transaction finds them there)."""
+    transaction.update(
+        TaskModel(task_id),
+        actions=[*task_actions, TaskModel.quota_refunded.add(units)],
+        condition=task_condition,
+    )
+    if units != 0:
+        transaction.update(UserModel(user_id), actions=[UserModel.remaining_quota.add(units)], condition=user_condition)
+
+
 def refund_in(
     transaction: TransactWrite,
     *,
@@ -38,13 +61,14 @@ def refund_in(
     core.task_transitions.task_move)."""
     if units < 0:
         raise ValueError(f"a refund cannot be negative ({units})")
-    transaction.update(
-        TaskModel(task_id),
-        actions=[*task_actions, TaskModel.quota_refunded.add(units)],
-        condition=task_condition,
+    _quota_back_in(
+        transaction,
+        task_id=task_id,
+        user_id=user_id,
+        units=units,
+        task_actions=task_actions,
+        task_condition=task_condition,
     )
-    if units > 0:
-        transaction.update(UserModel(user_id), actions=[UserModel.remaining_quota.add(units)])
 
 
 def rereserve_in(
@@ -59,19 +83,17 @@ def rereserve_in(
     """The reverse of refund_in, for units refunded earlier that will be sent after all (failed
     recipients queued again): the task's `quota_refunded -= units` (with the caller's
     `task_actions`, under `task_condition`), then the user's `remaining_quota -= units` under
-    `remaining_quota >= units`. Added in that order, task then user: a caller reading the reasons of
-    a cancelled transaction finds them there."""
+    `remaining_quota >= units`."""
     if units <= 0:
         raise ValueError(f"a re-reservation takes at least one unit ({units})")
-    transaction.update(
-        TaskModel(task_id),
-        actions=[*task_actions, TaskModel.quota_refunded.add(-units)],
-        condition=task_condition,
-    )
-    transaction.update(
-        UserModel(user_id),
-        actions=[UserModel.remaining_quota.add(-units)],
-        condition=UserModel.remaining_quota >= units,
+    _quota_back_in(
+        transaction,
+        task_id=task_id,
+        user_id=user_id,
+        units=-units,
+        task_actions=task_actions,
+        task_condition=task_condition,
+        user_condition=UserModel.remaining_quota >= units,
     )
 
 
