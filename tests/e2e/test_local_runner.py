@@ -185,3 +185,62 @@ def test_a_campaign_is_planned_dispatched_by_its_schedule_and_lands_in_the_outbo
     assert runner.process.wait(timeout=20) == 0
     with pytest.raises(urllib.error.URLError):
         _OPENER.open(runner.aws_endpoint + "/moto-api/config", timeout=2)
+
+
+def test_a_service_disabled_mid_campaign_hands_its_work_to_the_other_over_http(runner: Runner) -> None:
+    """Black-box, as an operator sees it: two services, one campaign spread over both; the admin
+    disables one while it sends. Its queued work goes through the other, nobody gets two emails,
+    and status and stats tell the story."""
+    admin = runner.token("admin", ["admins"])
+    bob = runner.token("bob")
+    runner.ok("POST", "/api/users", {"user_id": "bob", "email": "bob@example.com", "quota": 500}, admin)
+    services = [
+        runner.ok(
+            "POST",
+            "/api/services",
+            {"name": name, "region": "us-east-1", "sending_rate": 0.5, "daily_quota": 1000},
+            admin,
+        )["service_id"]
+        for name in ("ses-a", "ses-b")
+    ]
+    runner.ok("PUT", "/api/users/bob/services", {"service_ids": services}, admin)
+    sender = runner.ok("POST", "/api/senders", {"email": "news@bob.example", "name": "Bob"}, bob)
+    contacts = [{"email": f"reader{n}@example.org", "tags": ["all"]} for n in range(60)]
+    runner.ok("POST", "/api/contacts", {"contacts": contacts}, bob)
+    template = runner.ok("POST", "/api/templates", {"name": "t", "subject": "Hi", "html": "<p>Hi</p>"}, bob)
+    rule = {"type": "tag_based", "include_tags": ["all"], "exclude_tags": []}
+    task = runner.ok(
+        "POST",
+        "/api/tasks",
+        {
+            "name": "Split",
+            "sender_id": sender["sender_id"],
+            "templates": [template["template_id"]],
+            "recipient_rule": rule,
+        },
+        bob,
+    )
+    task_path = f"/api/tasks/{task['task_id']}"
+    until(lambda: runner.ok("GET", task_path, token=bob)["status"] == "queued", 60, "the planner")
+    stats = runner.ok("GET", "/api/scheduler/stats", token=bob)
+    assert sorted(stats["tasks"][0]["service_ids"]) == sorted(services)  # routed over both
+
+    runner.ok("POST", "/api/scheduler/start", token=admin)
+    until(lambda: len(list(runner.outbox.glob("*.eml"))) >= 6, 60, "the first sends")  # counters move later
+    runner.ok("PATCH", f"/api/services/{services[0]}", {"enabled": False}, admin)
+
+    done = until(
+        lambda: (reply := runner.ok("GET", task_path, token=bob))["status"] == "completed" and reply,
+        120,
+        "the campaign to complete on the other service",
+    )
+    assert (done["counts"]["sent"], done["counts"]["failed"], done["counts"]["unknown"]) == (60, 0, 0)
+    messages = until(lambda: len(found := _messages(runner.outbox)) == 60 and found, 15, "sixty .eml files")
+    assert len({str(message["To"]) for message in messages}) == 60  # nobody got two
+    # ses-a stopped early; ses-b sent the rest (more than its planned half)
+    usage = {s["service_id"]: s["used_today"] for s in runner.ok("GET", "/api/services", token=admin)["services"]}
+    assert usage[services[0]] + usage[services[1]] == 60 and usage[services[1]] > 30
+    status = runner.ok("GET", "/api/scheduler/status", token=admin)
+    assert (status["active_services"], status["total_queued_subtasks"]) == (1, 0)
+    shown = {s["service_id"]: s for s in runner.ok("GET", "/api/scheduler/stats", token=admin)["services"]}
+    assert (shown[services[0]]["enabled"], shown[services[0]]["reason"]) == (False, "disabled")
