@@ -152,6 +152,7 @@ class DispatchReport:
     failed_over: int = 0  # queued subtasks moved to other services (core.dispatch.failover)
     handed_off: bool = False
     send_times: list[float] = field(default_factory=list)
+    interval: float | None = None  # the service's sending_rate as last loaded (PaceAchieved)
 
     def summary(self) -> dict[str, Any]:
         """What a tick reports (the handler's reply and log line)."""
@@ -212,7 +213,7 @@ class Dispatcher:
         self.service = service
         self.deps = deps
         self.state = state
-        self.report = DispatchReport(service_id=service.service_id)
+        self.report = DispatchReport(service_id=service.service_id, interval=float(service.sending_rate))
         self.journal = Journal(service.service_id, deps.owner)
         # Fast services write their records on a writer thread: a batch write would stall the pace.
         self.recorder = Recorder(deps, self.journal, background=tier_of(float(service.sending_rate)) is Tier.FAST)
@@ -262,7 +263,7 @@ class Dispatcher:
         if service is None or not service.enabled or not service.is_healthy:
             raise _StopSending(StopReason.SERVICE_UNAVAILABLE)
         self.service = service
-        self.budget.interval = float(service.sending_rate)
+        self.budget.interval = self.report.interval = float(service.sending_rate)
         works: dict[str, TaskWork] = {}
         new: list[TaskModel] = []
         next_due = now + FULL_RELOAD_SECONDS

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-from core.storage.models import EmailServiceModel
-
 if TYPE_CHECKING:  # the health function uses this module without loading the dispatcher
     from core.dispatch.dispatcher import DispatchReport
 
@@ -61,15 +59,6 @@ def pace_achieved(send_times: Sequence[float], interval: float) -> float | None:
     if elapsed <= 0:
         return 100.0
     return min(100.0, 100.0 * (len(send_times) - 1) * interval / elapsed)
-
-
-def configured_interval(service_id: str) -> float | None:
-    """The service's `sending_rate` (one read of one attribute), for PaceAchieved."""
-    try:
-        service = EmailServiceModel.get(service_id, attributes_to_get=["sending_rate"])
-    except EmailServiceModel.DoesNotExist:
-        return None
-    return float(service.sending_rate)
 
 
 def dispatch_metrics(report: DispatchReport, interval: float | None) -> list[EphemeralMetrics]:
