@@ -6,11 +6,37 @@ from typing import Any
 
 from api_context import app, logger, with_json_body
 from api_idempotency import resolve_once
-from api_routes import contacts, dashboard, scheduler, senders, services, tasks, templates, unsubscribe, users
+from api_routes import (
+    contacts,
+    dashboard,
+    imports,
+    reputation,
+    scheduler,
+    senders,
+    services,
+    suppressions,
+    tasks,
+    templates,
+    unsubscribe,
+    users,
+)
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-for module in (users, services, senders, contacts, templates, tasks, scheduler, unsubscribe, dashboard):
+for module in (
+    users,
+    services,
+    senders,
+    contacts,
+    templates,
+    tasks,
+    scheduler,
+    unsubscribe,
+    dashboard,
+    suppressions,
+    imports,
+    reputation,
+):
     app.include_router(module.router)
 
 

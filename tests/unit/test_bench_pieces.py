@@ -137,7 +137,7 @@ def test_write_units_round_up_per_kilobyte_and_count_the_larger_image() -> None:
 
 def test_table_specs_come_from_the_template() -> None:
     specs = table_specs()
-    assert {index.name for index in specs["SubtasksTable"].indexes} == {"queue"}
+    assert {index.name for index in specs["SubtasksTable"].indexes} == {"queue", "by-message"}
     assert specs["TasksTable"].keys == ("task_id",)
 
 

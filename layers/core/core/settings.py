@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     subtasks_table: str = Field(default="SubtasksTable")
     scheduler_state_table: str = Field(default="SchedulerStateTable")
     sender_identities_table: str = Field(default="SenderIdentitiesTable")
+    suppressions_table: str = Field(default="SuppressionsTable")
+    reputation_table: str = Field(default="ReputationTable")
+    imports_table: str = Field(default="ImportsTable")
     # Powertools Idempotency's persistence table (Idempotency-Key on creating POSTs).
     idempotency_table: str = Field(default="IdempotencyTable")
     planner_queue_url: str = Field(default="")

@@ -22,7 +22,7 @@ from pynamodb.connection import Connection, TableConnection
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from core.clock import backoff
@@ -63,6 +63,10 @@ class UserModel(_Base):
     # Sender creations in the current rate window (each one makes SES mail a verification link).
     sender_window = NumberAttribute(null=True)
     senders_in_window = NumberAttribute(null=True)
+    # Reputation guard (core.deliverability.reputation): set while the tenant's sending is held
+    # because its bounce or complaint rate crossed a threshold; only an admin clears it.
+    sending_hold = UnicodeAttribute(null=True)
+    sending_hold_at = NumberAttribute(null=True)
 
 
 class ContactModel(_Base):
@@ -144,6 +148,10 @@ class EmailServiceModel(_Base):
     account_sent_last_24_hours = NumberAttribute(null=True)
     health_warnings = ListAttribute[Any](of=UnicodeAttribute, null=True)  # e.g. rate above the account's
     last_sent = NumberAttribute(null=True)
+    # Reputation guard (core.deliverability.reputation): set while the service is held because its
+    # bounce or complaint rate crossed a threshold; it cannot send until an admin clears it.
+    sending_hold = UnicodeAttribute(null=True)
+    sending_hold_at = NumberAttribute(null=True)
     created_at = NumberAttribute()
 
 
@@ -170,9 +178,11 @@ class TaskCounts(MapAttribute[str, Any]):
     failed = NumberAttribute(default=0)
     suppressed = NumberAttribute(default=0)
     unknown = NumberAttribute(default=0)
+    cancelled = NumberAttribute(default=0)
+    # What SES reported after sending (core.deliverability.ses_events), each counted once per email.
+    delivered = NumberAttribute(default=0)
     bounced = NumberAttribute(default=0)
     complained = NumberAttribute(default=0)
-    cancelled = NumberAttribute(default=0)
 
 
 class PlanState(MapAttribute[str, Any]):
@@ -258,6 +268,17 @@ class QueueIndex(GlobalSecondaryIndex["SubtaskModel"]):
     contact_id = UnicodeAttribute(range_key=True)
 
 
+class MessageIndex(GlobalSecondaryIndex["SubtaskModel"]):
+    """Sparse: a subtask is in this index once SES gave it a message id; an SES event finds its
+    subtask by that id with one Query (core.deliverability.ses_events)."""
+
+    class Meta:
+        index_name = "by-message"
+        projection = IncludeProjection(["task_id", "user_id", "service_id", "email", "status"])
+
+    message_id = UnicodeAttribute(hash_key=True)
+
+
 class SubtaskModel(_Base):
     """One recipient of one task. Partitioned by task shard, sorted by contact id."""
 
@@ -285,8 +306,10 @@ class SubtaskModel(_Base):
     sent_at = NumberAttribute(null=True)
     failed_at = NumberAttribute(null=True)  # when it became `failed` or `unknown` (the failures ledger)
     created_at = NumberAttribute()
+    # --- what SES reported after the send (core.deliverability.ses_events) ---
 
     queue = QueueIndex()
+    by_message = MessageIndex()
 
 
 class SchedulerStateModel(_Base):
@@ -317,6 +340,48 @@ class SchedulerStateModel(_Base):
     inflight = MapAttribute[str, Any](null=True)
 
 
+class SuppressionModel(_Base):
+    """A tenant's suppression list (core.suppressions): an address no campaign of the tenant may
+    mail, keyed like its contact (contact id from the address), whether or not the contact exists."""
+
+    class Meta(_Base.Meta):
+        table_name = "SuppressionsTable"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    contact_id = UnicodeAttribute(range_key=True)
+    email = UnicodeAttribute()
+    reason = UnicodeAttribute()  # bounced | complained | unsubscribed | manual
+    created_at = NumberAttribute()
+    # --- suppression attributes ---
+
+
+class ReputationModel(_Base):
+    """Rolling reputation counters (core.deliverability.reputation): per scope (`user#<id>` or
+    `service#<id>`) and bucket of time, what SES reported."""
+
+    class Meta(_Base.Meta):
+        table_name = "ReputationTable"
+
+    scope = UnicodeAttribute(hash_key=True)
+    bucket = UnicodeAttribute(range_key=True)
+    expires_at = NumberAttribute(null=True)  # TTL
+    # --- reputation attributes ---
+
+
+class ImportModel(_Base):
+    """One bulk contact import from a CSV uploaded to S3 (core.audience.imports)."""
+
+    class Meta(_Base.Meta):
+        table_name = "ImportsTable"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    import_id = UnicodeAttribute(range_key=True)
+    status = UnicodeAttribute()
+    created_at = NumberAttribute()
+    updated_at = NumberAttribute()
+    # --- import attributes ---
+
+
 ALL_MODELS: dict[str, type[Model]] = {
     "users_table": UserModel,
     "contacts_table": ContactModel,
@@ -328,6 +393,9 @@ ALL_MODELS: dict[str, type[Model]] = {
     "tasks_table": TaskModel,
     "subtasks_table": SubtaskModel,
     "scheduler_state_table": SchedulerStateModel,
+    "suppressions_table": SuppressionModel,
+    "reputation_table": ReputationModel,
+    "imports_table": ImportModel,
 }
 
 
