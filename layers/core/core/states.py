@@ -34,6 +34,25 @@ class ContactStatus(StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+    SUPPRESSED = "suppressed"  # put on the suppression list by hand (reason `manual`)
+
+
+class SuppressionReason(StrEnum):
+    """Why an address is on a tenant's suppression list (core.suppressions)."""
+
+    BOUNCED = "bounced"  # SES: a permanent bounce
+    COMPLAINED = "complained"  # SES: the recipient marked it as spam
+    UNSUBSCRIBED = "unsubscribed"  # the one-click link
+    MANUAL = "manual"  # the tenant or an admin, through the API
+
+
+# The status a contact takes when its address is suppressed: only `subscribed` contacts are planned.
+CONTACT_STATUS_OF_REASON: dict[SuppressionReason, ContactStatus] = {
+    SuppressionReason.BOUNCED: ContactStatus.BOUNCED,
+    SuppressionReason.COMPLAINED: ContactStatus.COMPLAINED,
+    SuppressionReason.UNSUBSCRIBED: ContactStatus.UNSUBSCRIBED,
+    SuppressionReason.MANUAL: ContactStatus.SUPPRESSED,
+}
 
 
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
