@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # A planner lease outlives the longest possible invocation, so a stale holder is surely dead.
     planner_lease_seconds: float = Field(default=330.0, gt=0)
 
+    # SES events (core.deliverability.event_effects): the queue the events function reads, so an
+    # event whose subtask is not recorded yet comes back sooner than the visibility timeout.
+    ses_events_queue_url: str = Field(default="")
+
 
 @lru_cache(maxsize=1)
 def load_settings() -> Settings:

@@ -17,6 +17,7 @@ from pynamodb.attributes import (
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.connection import Connection, TableConnection
 from pynamodb.exceptions import UpdateError
@@ -84,6 +85,10 @@ class ContactModel(_Base):
     status = UnicodeAttribute(default="subscribed")
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
+    # Transient SES bounces of mail to this contact (core.deliverability.event_effects): recorded,
+    # not suppressed (a permanent bounce suppresses).
+    soft_bounces = NumberAttribute(null=True)
+    last_soft_bounce_at = NumberAttribute(null=True)
 
 
 class TemplateModel(_Base):
@@ -181,8 +186,10 @@ class TaskCounts(MapAttribute[str, Any]):
     cancelled = NumberAttribute(default=0)
     # What SES reported after sending (core.deliverability.ses_events), each counted once per email.
     delivered = NumberAttribute(default=0)
-    bounced = NumberAttribute(default=0)
+    bounced = NumberAttribute(default=0)  # permanent bounces (what SES's bounce rate counts)
     complained = NumberAttribute(default=0)
+    soft_bounced = NumberAttribute(default=0)  # transient or undetermined bounces
+    rejected = NumberAttribute(default=0)  # SES accepted, then refused to deliver (a virus)
 
 
 class PlanState(MapAttribute[str, Any]):
@@ -307,6 +314,21 @@ class SubtaskModel(_Base):
     failed_at = NumberAttribute(null=True)  # when it became `failed` or `unknown` (the failures ledger)
     created_at = NumberAttribute()
     # --- what SES reported after the send (core.deliverability.ses_events) ---
+    # The event kinds already applied (ses_events.EFFECTS keys): each kind's counters move once, in
+    # the write that adds it here (core.deliverability.event_effects).
+    ses_events = UnicodeSetAttribute(null=True)
+    ses_sent_at = NumberAttribute(null=True)  # SES's Send event: accepted, will try to deliver
+    delivered_at = NumberAttribute(null=True)
+    bounced_at = NumberAttribute(null=True)  # a permanent bounce
+    soft_bounced_at = NumberAttribute(null=True)  # a transient or undetermined bounce
+    complained_at = NumberAttribute(null=True)
+    rejected_at = NumberAttribute(null=True)
+    delayed_at = NumberAttribute(null=True)
+    rendering_failed_at = NumberAttribute(null=True)
+    unsubscribed_at = NumberAttribute(null=True)  # SES subscription management: unsubscribe all
+    bounce_type = UnicodeAttribute(null=True)  # Permanent | Transient | Undetermined (Permanent wins)
+    bounce_subtype = UnicodeAttribute(null=True)
+    delivery_detail = UnicodeAttribute(null=True)  # diagnostic, complaint type, delay type, reject reason
 
     queue = QueueIndex()
     by_message = MessageIndex()

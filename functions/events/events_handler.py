@@ -1,0 +1,105 @@
+"""SES events Lambda: an SQS batch of SES event notifications (SNS or EventBridge envelope) -> each
+applied to its email's subtask, task counters, contact and suppression list exactly once
+(core.deliverability.event_effects); then the batch's counted outcomes feed the reputation counters
+and guard. A malformed or unknown event is logged and dropped; a DynamoDB failure, or an event whose
+subtask is not recorded yet, fails only its own message (partial batch response), which SQS delivers
+again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.clock import Clock, SystemClock
+from core.deliverability.event_effects import (
+    BatchOutcomes,
+    EventPorts,
+    SubtaskNotFoundYet,
+    apply_event,
+)
+from core.deliverability.event_ports import event_ports
+from core.deliverability.ses_events import MalformedEvent, parse
+from core.settings import Settings, load_settings
+from core.storage.models import bind_tables
+
+logger = Logger()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+RETRY_DELAY_CAP_SECONDS = 300
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    sqs: Any
+    ports: EventPorts
+
+
+@lru_cache(maxsize=1)
+def runtime() -> Runtime:
+    settings = load_settings()
+    bind_tables(settings)
+    return Runtime(
+        settings=settings,
+        clock=SystemClock(),
+        sqs=boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3})),
+        ports=event_ports(settings),
+    )
+
+
+def _retry_sooner(rt: Runtime, record: SQSRecord, receive_count: int) -> None:
+    """The message comes back after 2, 4, 8 ... s (capped) instead of the whole visibility timeout."""
+    if not rt.settings.ses_events_queue_url:
+        return
+    try:
+        rt.sqs.change_message_visibility(
+            QueueUrl=rt.settings.ses_events_queue_url,
+            ReceiptHandle=record.receipt_handle,
+            VisibilityTimeout=min(RETRY_DELAY_CAP_SECONDS, 2**receive_count),
+        )
+    except (BotoCoreError, ClientError) as error:  # then it comes back after the visibility timeout
+        logger.warning("could not shorten the retry delay", extra={"error": str(error)})
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    rt = runtime()
+    batch = BatchOutcomes()
+
+    def handle(record: SQSRecord) -> str:
+        try:
+            ses_event = parse(record.body)
+        except MalformedEvent as error:
+            logger.warning("SES event dropped: malformed", extra={"reason": str(error), "sqs_id": record.message_id})
+            return "malformed"
+        receive_count = int(record.attributes.approximate_receive_count or 1)
+        try:
+            applied = apply_event(ses_event, rt.clock.now(), rt.ports, receive_count=receive_count)
+        except MalformedEvent as error:
+            logger.warning("SES event dropped: malformed", extra={"reason": str(error), "sqs_id": record.message_id})
+            return "malformed"
+        except SubtaskNotFoundYet:
+            logger.info("SES event before its subtask: retried", extra={"message_id": ses_event.mail.message_id})
+            _retry_sooner(rt, record, receive_count)
+            raise
+        if applied.result.value in ("ignored", "unmatched"):
+            logger.info(
+                f"SES event {applied.result.value}",
+                extra={"event_type": ses_event.event_type, "message_id": ses_event.mail.message_id},
+            )
+        batch.add(applied)
+        return applied.result.value
+
+    response = process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
+    batch.finish(rt.ports, rt.clock.now())
+    return dict(response)

@@ -1,0 +1,57 @@
+"""The SES events function's collaborators, wired to the modules that own them: the suppression
+list (core.suppressions.suppress) and the reputation counters and guard
+(core.deliverability.reputation: record, guard, ReputationPolicy).
+
+Those modules are built alongside this one (issue 11); they are looked up by name here so this
+package type-checks and runs before they are merged, and a missing one is reported loudly on each
+use instead of failing every event of the batch. Once both are merged these become plain imports."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import Any
+
+from core.deliverability.event_effects import EventPorts, ReputationOutcome
+from core.settings import Settings
+from core.states import SuppressionReason
+
+log = logging.getLogger(__name__)
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name:
+            raise  # the module is there but something it imports is not: a real error
+        return None
+
+
+def event_ports(settings: Settings) -> EventPorts:
+    suppressions = _module("core.suppressions")
+    reputation = _module("core.deliverability.reputation")
+    policy: Any = reputation.ReputationPolicy.from_settings(settings) if reputation is not None else None
+
+    def suppress(
+        user_id: str, email: str, reason: SuppressionReason, now: float, *, detail: str | None = None
+    ) -> object:
+        if suppressions is None:
+            log.error("core.suppressions is not deployed: %s not suppressed (%s)", email, reason)
+            return None
+        return suppressions.suppress(user_id, email, reason, now, detail=detail)
+
+    def record(outcomes: Sequence[ReputationOutcome], now: float) -> None:
+        if reputation is None:
+            log.error("core.deliverability.reputation is not deployed: %d outcomes not counted", len(outcomes))
+            return
+        reputation.record([reputation.Outcome(o.user_id, o.service_id, o.kind, o.at) for o in outcomes], now)
+
+    def guard(user_ids: Iterable[str], service_ids: Iterable[str], now: float) -> object:
+        if reputation is None:
+            return None
+        return reputation.guard(user_ids, service_ids, now, policy)
+
+    return EventPorts(suppress=suppress, record=record, guard=guard)
