@@ -3,6 +3,7 @@
 python -m local_runner serve  [--port 3000] [--outbox outbox]    the system, until Ctrl-C
 python -m local_runner demo   [--port 3000] [--outbox outbox]    the scenario, then exit 0/1
 python -m local_runner invoke <FunctionLogicalId> <event.json> [--endpoint URL]
+python -m local_runner replay-events <file.json>... --endpoint URL [--message-id ID]
 """
 
 from __future__ import annotations
@@ -151,6 +152,34 @@ def _invoke_and_print(spec: FunctionSpec, event: dict[str, Any]) -> int:
     return 1 if failed else 0
 
 
+def replay_events(args: argparse.Namespace) -> int:
+    """SES event files (events/ses/*.json) into a running runner's SES events topic or queue, e.g.
+    with the message id of an email in its outbox (the part of the .eml name after the number)."""
+    import boto3
+
+    from local_runner.moto_server import aws_environment
+    from local_runner.ses_events import QUEUE_LOGICAL_ID, TOPIC_LOGICAL_ID, replay
+
+    environment = aws_environment(args.endpoint)
+    session = boto3.Session(
+        aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=environment["AWS_SESSION_TOKEN"],
+        region_name=environment["AWS_REGION"],
+    )
+    sqs = session.client("sqs", endpoint_url=args.endpoint)
+    sns = session.client("sns", endpoint_url=args.endpoint)
+    try:
+        queue_url = sqs.get_queue_url(QueueName=QUEUE_LOGICAL_ID)["QueueUrl"]
+        topic_arn = sns.create_topic(Name=TOPIC_LOGICAL_ID)["TopicArn"]  # the runner's (idempotent)
+        sent = replay(args.files, sqs, sns, queue_url, topic_arn, args.message_id)
+    except (OSError, ValueError) as error:
+        print(f"cannot replay: {error}", file=sys.stderr)
+        return 2
+    print(f"replayed {sent} SES event(s)", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local_runner", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -165,12 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("function", help="the function's logical id in template.yaml, e.g. DispatcherFunction")
     run.add_argument("event", type=Path, help="an event file, e.g. events/dispatcher_tick.json")
     run.add_argument("--endpoint", default=None, help="a running embedded AWS (default: start a fresh one)")
+    again = commands.add_parser("replay-events", help="send SES event files to a running runner's events topic")
+    again.add_argument("files", type=Path, nargs="+", help="event files, e.g. events/ses/bounce_permanent_sns.json")
+    again.add_argument("--endpoint", required=True, help="the running runner's embedded AWS (its banner's AWS line)")
+    again.add_argument("--message-id", default=None, help="about this message instead (an SES message id)")
     args = parser.parse_args(argv)
 
     # The runner's own lines at INFO; libraries (botocore's "found credentials", ...) only warn.
     logging.basicConfig(level=logging.WARNING, format="[runner] %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
-    handlers = {"serve": serve, "demo": demo, "invoke": invoke}
+    handlers = {"serve": serve, "demo": demo, "invoke": invoke, "replay-events": replay_events}
     return handlers[args.command](args)
 
 

@@ -14,6 +14,7 @@ Standalone: `python -m local_runner.moto_server --port 5005`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -52,6 +53,9 @@ class SentRawMessage:
     source: str
     destinations: tuple[str, ...]
     raw_data: str
+    # SES v2 SendEmail's EmailTags and configuration set (`ses:configuration-set`), as SES events
+    # carry them in `mail.tags` (moto keeps neither: the server's route records them).
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 class EmbeddedAws:
@@ -162,6 +166,7 @@ class EmbeddedAws:
                 source=message["source"],
                 destinations=tuple(message["destinations"]),
                 raw_data=message["raw_data"],
+                tags=tuple((str(name), str(value)) for name, value in message.get("tags", [])),
             )
             for message in data["messages"]
         ]
@@ -265,10 +270,12 @@ class _RawMessageLog:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self._seen: dict[int, int] = {}  # id(backend) -> how many of its messages are in the log
+        self.tags: dict[str, list[tuple[str, str]]] = {}  # message id -> its SendEmail tags
 
     def reset(self) -> None:
         self.messages.clear()
         self._seen.clear()
+        self.tags.clear()
 
     def since(self, start: int) -> list[dict[str, Any]]:
         from moto.ses.models import RawMessage, ses_backends
@@ -285,6 +292,7 @@ class _RawMessageLog:
                                 "source": message.source,
                                 "destinations": list(message.destinations),
                                 "raw_data": message.raw_data,
+                                "tags": self.tags.pop(message.id, []),
                             }
                         )
                 self._seen[id(backend)] = len(sent)
@@ -299,6 +307,8 @@ def _with_raw_messages_route(app: WsgiApp) -> WsgiApp:
         path = environ.get("PATH_INFO")
         if path == "/moto-api/reset":
             log.reset()
+        if path == SEND_EMAIL_V2_PATH and environ.get("REQUEST_METHOD") == "POST":
+            return _send_email_keeping_tags(app, environ, start_response, log)
         if path != RAW_MESSAGES_PATH:
             return app(environ, start_response)
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
@@ -308,6 +318,28 @@ def _with_raw_messages_route(app: WsgiApp) -> WsgiApp:
         return [body]
 
     return route
+
+
+SEND_EMAIL_V2_PATH = "/v2/email/outbound-emails"
+
+
+def _send_email_keeping_tags(
+    app: WsgiApp, environ: dict[str, Any], start_response: Callable[..., Any], log: _RawMessageLog
+) -> Iterable[bytes]:
+    """SES v2 SendEmail through moto, its EmailTags and ConfigurationSetName kept by message id."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    request = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(request)
+    reply = b"".join(app(environ, start_response))
+    try:
+        sent, params = json.loads(reply), json.loads(request)
+        tags = [(str(tag["Name"]), str(tag["Value"])) for tag in params.get("EmailTags") or []]
+        if params.get("ConfigurationSetName"):
+            tags.append(("ses:configuration-set", str(params["ConfigurationSetName"])))
+        log.tags[str(sent["MessageId"])] = tags
+    except (ValueError, KeyError, TypeError):  # an error reply, or no JSON: nothing was sent
+        pass
+    return [reply]
 
 
 def _exit_at_stdin_eof() -> None:

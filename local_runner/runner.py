@@ -36,6 +36,8 @@ from local_runner.functions import (
 )
 from local_runner.http_api import LocalApiGateway
 from local_runner.moto_server import EmbeddedAws, aws_environment
+from local_runner.ses_events import TOPIC_LOGICAL_ID as SES_EVENTS_TOPIC
+from local_runner.ses_events import SesMailboxSimulator
 from local_runner.template import (
     REPO_ROOT,
     CreatedResources,
@@ -149,6 +151,7 @@ class LocalRunner:
         self.gateway: LocalApiGateway | None = None
         self.outbox: OutboxWriter | None = None
         self.scheduler: ScheduleFirer | None = None
+        self.ses_simulator: SesMailboxSimulator | None = None
         self._pollers: list[PollingThread] = []
 
     @property
@@ -211,6 +214,10 @@ class LocalRunner:
         ]
         self.outbox = OutboxWriter(self.aws, config.outbox)
         self._pollers.append(self.outbox)
+        topic_arn = self.created.topic_arns.get(SES_EVENTS_TOPIC)
+        if topic_arn is not None:  # what real SES would report about each accepted email
+            self.ses_simulator = SesMailboxSimulator(self.aws, session.client("sns", config=client_config), topic_arn)
+            self._pollers.append(self.ses_simulator)
         self.scheduler = ScheduleFirer(
             session.client("scheduler", config=client_config),
             self.functions.specs,

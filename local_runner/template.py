@@ -240,6 +240,7 @@ class CreatedResources:
     queue_arns: dict[str, str] = field(default_factory=dict)  # logical id -> queue ARN
     schedule_groups: dict[str, str] = field(default_factory=dict)  # logical id -> group name
     secrets: dict[str, str] = field(default_factory=dict)  # logical id -> the secret's value
+    topic_arns: dict[str, str] = field(default_factory=dict)  # logical id -> SNS topic ARN
 
 
 def create_tables(dynamodb: Any, template: dict[str, Any]) -> dict[str, str]:
@@ -326,8 +327,39 @@ def create_secrets(secretsmanager: Any, template: dict[str, Any]) -> dict[str, s
     return values
 
 
+def create_topics(sns: Any, template: dict[str, Any], queue_arns: dict[str, str]) -> dict[str, str]:
+    """SNS topics, named after their logical id, and their SQS subscriptions (moto's SNS delivers
+    to moto's SQS, in the SNS envelope unless the subscription asks for raw delivery). Returns
+    logical id -> topic ARN."""
+    arns = {
+        logical_id: sns.create_topic(Name=logical_id)["TopicArn"]  # idempotent: a reused server keeps it
+        for logical_id in resources_of_type(template, "AWS::SNS::Topic")
+    }
+    existing = {
+        (subscription["TopicArn"], subscription["Endpoint"])
+        for topic_arn in arns.values()
+        for subscription in sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    }
+    for props in resources_of_type(template, "AWS::SNS::Subscription").values():
+        topic = (props.get("TopicArn") or {}).get("Ref")
+        endpoint = (props.get("Endpoint") or {}).get("Fn::GetAtt", [None])[0]
+        if props.get("Protocol") != "sqs" or topic not in arns or endpoint not in queue_arns:
+            continue  # e-mail subscriptions (the alarm topic's) have no local meaning
+        if (arns[topic], queue_arns[endpoint]) in existing:
+            continue
+        raw = "true" if props.get("RawMessageDelivery") in (True, "true") else "false"
+        sns.subscribe(
+            TopicArn=arns[topic],
+            Protocol="sqs",
+            Endpoint=queue_arns[endpoint],
+            Attributes={"RawMessageDelivery": raw},
+        )
+    return arns
+
+
 def create_resources(session: Any, template: dict[str, Any] | None = None) -> CreatedResources:
-    """Create every table, queue, schedule group and secret of the template through the given session."""
+    """Create every table, queue, schedule group, secret and SNS topic (with its queue subscriptions)
+    of the template through the given session."""
     template = template or load_template()
     tables = create_tables(session.client("dynamodb"), template)
     sqs = session.client("sqs")
@@ -338,8 +370,14 @@ def create_resources(session: Any, template: dict[str, Any] | None = None) -> Cr
     }
     groups = create_schedule_groups(session.client("scheduler"), template)
     secret_values = create_secrets(session.client("secretsmanager"), template)
+    topics = create_topics(session.client("sns"), template, arns)
     return CreatedResources(
-        table_names=tables, queue_urls=queues, queue_arns=arns, schedule_groups=groups, secrets=secret_values
+        table_names=tables,
+        queue_urls=queues,
+        queue_arns=arns,
+        schedule_groups=groups,
+        secrets=secret_values,
+        topic_arns=topics,
     )
 
 
@@ -356,6 +394,8 @@ def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) ->
                 return names[ref]
         if ref in created.secrets:
             return secret_arn(ref)
+        if ref in created.topic_arns:
+            return created.topic_arns[ref]
         if parameter is not None and "Default" in parameter:
             return str(parameter["Default"])
         return None

@@ -10,6 +10,7 @@ follow send order."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -33,13 +34,33 @@ class Completed:
     sent_at: float
 
 
+# SES message tags: names and values of ASCII letters, digits, `_` and `-`, at most 256 characters.
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+TAG_LIMIT = 256
+
+
+def email_tag(name: str, value: str) -> dict[str, str]:
+    """A tag SES accepts: any other character becomes `_` (an id with one is still told apart by
+    the subtask the event's message id finds; tags are for attribution in SES's own reports)."""
+    return {"Name": name, "Value": _TAG_UNSAFE.sub("_", value)[:TAG_LIMIT] or "_"}
+
+
 def send_request(sender_email: str, subtask: SubtaskModel, raw: bytes, configuration_set: str | None) -> dict[str, Any]:
-    """The SendEmail request: the raw MIME message, the task id as a tag (SES events carry it)."""
+    """The SendEmail request: the raw MIME message; the user, task and service ids as tags, which
+    SES events carry back (`mail.tags`), so an event is attributed even before its subtask is found."""
     request: dict[str, Any] = {
         "FromEmailAddress": sender_email,
         "Destination": {"ToAddresses": [subtask.email]},
         "Content": {"Raw": {"Data": raw}},
-        "EmailTags": [{"Name": "task_id", "Value": subtask.task_id}],
+        "EmailTags": [
+            email_tag(name, value)
+            for name, value in (
+                ("task_id", subtask.task_id),
+                ("user_id", subtask.user_id),
+                ("service_id", subtask.service_id),
+            )
+            if value
+        ],
     }
     if configuration_set:
         request["ConfigurationSetName"] = configuration_set
