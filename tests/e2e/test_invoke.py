@@ -22,6 +22,7 @@ FUNCTION_BY_PREFIX = {
     "planner": "PlannerFunction",
     "dispatcher": "DispatcherFunction",
     "health": "HealthFunction",
+    "events": "EventsFunction",
 }
 
 
@@ -65,6 +66,9 @@ EXPECTED = {
     "dispatcher_tick.json": lambda result: result["stop_reason"] == "service_unavailable",
     # no service to check yet; the run is recorded on the scheduler item
     "health_check.json": lambda result: result["checked"] == 0 and result["errors"] == [],
+    # no subtask has these message ids yet: the campaign events wait (their messages fail), the
+    # malformed last one is dropped
+    "events_ses_notifications.json": lambda result: len(result["batchItemFailures"]) == 14,
 }
 
 
