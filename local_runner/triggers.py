@@ -42,7 +42,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from local_runner.functions import FunctionSpec, Invoke, function_for_arn
 from local_runner.moto_server import EmbeddedAws
-from local_runner.template import LOCAL_REGION, CreatedResources, DeclaredSchedule, function_events
+from local_runner.template import (
+    LOCAL_REGION,
+    CreatedResources,
+    DeclaredSchedule,
+    function_events,
+    resolve_parameters,
+)
 
 log = logging.getLogger("local_runner")
 
@@ -52,6 +58,7 @@ EML_SUFFIX = ".eml"
 UNFIRED_RECHECK_SECONDS = 60.0  # how often a schedule the runner cannot fire is read again
 PRECISION_SECONDS = 60.0  # EventBridge Scheduler fires within this much of each period's start
 TEMPLATE_GROUP = "template"  # the key group of schedules declared in the template
+SQS_RECEIVE_LIMIT = 10  # messages one ReceiveMessage may return
 SCHEDULE_CONCURRENCY = 256  # fired invocations running at once (Lambda's own limit is the account's)
 
 
@@ -130,7 +137,8 @@ def queue_mappings(template: dict[str, Any], created: CreatedResources) -> list[
             function=logical_id,
             queue_url=created.queue_urls[props["Queue"]["Fn::GetAtt"][0]],
             queue_arn=created.queue_arns[props["Queue"]["Fn::GetAtt"][0]],
-            batch_size=int(props.get("BatchSize", 10)),  # Lambda's default for SQS
+            # Lambda's default for SQS is 10; a parameter's default when the template refers to one
+            batch_size=int(resolve_parameters(props.get("BatchSize", 10), template) or 10),
             reports_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
             concurrency=_maximum_concurrency(template, props),
         )
@@ -207,7 +215,9 @@ class QueueTrigger(PollingThread):
             return False
         received = self._sqs.receive_message(
             QueueUrl=mapping.queue_url,
-            MaxNumberOfMessages=mapping.batch_size,
+            # SQS hands out at most 10 per receive; Lambda's poller gathers larger batches over its
+            # batching window, locally a batch is what one receive gives
+            MaxNumberOfMessages=min(mapping.batch_size, SQS_RECEIVE_LIMIT),
             WaitTimeSeconds=0,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
