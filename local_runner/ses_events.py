@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ SIMULATOR_DOMAIN = "simulator.amazonses.com"
 EVENTS_DIR = REPO_ROOT / "events"
 TOPIC_LOGICAL_ID = "SesEventsTopic"
 QUEUE_LOGICAL_ID = "SesEventsQueue"
+SNS_BATCH = 10  # entries one PublishBatch takes
 
 # eventType -> the EventBridge detail-type SES gives it.
 DETAIL_TYPES = {
@@ -236,28 +238,40 @@ def records_for(message: SentRawMessage, at: float) -> list[dict[str, Any]]:
 
 class SesMailboxSimulator(PollingThread):
     """Publishes to the SES events topic, for every message the embedded SES accepted, the events
-    real SES would (Send, Delivery, Bounce, Complaint: `simulated_kinds`). Next to OutboxWriter,
-    with its own position in the same append-only list."""
+    real SES would (Send, Delivery, Bounce, Complaint: `simulated_kinds`), `delay` seconds after it
+    was accepted (real SES reports a delivery seconds after the send), ten to a PublishBatch. Next
+    to OutboxWriter, with its own position in the same append-only list."""
 
     name = "ses-simulator"
 
-    def __init__(self, aws: EmbeddedAws, sns: Any, topic_arn: str, interval: float = 0.5) -> None:
+    def __init__(self, aws: EmbeddedAws, sns: Any, topic_arn: str, interval: float = 0.5, delay: float = 2.0) -> None:
         super().__init__(interval)
         self._aws = aws
         self._sns = sns
         self.topic_arn = topic_arn
+        self.delay = delay
         self.seen = 0
         self.published = 0
+        self._waiting: list[tuple[float, SentRawMessage]] = []  # (seen at, message), oldest first
 
     def poll_once(self) -> bool:
-        import time
-
-        for message in self._aws.sent_raw_messages(start=self.seen):
-            if message.destinations:
-                for record in records_for(message, time.time()):
-                    self._sns.publish(TopicArn=self.topic_arn, Message=json.dumps(record))
-                    self.published += 1
-            self.seen += 1  # a failed publish raises before this: the message is tried again
+        now = time.monotonic()
+        fresh = self._aws.sent_raw_messages(start=self.seen)
+        self._waiting += [(now, message) for message in fresh]
+        self.seen += len(fresh)
+        due = [message for seen_at, message in self._waiting if now - seen_at >= self.delay]
+        records = [record for message in due if message.destinations for record in records_for(message, time.time())]
+        for start in range(0, len(records), SNS_BATCH):
+            chunk = records[start : start + SNS_BATCH]
+            self._sns.publish_batch(
+                TopicArn=self.topic_arn,
+                PublishBatchRequestEntries=[
+                    {"Id": str(index), "Message": json.dumps(record)} for index, record in enumerate(chunk)
+                ],
+            )
+        # Only once all are published (a failed publish raises first: they are tried again).
+        self._waiting = self._waiting[len(due) :]
+        self.published += len(records)
         return False
 
 

@@ -32,7 +32,9 @@ from core.settings import Settings, load_settings
 from core.storage.models import bind_tables
 
 logger = Logger()
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every event waits for its subtask is not an error (no Errors alarm): its messages
+# are reported failed and come back, like any partial failure.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 RETRY_DELAY_CAP_SECONDS = 300
 
