@@ -23,11 +23,12 @@ from core.clock import Clock, SystemClock
 from core.deliverability.event_effects import (
     BatchOutcomes,
     EventPorts,
+    Result,
     SubtaskNotFoundYet,
-    apply_event,
+    apply_events,
 )
 from core.deliverability.event_ports import event_ports
-from core.deliverability.ses_events import MalformedEvent, parse
+from core.deliverability.ses_events import MalformedEvent, SesEvent, parse
 from core.settings import Settings, load_settings
 from core.storage.models import bind_tables
 
@@ -73,34 +74,52 @@ def _retry_sooner(rt: Runtime, record: SQSRecord, receive_count: int) -> None:
         logger.warning("could not shorten the retry delay", extra={"error": str(error)})
 
 
+def _parsed(record: SQSRecord) -> SesEvent | MalformedEvent:
+    try:
+        return parse(record.body)
+    except MalformedEvent as error:
+        return error
+
+
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rt = runtime()
+    records = [SQSRecord(raw) for raw in event.get("Records", [])]
+    parsed = {record.message_id: _parsed(record) for record in records}
+    receive_counts = {record.message_id: int(record.attributes.approximate_receive_count or 1) for record in records}
+    # The whole batch at once: each task's counters move once for all its events here.
+    applied = apply_events(
+        [
+            (message_id, ses_event, receive_counts[message_id])
+            for message_id, ses_event in parsed.items()
+            if isinstance(ses_event, SesEvent)
+        ],
+        rt.clock.now(),
+        rt.ports,
+    )
     batch = BatchOutcomes()
 
     def handle(record: SQSRecord) -> str:
-        try:
-            ses_event = parse(record.body)
-        except MalformedEvent as error:
-            logger.warning("SES event dropped: malformed", extra={"reason": str(error), "sqs_id": record.message_id})
+        ses_event = parsed[record.message_id]
+        result = applied.get(record.message_id)
+        if isinstance(ses_event, MalformedEvent) or isinstance(result, MalformedEvent):
+            reason = str(ses_event if isinstance(ses_event, MalformedEvent) else result)
+            logger.warning("SES event dropped: malformed", extra={"reason": reason, "sqs_id": record.message_id})
             return "malformed"
-        receive_count = int(record.attributes.approximate_receive_count or 1)
-        try:
-            applied = apply_event(ses_event, rt.clock.now(), rt.ports, receive_count=receive_count)
-        except MalformedEvent as error:
-            logger.warning("SES event dropped: malformed", extra={"reason": str(error), "sqs_id": record.message_id})
-            return "malformed"
-        except SubtaskNotFoundYet:
+        if isinstance(result, SubtaskNotFoundYet):
             logger.info("SES event before its subtask: retried", extra={"message_id": ses_event.mail.message_id})
-            _retry_sooner(rt, record, receive_count)
-            raise
-        if applied.result.value in ("ignored", "unmatched"):
+            _retry_sooner(rt, record, receive_counts[record.message_id])
+            raise result
+        if isinstance(result, BaseException):
+            raise result  # logged by the batch processor; SQS delivers it again
+        assert result is not None
+        if result.result in (Result.IGNORED, Result.UNMATCHED):
             logger.info(
-                f"SES event {applied.result.value}",
+                f"SES event {result.result.value}",
                 extra={"event_type": ses_event.event_type, "message_id": ses_event.mail.message_id},
             )
-        batch.add(applied)
-        return applied.result.value
+        batch.add(result)
+        return result.result.value
 
     response = process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
     batch.finish(rt.ports, rt.clock.now())

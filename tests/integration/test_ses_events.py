@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pynamodb.exceptions import TransactWriteError
 
-from core.deliverability import event_effects
 from core.deliverability.event_effects import MATCH_ATTEMPTS, EventPorts, ReputationOutcome
 from core.deliverability.ses_events import delivery_state
 from core.settings import Settings
 from core.states import SubtaskStatus, SuppressionReason, TaskStatus
 from core.storage.ids import contact_id_for, subtask_partition
-from core.storage.models import ContactModel, SubtaskModel, TaskModel
+from core.storage.models import ContactModel, SubtaskModel, TaskModel, transaction_connection
 from local_runner.ses_events import event_record, eventbridge_envelope, mail_object, sns_envelope
 from tests.support.planning import seed_contacts, seed_task, seed_user
 
@@ -350,21 +350,23 @@ def test_a_failing_write_fails_only_its_message_and_counts_once_when_redelivered
     campaign: Campaign, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken, fine = campaign.emails[0], campaign.emails[1]
-    real_write = event_effects._write
+    # DynamoDB refuses every transaction that writes the broken email's subtask (a throttle, an outage)
+    connection = transaction_connection()
+    real_write = connection.transact_write_items
 
-    def flaky(subtask: SubtaskModel, *args: Any, **kwargs: Any) -> bool:
-        if subtask.contact_id == broken.contact_id:
-            raise event_effects.TransactWriteError("injected: DynamoDB unavailable")
-        return real_write(subtask, *args, **kwargs)
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if broken.contact_id in json.dumps([args, kwargs], default=str):
+            raise TransactWriteError("injected: DynamoDB unavailable")
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(event_effects, "_write", flaky)
+    monkeypatch.setattr(connection, "transact_write_items", flaky)
     bad, good = campaign.notification(broken, "delivery"), campaign.notification(fine, "delivery")
 
     assert campaign.deliver(bad, good) == [bad]
     assert campaign.counts()["delivered"] == 1 and broken.subtask().ses_events is None
 
     # When SQS delivers the failed one again, DynamoDB answering
-    monkeypatch.setattr(event_effects, "_write", real_write)
+    monkeypatch.setattr(connection, "transact_write_items", real_write)
     assert campaign.deliver(bad, good) == []
     assert campaign.counts()["delivered"] == 2
     assert sorted(o.kind for o in campaign.ports.recorded) == ["delivered", "delivered"]
@@ -382,3 +384,39 @@ def test_the_sample_events_drive_the_function(campaign: Campaign) -> None:
 
     failed = {item["itemIdentifier"] for item in result["batchItemFailures"]}
     assert failed == {record["messageId"] for record in event["Records"][:-1]}
+
+
+def test_a_batch_moves_each_task_once_and_takes_repeats_out(
+    campaign: Campaign, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one email's delivery already applied
+    first = campaign.emails[0]
+    assert campaign.deliver(campaign.notification(first, "delivery")) == []
+    connection = transaction_connection()
+    real_write = connection.transact_write_items
+    transactions: list[list[str]] = []  # per TransactWriteItems, the table of each update
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        transactions.append([str(update["TableName"]) for update in kwargs["update_items"]])
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "transact_write_items", counting)
+
+    # When a batch brings every email's delivery (the first's again) and one complaint
+    bodies = [campaign.notification(email, "delivery") for email in campaign.emails]
+    complaint = campaign.notification(campaign.emails[3], "complaint")
+    assert campaign.deliver(*bodies, complaint) == []
+
+    # Then the deliveries went in one transaction with one task update, tried again without the
+    # repeat; the complaint (a second event of an email in it) in a transaction of its own
+    tables = [(t.count("SubtasksTable"), t.count("TasksTable")) for t in transactions]
+    assert tables == [(4, 1), (3, 1), (1, 1)]
+    counts = campaign.counts()
+    assert (counts["delivered"], counts["complained"]) == (4, 1)
+    assert sorted(o.kind for o in campaign.ports.recorded) == [
+        "complained",
+        "delivered",
+        "delivered",
+        "delivered",
+        "delivered",
+    ]

@@ -17,6 +17,7 @@ the gate (at most once: a crash right after it loses that one outcome, never cou
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +37,8 @@ from core.storage.models import TASK_COUNTS, ContactModel, SubtaskModel, TaskMod
 _CONFLICT_ATTEMPTS = 5
 # Kinds whose details replace those of an earlier event; the others only fill in what is missing.
 _STRONG = frozenset({EventKind.PERMANENT_BOUNCE, EventKind.COMPLAINT, EventKind.REJECT})
+# Events in one TransactWriteItems (100 items at most: each event's subtask and contact, one task).
+TRANSACTION_EVENTS = 40
 # An event whose subtask is not found yet is retried this many receives (the dispatcher writes a
 # subtask's message id in a batch, seconds to minutes after SES accepted the email; the index is
 # eventually consistent), then dropped.
@@ -126,8 +129,55 @@ def might_be_ours(event: SesEvent) -> bool:
 
 
 def apply_event(event: SesEvent, now: float, ports: EventPorts, *, receive_count: int = 1) -> Applied:
-    """Applies one parsed event. Raises SubtaskNotFoundYet while its subtask may still be recorded,
-    and any DynamoDB failure (the caller reports the message failed; SQS delivers it again)."""
+    """Applies one parsed event (apply_events with a batch of one): raises what its message fails with."""
+    result = apply_events([("event", event, receive_count)], now, ports)["event"]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+@dataclass
+class _Pending:
+    """An event whose subtask was found, on its way to its gated write."""
+
+    key: str
+    event: SesEvent
+    kind: EventKind
+    subtask: SubtaskModel
+    at: float
+    contact: bool  # its write also moves the contact's soft-bounce count
+    counted: bool | None = None  # the gate's answer, once written
+
+
+def apply_events(
+    items: Sequence[tuple[str, SesEvent, int]], now: float, ports: EventPorts
+) -> dict[str, Applied | BaseException]:
+    """Applies a batch of parsed events, each (key, event, receive count); per key its Applied, or
+    the exception its message fails with (SubtaskNotFoundYet, a DynamoDB error: SQS delivers it
+    again). The events that move a task counter are written per task in one TransactWriteItems
+    (their gated subtask updates, their contacts' soft-bounce counts and one task update adding them
+    up), so a batch moves each task item once, not once per event."""
+    results: dict[str, Applied | BaseException] = {}
+    pending: list[_Pending] = []
+    for key, event, receive_count in items:
+        try:
+            found = _find(key, event, receive_count, now)
+        except Exception as error:  # this message fails, the others go on
+            results[key] = error
+            continue
+        if isinstance(found, Applied):
+            results[key] = found
+        else:
+            pending.append(found)
+    _write_all(pending, results)
+    for item in pending:
+        if item.key in results:  # its write failed
+            continue
+        results[item.key] = _after_write(item, now, ports)
+    return results
+
+
+def _find(key: str, event: SesEvent, receive_count: int, now: float) -> Applied | _Pending:
     message_id = event.mail.message_id
     kind = kind_of(event)
     if kind is None:
@@ -137,44 +187,172 @@ def apply_event(event: SesEvent, now: float, ports: EventPorts, *, receive_count
         if might_be_ours(event) and receive_count < MATCH_ATTEMPTS:
             raise SubtaskNotFoundYet(message_id)
         return Applied(Result.UNMATCHED, kind, message_id)
-    effect = EFFECTS[kind]
-    at = occurred_at(event, now)
-    counted = _gated_write(subtask, kind, event, at)
+    return _Pending(key, event, kind, subtask, occurred_at(event, now), contact=EFFECTS[kind].soft_bounce)
+
+
+def _after_write(item: _Pending, now: float, ports: EventPorts) -> Applied | BaseException:
+    """Suppression (every time: idempotent itself), and the reputation outcome of a first time."""
+    effect = EFFECTS[item.kind]
+    subtask = item.subtask
     if effect.suppress is not None:
-        ports.suppress(subtask.user_id, subtask.email, effect.suppress, now, detail=detail_of(event))
+        try:
+            ports.suppress(subtask.user_id, subtask.email, effect.suppress, now, detail=detail_of(item.event))
+        except Exception as error:  # retried: the redelivery is a repeat, suppression runs again
+            return error
     reputation = None
-    if counted and effect.reputation is not None:
-        reputation = ReputationOutcome(subtask.user_id, subtask.service_id, effect.reputation, at)
-    return Applied(Result.APPLIED if counted else Result.DUPLICATE, kind, message_id, subtask.task_id, reputation)
+    if item.counted and effect.reputation is not None:
+        reputation = ReputationOutcome(subtask.user_id, subtask.service_id, effect.reputation, item.at)
+    result = Result.APPLIED if item.counted else Result.DUPLICATE
+    return Applied(result, item.kind, item.event.mail.message_id, subtask.task_id, reputation)
 
 
-def _subtask_actions(kind: EventKind, detail: str | None, at: float, event_bounce_type: str | None) -> list[Action]:
+def _write_all(pending: list[_Pending], failures: dict[str, Applied | BaseException]) -> None:
+    """Every pending event's gated write; sets each one's `counted`, or its failure in `failures`."""
+    seen: set[tuple[str, str, EventKind]] = set()
+    by_task: dict[str, list[list[_Pending]]] = {}
+    for item in pending:
+        identity = (item.subtask.partition, item.subtask.contact_id, item.kind)
+        if identity in seen:  # the same notification twice in one batch
+            item.counted = False
+            continue
+        seen.add(identity)
+        if EFFECTS[item.kind].counter is None and not item.contact:
+            try:
+                item.counted = _write_one(item)
+            except Exception as error:  # only this message fails
+                failures[item.key] = error
+            continue
+        # A transaction holds one operation per item: a subtask with two events in this batch gets
+        # its second in another transaction; at most TRANSACTION_EVENTS events in one.
+        rounds = by_task.setdefault(item.subtask.task_id, [])
+        for group in rounds:
+            taken = {(other.subtask.partition, other.subtask.contact_id) for other in group}
+            if len(group) < TRANSACTION_EVENTS and (item.subtask.partition, item.subtask.contact_id) not in taken:
+                group.append(item)
+                break
+        else:
+            rounds.append([item])
+    for task_id, rounds in by_task.items():
+        for group in rounds:
+            try:
+                _write_group(task_id, group)
+            except Exception:  # one by one, so only the failing messages fail
+                for item in group:
+                    try:
+                        item.counted = _write_one(item)
+                    except Exception as error:
+                        failures[item.key] = error
+
+
+def _write_group(task_id: str, group: list[_Pending]) -> None:
+    """One transaction: each event's gated subtask update (and contact update), then the task's
+    counters added up. A refused gate takes that event out (a repeat) and the rest is tried again;
+    a missing contact or task is left out; a conflict is tried again after a pause."""
+    without_contact: set[str] = set()
+    task_gone = False
+    attempt = 0
+    remaining = list(group)
+    while remaining:
+        operations: list[tuple[_Pending | None, str]] = []  # (event, "subtask" | "contact") or (None, "task")
+        counters: Counter[str] = Counter()
+        with_task = False
+        try:
+            with TransactWrite(connection=transaction_connection()) as transaction:
+                for item in remaining:
+                    transaction.update(_subtask_key(item), actions=_actions(item), condition=_gate(item.kind))
+                    operations.append((item, "subtask"))
+                    effect = EFFECTS[item.kind]
+                    if item.contact and item.key not in without_contact:
+                        transaction.update(
+                            ContactModel(item.subtask.user_id, item.subtask.contact_id),
+                            actions=[ContactModel.soft_bounces.add(1), ContactModel.last_soft_bounce_at.set(item.at)],
+                            condition=ContactModel.contact_id.exists(),
+                        )
+                        operations.append((item, "contact"))
+                    if effect.counter is not None:
+                        counters[effect.counter] += 1
+                if counters and not task_gone:
+                    with_task = True
+                    transaction.update(
+                        TaskModel(task_id),
+                        actions=[getattr(TASK_COUNTS, name).add(n) for name, n in sorted(counters.items())],
+                        condition=TaskModel.task_id.exists(),
+                    )
+                    operations.append((None, "task"))
+            for item in remaining:
+                item.counted = True
+            return
+        except TransactWriteError as error:
+            codes = [reason.code if reason else None for reason in error.cancellation_reasons]
+            refused = [operations[i] for i, code in enumerate(codes) if code == "ConditionalCheckFailed"]
+            if not refused:
+                attempt += 1
+                if "TransactionConflict" not in codes or attempt >= _CONFLICT_ATTEMPTS:
+                    raise
+                time.sleep(backoff(attempt - 1, base=0.02))
+                continue
+            for event, what in refused:
+                if event is None:
+                    task_gone = with_task  # the task item is gone: the subtasks still record their events
+                elif what == "contact":
+                    without_contact.add(event.key)
+                else:
+                    event.counted = False  # already applied: a repeat, nothing of it moves
+            remaining = [item for item in remaining if item.counted is None]
+
+
+def _subtask_key(item: _Pending) -> SubtaskModel:
+    return SubtaskModel(item.subtask.partition, item.subtask.contact_id)
+
+
+def _gate(kind: EventKind) -> Any:
+    return SubtaskModel.partition.exists() & ~SubtaskModel.ses_events.contains(kind.value)
+
+
+def _write_one(item: _Pending) -> bool:
+    """One event's gated write on its own (a transaction when it moves a counter or a contact)."""
+    bounce = item.event.bounce
+    return _write(
+        item.subtask,
+        item.kind,
+        detail_of(item.event),
+        item.at,
+        bounce_type=bounce.bounce_type if bounce else None,
+        bounce_subtype=bounce.bounce_sub_type if bounce else None,
+    )
+
+
+def _actions(item: _Pending) -> list[Action]:
+    bounce = item.event.bounce
+    return _subtask_actions(
+        item.kind,
+        detail_of(item.event),
+        item.at,
+        bounce.bounce_type if bounce else None,
+        bounce.bounce_sub_type if bounce else None,
+    )
+
+
+def _subtask_actions(
+    kind: EventKind, detail: str | None, at: float, bounce_type: str | None, bounce_subtype: str | None
+) -> list[Action]:
+    """The subtask's change: the kind added to `ses_events`, its time, and SES's details. A strong
+    kind's details (permanent bounce, complaint, rejection) replace earlier ones; a weak kind's only
+    fill in what is missing, so a permanent bounce's type wins over a soft one's in either order."""
     effect = EFFECTS[kind]
     actions: list[Action] = [
         SubtaskModel.ses_events.add({kind.value}),
         getattr(SubtaskModel, effect.timestamp).set(at),
     ]
     strong = kind in _STRONG
-    if event_bounce_type is not None:
-        # A permanent bounce's type wins over a soft one's, whichever came first.
-        value: Any = event_bounce_type if strong else (SubtaskModel.bounce_type | event_bounce_type)
-        actions.append(SubtaskModel.bounce_type.set(value))
-    if detail:
-        actions.append(SubtaskModel.delivery_detail.set(detail if strong else (SubtaskModel.delivery_detail | detail)))
+    for attribute, value in (
+        (SubtaskModel.bounce_type, bounce_type),
+        (SubtaskModel.bounce_subtype, bounce_subtype),
+        (SubtaskModel.delivery_detail, detail),
+    ):
+        if value:
+            actions.append(attribute.set(value if strong else (attribute | value)))
     return actions
-
-
-def _gated_write(subtask: SubtaskModel, kind: EventKind, event: SesEvent, at: float) -> bool:
-    """The subtask change and what it gates, once: False when this kind was applied before."""
-    bounce = event.bounce
-    return _write(
-        subtask,
-        kind,
-        detail_of(event),
-        at,
-        bounce_type=bounce.bounce_type if bounce else None,
-        bounce_subtype=bounce.bounce_sub_type if bounce else None,
-    )
 
 
 def _write(
@@ -187,13 +365,8 @@ def _write(
     bounce_subtype: str | None,
 ) -> bool:
     effect = EFFECTS[kind]
-    actions = _subtask_actions(kind, detail, at, bounce_type)
-    if bounce_subtype:
-        strong = kind in _STRONG
-        actions.append(
-            SubtaskModel.bounce_subtype.set(bounce_subtype if strong else SubtaskModel.bounce_subtype | bounce_subtype)
-        )
-    gate = SubtaskModel.partition.exists() & ~SubtaskModel.ses_events.contains(kind.value)
+    actions = _subtask_actions(kind, detail, at, bounce_type, bounce_subtype)
+    gate = _gate(kind)
     target = SubtaskModel(subtask.partition, subtask.contact_id)
     with_task = effect.counter is not None
     with_contact = effect.soft_bounce
