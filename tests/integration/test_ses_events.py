@@ -420,3 +420,20 @@ def test_a_batch_moves_each_task_once_and_takes_repeats_out(
         "delivered",
         "delivered",
     ]
+
+
+def test_requests_per_email_for_a_send_and_its_delivery(campaign: Campaign) -> None:
+    from tests.integration.test_scheduler_status import requests_made
+
+    # Given SES's two events for each of the four emails (Send, Delivery), in one batch
+    bodies = [campaign.notification(email, kind) for email in campaign.emails for kind in ("send", "delivery")]
+
+    with requests_made() as made:
+        assert campaign.deliver(*bodies) == []
+
+    # Then each event is one Query on the index; each Send one UpdateItem; the four deliveries one
+    # TransactWriteItems with one task update
+    assert sorted(operation for operation, _ in made) == sorted(
+        ["Query"] * 8 + ["UpdateItem"] * 4 + ["TransactWriteItems"]
+    )
+    assert campaign.counts()["delivered"] == 4

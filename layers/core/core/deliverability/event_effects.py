@@ -1,18 +1,21 @@
-"""What one SES event does to the records of its email, exactly once.
+"""What SES events do to the records of their emails, exactly once.
 
-The subtask is found by `mail.messageId` on the sparse `by-message` index (one Query). Then the
-event's kind (ses_events.EFFECTS) is applied in one write gated by the subtask's `ses_events` set:
-`ADD ses_events :kind` with the condition `NOT contains(ses_events, :kind)`, and in the same
-TransactWriteItems the task counter it moves (`counts.delivered`, ...) and, for a soft bounce, the
-contact's soft-bounce count. A repeat of the event (SNS and SQS deliver at least once) fails the
-condition and moves nothing; events of different kinds commute (each is gated on its own kind), so
-their order does not matter. A crash before the write leaves nothing; after it, the redelivered
-message finds the kind recorded.
+Each event's subtask is found by `mail.messageId` on the sparse `by-message` index (one Query). Its
+kind (ses_events.EFFECTS) is applied in a write gated by the subtask's `ses_events` set: `ADD
+ses_events :kind` under the condition `NOT contains(ses_events, :kind)`. The counters it moves ride
+in the same TransactWriteItems: the task's (`counts.delivered`, ...) and, for a soft bounce, the
+contact's soft-bounce count. The events of a batch that move counters are written per task, one
+transaction holding each event's gated subtask update and one task update adding them all up, so
+a batch moves a task item once (it is copied into the task indexes at its whole size). A refused
+gate cancels the transaction; the reasons name the event, which is a repeat: it is taken out and
+the rest written again. A repeat (SNS and SQS deliver at least once) therefore moves nothing;
+events of different kinds commute (each is gated on its own kind), so order does not matter; a
+crash before the write leaves nothing and after it the redelivered message finds its kind.
 
 Suppression is idempotent by itself (an address already suppressed stays so), so it runs for every
-delivery of a permanent bounce, complaint or unsubscribe, also a repeat: a crash between the gated
-write and the suppression cannot lose it. Reputation counters are fed only by the write that passed
-the gate (at most once: a crash right after it loses that one outcome, never counts it twice)."""
+delivery of a permanent bounce, complaint or unsubscribe, a repeat too: a crash between the gated
+write and the suppression cannot lose it. Reputation counters are fed only by writes that passed
+their gate (at most once: a crash right after the write loses that outcome, never counts it twice)."""
 
 from __future__ import annotations
 
