@@ -41,11 +41,14 @@ class ApiDeps:
     schedules: ScheduleConfig
     wake: WakeQueue  # starts dispatchers at once (scheduler start, resume, a service enabled)
     ses_clients: RegionalClients  # SES v1 and v2 per region: a service's health check runs in its region
+    # SES v2 per region for test sends, without botocore retries: a resend could deliver twice.
+    ses_send: RegionalClients
 
 
 @lru_cache(maxsize=1)
 def deps() -> ApiDeps:
     retries = Config(retries={"mode": "standard", "max_attempts": 3})
+    no_retries = Config(retries={"mode": "standard", "max_attempts": 1})
     settings = resolve_signing_key(load_settings(), boto3.client("secretsmanager", config=retries))
     bind_tables(settings)
     sqs = boto3.client("sqs", config=retries)
@@ -58,6 +61,7 @@ def deps() -> ApiDeps:
         schedules=ScheduleConfig.from_settings(settings),
         wake=WakeQueue.from_settings(sqs, settings),
         ses_clients=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=retries)),
+        ses_send=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=no_retries)),
     )
 
 

@@ -51,6 +51,8 @@ CREATING_ROUTES = frozenset(
         "/api/tasks",
         # Not a creation, but a repeat after a lost reply must not re-queue (and charge) twice.
         "/api/tasks/{task_id}/retry-failed",
+        # A repeat after a lost reply must not mail the address (and use quota) twice.
+        "/api/templates/{template_id}/test-send",
     }
 )
 # Replies are stored in one DynamoDB item (400 KB); a larger one is stored compressed.

@@ -90,6 +90,23 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ],
     ("GET", "/api/templates"): [Probe(lambda w, a, b: ("/api/templates", None), 200)],
     ("GET", "/api/templates/{template_id}"): [Probe(lambda w, a, b: (f"/api/templates/{a.template_id}", None), 404)],
+    ("POST", "/api/templates/{template_id}/test-send"): [
+        Probe(lambda w, a, b: (f"/api/templates/{a.template_id}/test-send", {"email": "qa@bob.example"}), 404),
+        Probe(
+            lambda w, a, b: (
+                f"/api/templates/{b.template_id}/test-send",
+                {"email": "qa@bob.example", "contact_id": a.contact_ids[0]},
+            ),
+            404,
+        ),
+        Probe(
+            lambda w, a, b: (
+                f"/api/templates/{b.template_id}/test-send",
+                {"email": "qa@bob.example", "sender_id": a.sender_id},
+            ),
+            404,
+        ),
+    ],
     ("POST", "/api/templates/{template_id}/preview"): [
         Probe(lambda w, a, b: (f"/api/templates/{a.template_id}/preview", {"contact_id": b.contact_ids[0]}), 404),
         Probe(lambda w, a, b: (f"/api/templates/{b.template_id}/preview", {"contact_id": a.contact_ids[1]}), 404),

@@ -7,8 +7,9 @@ from api_responses import AUTH, BODY, CREATE, documented, link
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from core.api import templates
+from core.api import templates, test_sends
 from core.api.schemas import PreviewIn, RenderedOut, TemplateIn, TemplateOut, TemplatePage
+from core.api.test_send_schemas import TestSendIn, TestSendOut
 
 router = Router()
 
@@ -46,3 +47,16 @@ def get_template(template_id: str) -> TemplateOut:
 @router.post("/api/templates/<template_id>/preview", responses=documented(200, BODY, 404))
 def preview_template(template_id: str, request: PreviewIn) -> RenderedOut:
     return templates.preview_template(current_caller(router), template_id, request, _render_budget())
+
+
+@router.post("/api/templates/<template_id>/test-send", responses=documented(200, CREATE, 403, 404, 429))
+def send_test(template_id: str, request: TestSendIn) -> TestSendOut:
+    api = deps()
+    test_send = test_sends.TestSendDeps(
+        clock=api.clock,
+        ses_for_region=api.ses_send.sesv2,
+        render_budget=_render_budget(),
+        min_interval=api.settings.test_send_interval_seconds,
+        per_hour=api.settings.test_sends_per_hour,
+    )
+    return test_sends.send_test_email(current_caller(router), template_id, request, test_send)

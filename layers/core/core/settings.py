@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     # Wall-clock budget for rendering one email (subject, html and text together).
     render_budget_ms: int = Field(default=200, ge=10, le=10_000)
 
+    # Test sends (POST /api/templates/{id}/test-send), per user: at least this many seconds apart
+    # and at most this many an hour (core.api.rate_limits.take_test_send).
+    test_send_interval_seconds: int = Field(default=10, ge=0, le=3600)
+    test_sends_per_hour: int = Field(default=20, ge=1, le=3600)
+
     # Each new sender makes SES mail a verification link: at most this many per user per hour.
     sender_creations_per_hour: int = Field(default=20, ge=1)
 

@@ -64,6 +64,10 @@ class UserModel(_Base):
     # Sender creations in the current rate window (each one makes SES mail a verification link).
     sender_window = NumberAttribute(null=True)
     senders_in_window = NumberAttribute(null=True)
+    # Test sends in the current hour, and the last one's time (core.api.rate_limits.take_test_send).
+    test_send_window = NumberAttribute(null=True)
+    test_sends_in_window = NumberAttribute(null=True)
+    last_test_send_at = NumberAttribute(null=True)
     # Reputation guard (core.deliverability.reputation): set while the tenant's sending is held
     # because its bounce or complaint rate crossed a threshold; only an admin clears it.
     sending_hold = UnicodeAttribute(null=True)
