@@ -86,6 +86,9 @@ class RunnerConfig:
     # Function settings over the template's (as `sam local --env-vars`), e.g. a short
     # DISPATCHER_BUDGET_SECONDS to watch hand-offs in a test or a benchmark.
     environment: Mapping[str, str] = field(default_factory=dict)
+    # Whether SES's events about each accepted email are published (local_runner/ses_events.py);
+    # off for a run that measures the pace alone (they share the embedded AWS's one thread).
+    simulate_ses_events: bool = True
     # The period of the template's own schedules (None: their rate); default from the environment.
     template_schedule_seconds: float | None = field(default_factory=_template_schedule_seconds)
 
@@ -215,7 +218,7 @@ class LocalRunner:
         self.outbox = OutboxWriter(self.aws, config.outbox)
         self._pollers.append(self.outbox)
         topic_arn = self.created.topic_arns.get(SES_EVENTS_TOPIC)
-        if topic_arn is not None:  # what real SES would report about each accepted email
+        if topic_arn is not None and config.simulate_ses_events:  # what real SES would report
             self.ses_simulator = SesMailboxSimulator(self.aws, session.client("sns", config=client_config), topic_arn)
             self._pollers.append(self.ses_simulator)
         self.scheduler = ScheduleFirer(

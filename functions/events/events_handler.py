@@ -33,9 +33,6 @@ from core.settings import Settings, load_settings
 from core.storage.models import bind_tables
 
 logger = Logger()
-# A batch whose every event waits for its subtask is not an error (no Errors alarm): its messages
-# are reported failed and come back, like any partial failure.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 RETRY_DELAY_CAP_SECONDS = 300
 
@@ -121,6 +118,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         batch.add(result)
         return result.result.value
 
+    # One processor per invocation: it holds the batch's state, and batches may run side by side in
+    # one process (the local runner). A batch whose every event waits for its subtask is not an
+    # error (no Errors alarm): its messages are reported failed and come back, like any partial failure.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     response = process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
     batch.finish(rt.ports, rt.clock.now())
     return dict(response)

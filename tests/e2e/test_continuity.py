@@ -43,6 +43,7 @@ def runner(tmp_path: Path) -> Iterator[LocalRunner]:
         outbox=tmp_path / "outbox",
         log_level="WARNING",
         environment={"DISPATCHER_BUDGET_SECONDS": BUDGET, "DISPATCHER_HANDOFF_LEAD_SECONDS": "1"},
+        simulate_ses_events=False,  # the pace alone: SES's events would share the embedded AWS's thread
     )
     environment = dict(os.environ)
     _cold_start_every_function()
