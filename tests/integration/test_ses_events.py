@@ -195,14 +195,15 @@ def test_a_permanent_bounce_counts_suppresses_and_feeds_the_guard(campaign: Camp
 
     assert campaign.deliver(bounce) == []
     assert campaign.deliver(bounce) == []
+    assert campaign.deliver(bounce, bounce) == []  # twice in one batch: one suppression asked
 
     subtask = email.subtask()
     assert (subtask.bounce_type, subtask.bounce_subtype) == ("Permanent", "General")
     assert subtask.delivery_detail == "smtp; 550 5.1.1 user unknown"
     assert campaign.counts()["bounced"] == 1
-    # Suppression is idempotent by itself: asked on every delivery of the notification, so a crash
+    # Suppression is idempotent by itself: asked on every batch bringing the notification, so a crash
     # between the counted write and the suppression cannot lose it
-    assert campaign.ports.suppressed == [("alice", email.email, SuppressionReason.BOUNCED)] * 2
+    assert campaign.ports.suppressed == [("alice", email.email, SuppressionReason.BOUNCED)] * 3
     assert [(o.user_id, o.service_id, o.kind) for o in campaign.ports.recorded] == [("alice", "svc_a", "bounced")]
     assert campaign.ports.guarded == [({"alice"}, {"svc_a"})]
 

@@ -173,10 +173,11 @@ def apply_events(
         else:
             pending.append(found)
     _write_all(pending, results)
+    asked: set[tuple[str, str, str]] = set()  # suppressions asked in this batch: once each is enough
     for item in pending:
         if item.key in results:  # its write failed
             continue
-        results[item.key] = _after_write(item, now, ports)
+        results[item.key] = _after_write(item, now, ports, asked)
     return results
 
 
@@ -193,11 +194,15 @@ def _find(key: str, event: SesEvent, receive_count: int, now: float) -> Applied 
     return _Pending(key, event, kind, subtask, occurred_at(event, now), contact=EFFECTS[kind].soft_bounce)
 
 
-def _after_write(item: _Pending, now: float, ports: EventPorts) -> Applied | BaseException:
+def _after_write(
+    item: _Pending, now: float, ports: EventPorts, asked: set[tuple[str, str, str]]
+) -> Applied | BaseException:
     """Suppression (every time: idempotent itself), and the reputation outcome of a first time."""
     effect = EFFECTS[item.kind]
     subtask = item.subtask
-    if effect.suppress is not None:
+    request = (subtask.user_id, subtask.email, str(effect.suppress))
+    if effect.suppress is not None and request not in asked:
+        asked.add(request)
         try:
             ports.suppress(subtask.user_id, subtask.email, effect.suppress, now, detail=detail_of(item.event))
         except Exception as error:  # retried: the redelivery is a repeat, suppression runs again
