@@ -45,6 +45,10 @@ def emf_lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
 
 
+def test_the_functions_get_the_default_policy_from_the_template(aws: Settings) -> None:
+    assert ReputationPolicy.from_settings(aws) == POLICY
+
+
 # ---------------------------------------------------------------- counters
 
 
@@ -240,6 +244,28 @@ def test_the_tenant_cannot_resume_a_held_task_nor_retry_its_failures(
 
 
 # ---------------------------------------------------------------- admin resume
+
+
+def test_a_hold_written_while_the_tenant_resumes_its_task_pauses_it_again(
+    world: World, api: ApiClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.service("svc-a")
+    task_id = world.campaign("alice", 5, ["svc-a"])
+    assert api.post(f"/api/scheduler/tasks/{task_id}/pause", user="alice").status == 200
+    sends(clock, "alice", 200, bounced=10)
+    from core.api import scheduler_control
+
+    real = scheduler_control.require_not_held
+
+    def held_just_after_the_check(user_id: str) -> None:
+        real(user_id)  # not held yet...
+        guard([user_id], [], clock.now(), POLICY)  # ...and held before the task moves
+
+    monkeypatch.setattr(scheduler_control, "require_not_held", held_just_after_the_check)
+    reply = api.post(f"/api/scheduler/tasks/{task_id}/resume", user="alice")
+    assert (reply.status, reply.body["error"]) == (409, "reputation_hold")
+    final = task(task_id)
+    assert (final.status, final.reason, final.active_partition) == ("paused", "reputation_hold", "held")
 
 
 def test_resume_sending_is_for_admins_of_known_held_users(world: World, api: ApiClient, clock: FakeClock) -> None:

@@ -11,7 +11,7 @@ from core.api.auth import Caller
 from core.api.ownership import load_task
 from core.api.schemas import SchedulerStateOut, TaskOut, task_out
 from core.clock import Clock, iso
-from core.deliverability.holds import require_not_held
+from core.deliverability.holds import pause_if_held, require_not_held
 from core.dispatch.control import services_with_work
 from core.dispatch.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
@@ -94,6 +94,8 @@ def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
         if TaskStatus(task.status) not in DISPATCHABLE:
             raise InvalidState(f"the task became {task.status} meanwhile and cannot be resumed")
         return task_out(task)
+    if pause_if_held(task, now):  # held meanwhile: the hold's sweep may not have seen this move yet
+        require_not_held(task.user_id)
     if deps.wake is not None:  # a task due within SQS's 15-minute delay is woken at its time
         delay = (task.scheduled_at or now) - now
         if delay <= SQS_MAX_DELAY_SECONDS:
