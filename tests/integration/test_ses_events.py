@@ -439,3 +439,34 @@ def test_requests_per_email_for_a_send_and_its_delivery(campaign: Campaign) -> N
         ["Query"] * 8 + ["UpdateItem"] * 4 + ["TransactWriteItems"]
     )
     assert campaign.counts()["delivered"] == 4
+
+
+def test_counted_events_feed_the_reputation_guard_once(aws: Settings, campaign: Campaign) -> None:
+    import events_handler
+
+    from core.deliverability.event_ports import event_ports
+    from core.deliverability.reputation import read_window, user_scope
+    from core.storage.models import EmailServiceModel, UserModel
+    from tests.support.planning import seed_service
+
+    # Given the real reputation counters and guard, with a window of at least 4 sends
+    seed_service("svc_a", campaign.clock.now())
+    events_handler.runtime().ports = event_ports(aws.model_copy(update={"reputation_min_sends": 4}))
+    sends = [campaign.notification(email, "send") for email in campaign.emails]
+    bounce = campaign.notification(campaign.emails[0], "bounce")
+
+    # When four sends and one permanent bounce are reported, each twice
+    assert campaign.deliver(*sends, *sends) == []
+    assert campaign.deliver(bounce, bounce) == []
+
+    # Then the window counts them once (1 bounce in 4 sends), over 4%: tenant and service are held
+    window = read_window(user_scope("alice"), campaign.clock.now() + 60, _policy(aws))
+    assert (window.sent, window.bounced) == (4, 1)
+    assert UserModel.get("alice", consistent_read=True).sending_hold is not None
+    assert EmailServiceModel.get("svc_a", consistent_read=True).sending_hold is not None
+
+
+def _policy(settings: Settings) -> Any:
+    from core.deliverability.reputation import ReputationPolicy
+
+    return ReputationPolicy.from_settings(settings.model_copy(update={"reputation_min_sends": 4}))

@@ -38,6 +38,8 @@ ADMIN_OPERATIONS = {
     "POST /api/services",
     "PATCH /api/services/{service_id}",
     "POST /api/services/{service_id}/check",
+    "POST /api/users/{user_id}/resume-sending",
+    "POST /api/services/{service_id}/resume-sending",
     "POST /api/scheduler/start",
     "POST /api/scheduler/stop",
 }

@@ -135,6 +135,12 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         Probe(lambda w, a, b: (f"/api/tasks/{a.task_id}/retry-failed", None), 404)
     ],
     ("GET", "/dashboard"): [Probe(lambda w, a, b: ("/dashboard", None), 200)],
+    ("POST", "/api/users/{user_id}/resume-sending"): [
+        Probe(lambda w, a, b: (f"/api/users/{A}/resume-sending", None), 403)
+    ],
+    ("POST", "/api/services/{service_id}/resume-sending"): [
+        Probe(lambda w, a, b: (f"/api/services/{w.service_id}/resume-sending", None), 403)
+    ],
     ("POST", "/api/scheduler/start"): [Probe(lambda w, a, b: ("/api/scheduler/start", None), 403)],
     ("POST", "/api/scheduler/stop"): [Probe(lambda w, a, b: ("/api/scheduler/stop", None), 403)],
     ("POST", "/api/scheduler/tasks/{task_id}/pause"): [

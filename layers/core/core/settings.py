@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=50, ge=1, le=1000)
     health_check_interval_minutes: int = Field(default=60, ge=1)
 
+    # Reputation guard (core.deliverability.reputation): a tenant's or a service's sending is held when
+    # over the window its bounces or complaints reach these shares of its sends (AWS reviews an account
+    # at 5% / 0.1%), once the window holds at least `reputation_min_sends` sends. The window is the
+    # last `reputation_window_hours` hours (hourly buckets), or, when `reputation_window_sends` > 0, the
+    # most recent hours that hold that many sends (within the same hours).
+    reputation_bounce_rate: float = Field(default=0.04, gt=0, le=1)
+    reputation_complaint_rate: float = Field(default=0.0008, gt=0, le=1)
+    reputation_min_sends: int = Field(default=200, ge=1)
+    reputation_window_hours: int = Field(default=24, ge=1, le=168)
+    reputation_window_sends: int = Field(default=0, ge=0)
+
     # The planner stops starting new chunks this many seconds before Lambda's deadline.
     planner_safety_margin_seconds: float = Field(default=20.0, ge=0)
     # Contacts the planner reads per chunk (one Query each).

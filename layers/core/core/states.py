@@ -56,8 +56,16 @@ CONTACT_STATUS_OF_REASON: dict[SuppressionReason, ContactStatus] = {
 
 
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    # planning -> paused: the planner finished it while its tenant's sending is held (reputation guard).
     TaskStatus.PLANNING: frozenset(
-        {TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.WAITING, TaskStatus.REJECTED, TaskStatus.CANCELLED}
+        {
+            TaskStatus.SCHEDULED,
+            TaskStatus.QUEUED,
+            TaskStatus.WAITING,
+            TaskStatus.PAUSED,
+            TaskStatus.REJECTED,
+            TaskStatus.CANCELLED,
+        }
     ),
     # scheduled -> sending: nothing moves a due task to queued first, its dispatcher starts it;
     # scheduled -> completed: every subtask of it was suppressed (unsubscribed) before its time.

@@ -38,6 +38,7 @@ from core.api.schemas import (
     is_identifier,
 )
 from core.clock import Clock, backoff, iso
+from core.deliverability.holds import pause_if_held, require_not_held
 from core.dispatch.claims import _cancellation_codes as cancellation_codes
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
@@ -265,6 +266,7 @@ def retry_failed(caller: Caller, task_id: str, deps: RetryDeps) -> RetryFailedOu
         raise NotFound("task", task_id)
     task = load_task(caller, task_id)
     _check_retryable(task)
+    require_not_held(task.user_id)  # the reputation guard holds the tenant: nothing may queue again
     failed = _failed_subtasks(task.task_id)
     if failed:
         try:
@@ -286,6 +288,8 @@ def retry_failed(caller: Caller, task_id: str, deps: RetryDeps) -> RetryFailedOu
         raise
     finally:
         _wake(task, {subtask.service_id for subtask in requeued}, deps)
+    if requeued:  # a hold written meanwhile: its sweep may not have seen the task queued again
+        pause_if_held(task, deps.clock.now())
     task.refresh(consistent_read=True)
     counts = task.counts.as_dict() if task.counts else {}
     return RetryFailedOut(

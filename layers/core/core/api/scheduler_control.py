@@ -11,6 +11,7 @@ from core.api.auth import Caller
 from core.api.ownership import load_task
 from core.api.schemas import SchedulerStateOut, TaskOut, task_out
 from core.clock import Clock, iso
+from core.deliverability.holds import pause_if_held, require_not_held
 from core.dispatch.control import services_with_work
 from core.dispatch.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
@@ -77,12 +78,15 @@ def pause_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
 
 def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
     """paused -> queued, or scheduled while its `scheduled_at` is still ahead; the task rejoins the
-    `active` index. Resuming a task that is not paused but may send (queued, ...) is a no-op."""
+    `active` index. Resuming a task that is not paused but may send (queued, ...) is a no-op. While
+    the reputation guard holds the tenant's sending it is 409 `reputation_hold`, for everyone: an
+    admin resumes the tenant instead (POST /api/users/{id}/resume-sending)."""
     task = load_task(caller, task_id)
     if task.status != TaskStatus.PAUSED:
         if TaskStatus(task.status) in DISPATCHABLE:
             return task_out(task)
         raise InvalidState(f"a {task.status} task cannot be resumed")
+    require_not_held(task.user_id)
     now = deps.clock.now()
     target = TaskStatus.SCHEDULED if task.scheduled_at is not None and task.scheduled_at > now else TaskStatus.QUEUED
     if not move_task(task, target, now, sources=[TaskStatus.PAUSED]):  # announced: dispatchers reload
@@ -90,6 +94,8 @@ def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
         if TaskStatus(task.status) not in DISPATCHABLE:
             raise InvalidState(f"the task became {task.status} meanwhile and cannot be resumed")
         return task_out(task)
+    if pause_if_held(task, now):  # held meanwhile: the hold's sweep may not have seen this move yet
+        require_not_held(task.user_id)
     if deps.wake is not None:  # a task due within SQS's 15-minute delay is woken at its time
         delay = (task.scheduled_at or now) - now
         if delay <= SQS_MAX_DELAY_SECONDS:

@@ -26,7 +26,7 @@ from core.clock import Clock, iso, utc_day
 from core.dispatch import rates
 from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.states import DISPATCHABLE, TaskStatus
-from core.storage.models import EmailServiceModel, SchedulerStateModel, ServiceUsageModel, TaskModel
+from core.storage.models import EmailServiceModel, SchedulerStateModel, ServiceUsageModel, TaskModel, UserModel
 from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, finished_partition
 
 SECONDS_PER_DAY = 86_400
@@ -35,7 +35,7 @@ _BATCH_GET_LIMIT = 100
 
 class StatusOut(BaseModel):
     is_running: bool
-    active_services: int  # enabled and healthy services in the caller's scope
+    active_services: int  # enabled, healthy and not held services in the caller's scope
     total_queued_subtasks: int
     processing_rate: str  # "45 emails/min": sent over the last 5 minutes, per minute
     processing_rate_per_minute: float
@@ -59,7 +59,7 @@ class ServiceStatsOut(BaseModel):
     name: str
     enabled: bool
     is_healthy: bool
-    reason: str | None  # why it does not send (unhealthy, disabled, out of quota today)
+    reason: str | None  # why it does not send (unhealthy, disabled, reputation_hold:<why>, out of quota today)
     daily_quota: int
     used_today: int
     remaining_quota: int
@@ -69,12 +69,25 @@ class ServiceStatsOut(BaseModel):
     configured_rate_per_minute: float
     rate_per_minute: float  # sent over the last 5 minutes, per minute
     warnings: list[str]
+    # The reputation guard's hold (core.deliverability.holds): why, and since when; None while it may send.
+    sending_hold: str | None = None
+    sending_hold_at: str | None = None
+
+
+class HeldUserOut(BaseModel):
+    """A tenant whose sending the reputation guard holds: its tasks are paused (reason
+    reputation_hold) until an administrator resumes it."""
+
+    user_id: str
+    reason: str  # e.g. bounce_rate:4.62%_of_260_sends
+    since: str | None
 
 
 class StatsOut(BaseModel):
     generated_at: str
     tasks: list[TaskStatsOut]
     services: list[ServiceStatsOut]
+    held_users: list[HeldUserOut] = []  # the caller (a tenant), or the users of the tasks in scope
 
 
 # ---------------------------------------------------------------- what a call reads
@@ -146,7 +159,9 @@ def scheduler_status(caller: Caller, clock: Clock) -> StatusOut:
     checked = scheduler.last_health_check if scheduler else None
     return StatusOut(
         is_running=bool(scheduler and scheduler.running),
-        active_services=sum(1 for service in scope.services if service.enabled and service.is_healthy),
+        active_services=sum(
+            1 for service in scope.services if service.enabled and service.is_healthy and not service.sending_hold
+        ),
         total_queued_subtasks=queued,
         processing_rate=f"{per_minute:g} emails/min",
         processing_rate_per_minute=per_minute,
@@ -162,6 +177,8 @@ def _service_reason(service: EmailServiceModel, remaining: int) -> str | None:
         return "disabled"
     if not service.is_healthy:
         return service.health_reason or "unhealthy"
+    if service.sending_hold:
+        return f"reputation_hold:{service.sending_hold}"
     if remaining <= 0:
         return f"daily_quota_exhausted:{service.service_id}"
     return None
@@ -252,6 +269,22 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
                 configured_rate_per_minute=round(60.0 / float(service.sending_rate), 2),
                 rate_per_minute=rates.per_minute(sent.get(service.service_id, 0)),
                 warnings=list(service.health_warnings or []),
+                sending_hold=service.sending_hold,
+                sending_hold_at=iso(service.sending_hold_at) if service.sending_hold_at is not None else None,
             )
         )
-    return StatsOut(generated_at=iso(now), tasks=tasks, services=service_stats)
+    return StatsOut(generated_at=iso(now), tasks=tasks, services=service_stats, held_users=_held_users(scope))
+
+
+def _held_users(scope: _Scope) -> list[HeldUserOut]:
+    """Held tenants in scope: the caller, or (administrators) the users of the tasks in scope, whose
+    held tasks sit in the `held` partition (BatchGetItems of 100 keys, by users, never by subtasks)."""
+    user_ids = sorted({task.user_id for task in scope.tasks} if scope.caller.is_admin else {scope.caller.user_id})
+    held = []
+    for start in range(0, len(user_ids), _BATCH_GET_LIMIT):
+        keys = user_ids[start : start + _BATCH_GET_LIMIT]
+        for user in UserModel.batch_get(keys, attributes_to_get=["user_id", "sending_hold", "sending_hold_at"]):
+            if user.sending_hold:
+                since = iso(user.sending_hold_at) if user.sending_hold_at is not None else None
+                held.append(HeldUserOut(user_id=user.user_id, reason=user.sending_hold, since=since))
+    return sorted(held, key=lambda out: out.user_id)

@@ -1,10 +1,9 @@
-"""The SES events function's collaborators, wired to the modules that own them: the suppression
-list (core.suppressions.suppress) and the reputation counters and guard
-(core.deliverability.reputation: record, guard, ReputationPolicy).
+"""The SES events function's collaborators, wired to the modules that own them: the reputation
+counters and guard (core.deliverability.reputation) and the suppression list (core.suppressions).
 
-Those modules are built alongside this one (issue 11); they are looked up by name here so this
-package type-checks and runs before they are merged, and a missing one is reported loudly on each
-use instead of failing every event of the batch. Once both are merged these become plain imports."""
+core.suppressions is built alongside this one (issue 11) and looked up by name until it is merged,
+so this package type-checks and runs before; a missing module is reported loudly on each use
+instead of failing every event of the batch. Once merged it becomes a plain import."""
 
 from __future__ import annotations
 
@@ -12,8 +11,8 @@ import importlib
 import logging
 from collections.abc import Iterable, Sequence
 from types import ModuleType
-from typing import Any
 
+from core.deliverability import reputation
 from core.deliverability.event_effects import EventPorts, ReputationOutcome
 from core.settings import Settings
 from core.states import SuppressionReason
@@ -32,8 +31,7 @@ def _module(name: str) -> ModuleType | None:
 
 def event_ports(settings: Settings) -> EventPorts:
     suppressions = _module("core.suppressions")
-    reputation = _module("core.deliverability.reputation")
-    policy: Any = reputation.ReputationPolicy.from_settings(settings) if reputation is not None else None
+    policy = reputation.ReputationPolicy.from_settings(settings)
 
     def suppress(
         user_id: str, email: str, reason: SuppressionReason, now: float, *, detail: str | None = None
@@ -44,14 +42,9 @@ def event_ports(settings: Settings) -> EventPorts:
         return suppressions.suppress(user_id, email, reason, now, detail=detail)
 
     def record(outcomes: Sequence[ReputationOutcome], now: float) -> None:
-        if reputation is None:
-            log.error("core.deliverability.reputation is not deployed: %d outcomes not counted", len(outcomes))
-            return
         reputation.record([reputation.Outcome(o.user_id, o.service_id, o.kind, o.at) for o in outcomes], now)
 
     def guard(user_ids: Iterable[str], service_ids: Iterable[str], now: float) -> object:
-        if reputation is None:
-            return None
         return reputation.guard(user_ids, service_ids, now, policy)
 
     return EventPorts(suppress=suppress, record=record, guard=guard)

@@ -3,7 +3,7 @@
 The invocation
   1. takes the service's lease (a conditional write; an overlapping invocation exits at once, a
      successor waits for its predecessor's hand-off: core.dispatch.lease) and stops at once while
-     the scheduler is stopped or the service is disabled or unhealthy;
+     the scheduler is stopped or the service is disabled, unhealthy or held (reputation guard);
   2. marks `unknown` whatever a dead predecessor's in-flight journal still lists as `sending`
      (never re-sent automatically: core.dispatch.repair);
   3. until its time budget is spent, picks work round robin user -> task -> subtask from a pointer
@@ -98,6 +98,7 @@ class StopReason(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     DAILY_QUOTA = "daily_quota_exhausted"
     ACCOUNT_PROBLEM = "account_problem"
+    REPUTATION_HOLD = "reputation_hold"  # the reputation guard holds the service (core.deliverability.holds)
 
 
 # Stops after which the service's queued work fails over (core.dispatch.failover), with the reason a
@@ -106,6 +107,7 @@ _FAILOVER_REASONS = {
     StopReason.SERVICE_UNAVAILABLE: "no_healthy_service",
     StopReason.ACCOUNT_PROBLEM: "no_healthy_service",
     StopReason.DAILY_QUOTA: "daily_quota_exhausted:{service_id}",
+    StopReason.REPUTATION_HOLD: "reputation_hold:{service_id}",
 }
 
 FaultHook = Callable[[str, SubtaskModel], None]
@@ -262,6 +264,8 @@ class Dispatcher:
         service = _load_service(self.service.service_id)
         if service is None or not service.enabled or not service.is_healthy:
             raise _StopSending(StopReason.SERVICE_UNAVAILABLE)
+        if service.sending_hold:
+            raise _StopSending(StopReason.REPUTATION_HOLD)
         self.service = service
         self.budget.interval = self.report.interval = float(service.sending_rate)
         works: dict[str, TaskWork] = {}

@@ -1,5 +1,6 @@
-"""Failover: the queued work of a service that cannot send (unhealthy, disabled, out of daily quota)
-moves to the other services its users may use, or its tasks show that they wait and why.
+"""Failover: the queued work of a service that cannot send (unhealthy, disabled, out of daily quota,
+held by the reputation guard) moves to the other services its users may use, or its tasks show that
+they wait and why.
 
 Run by the service's own dispatcher invocation when it stops for one of those reasons (so within
 one tick of the service: its schedule keeps firing while it cannot send):
@@ -62,7 +63,7 @@ def fail_over(
         others = [c for c in rest if c.available]
         if not others:
             # This service's own reason, unless another healthy one of the user's is out of quota too.
-            sendable = [c for c in rest if c.enabled and c.healthy]
+            sendable = [c for c in rest if c.enabled and c.healthy and not c.held]
             _wait(task, (waiting_reason(sendable) if sendable else None) or reason, now)
             report.waiting.append(task.task_id)
             continue

@@ -34,11 +34,12 @@ from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from core.clock import Clock, backoff
+from core.deliverability.holds import REPUTATION_HOLD, pause_if_held, user_hold
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
 from core.planning.routing import NoServiceAvailable, routing_cycle, service_weights, user_capacities, waiting_reason
 from core.refunds import refund_in
-from core.states import ContactStatus, SubtaskStatus, TaskStatus
+from core.states import DISPATCHABLE, ContactStatus, SubtaskStatus, TaskStatus
 from core.storage.batch_writes import WireItem, put_wire_items
 from core.storage.ids import queue_key, subtask_partition
 from core.storage.models import (
@@ -421,12 +422,15 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
 
 
 def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
-    """Leaves `planning`: queued (or scheduled), totals set, unused reservation refunded."""
+    """Leaves `planning`: queued (or scheduled), totals set, unused reservation refunded; paused
+    while the tenant's sending is held by the reputation guard (its admin resume resumes it)."""
     now = deps.clock.now()
     written = int(task.plan.written)
     unused = int(task.quota_reserved or 0) - written
     if written == 0:
         status, reason = TaskStatus.REJECTED, "no_eligible_recipients"
+    elif user_hold(task.user_id) is not None:
+        status, reason = TaskStatus.PAUSED, REPUTATION_HOLD
     elif task.scheduled_at is not None and task.scheduled_at > now:
         status, reason = TaskStatus.SCHEDULED, None
     else:
@@ -459,6 +463,9 @@ def _finish(task: TaskModel, deps: PlannerDeps) -> PlanOutcome:
             raise LeaseLost("planner lease lost while finishing") from error
         raise
     announce(status)
+    # A hold written meanwhile may have swept the tenant's tasks before this one could be seen.
+    if status in DISPATCHABLE and pause_if_held(task, now):
+        return PlanOutcome.DONE
     if status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED):
         _wake(task, deps, now)
     return PlanOutcome.DONE

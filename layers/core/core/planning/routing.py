@@ -1,11 +1,11 @@
 """Routing: which of a user's email services a subtask goes to.
 
 The rule (documented in docs/planning.md): a user's available services are those assigned to them
-that are enabled and healthy and still have daily quota today; each gets a share proportional to
-what it can deliver in the next 24 hours, `min(remaining daily quota, 86,400 / sending_rate)`. When
-none is available, the enabled services share equally and the task waits with the reason
-`waiting_reason` gives; a service that stops being available hands its queued work to the user's
-other available services (core.dispatch.failover).
+that are enabled and healthy, not held by the reputation guard, and still have daily quota today;
+each gets a share proportional to what it can deliver in the next 24 hours, `min(remaining daily
+quota, 86,400 / sending_rate)`. When none is available, the enabled services share equally and the
+task waits with the reason `waiting_reason` gives; a service that stops being available hands its
+queued work to the user's other available services (core.dispatch.failover).
 Shares become a short cycle by smooth weighted round robin (the nginx algorithm), so consecutive
 recipients interleave across services instead of arriving in blocks, and the service of the
 recipient at plan position `seq` is `cycle[seq % len(cycle)]`: deterministic, so a resumed or
@@ -34,6 +34,7 @@ class ServiceCapacity:
     healthy: bool
     sending_rate: float
     remaining_today: int
+    held: bool = False  # the reputation guard holds it (sending_hold): it cannot send
 
     @property
     def deliverable_next_day(self) -> float:
@@ -41,7 +42,7 @@ class ServiceCapacity:
 
     @property
     def available(self) -> bool:
-        return self.enabled and self.healthy and self.remaining_today > 0
+        return self.enabled and self.healthy and not self.held and self.remaining_today > 0
 
 
 def user_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
@@ -60,6 +61,7 @@ def user_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
             healthy=bool(s.is_healthy),
             sending_rate=float(s.sending_rate),
             remaining_today=max(0, int(s.daily_quota) - used.get(s.service_id, 0)),
+            held=s.sending_hold is not None,
         )
         for s in sorted(services, key=lambda service: service.service_id)
     ]
@@ -67,12 +69,16 @@ def user_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
 
 def waiting_reason(services: list[ServiceCapacity]) -> str | None:
     """Why work for these services cannot move now (None when one of them is available): every
-    healthy one is out of daily quota (`daily_quota_exhausted:<first such service>`), or none is
-    enabled and healthy (`no_healthy_service`)."""
+    healthy one is out of daily quota (`daily_quota_exhausted:<first such service>`), or held by the
+    reputation guard (`reputation_hold:<first such service>`), or none is enabled and healthy
+    (`no_healthy_service`)."""
     if any(s.available for s in services):
         return None
-    exhausted = [s.service_id for s in services if s.enabled and s.healthy]
-    return f"daily_quota_exhausted:{exhausted[0]}" if exhausted else "no_healthy_service"
+    exhausted = [s.service_id for s in services if s.enabled and s.healthy and not s.held]
+    if exhausted:
+        return f"daily_quota_exhausted:{exhausted[0]}"
+    held = [s.service_id for s in services if s.enabled and s.healthy]
+    return f"reputation_hold:{held[0]}" if held else "no_healthy_service"
 
 
 def service_weights(services: list[ServiceCapacity]) -> dict[str, float]:

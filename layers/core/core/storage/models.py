@@ -392,6 +392,18 @@ class ReputationModel(_Base):
     bucket = UnicodeAttribute(range_key=True)
     expires_at = NumberAttribute(null=True)  # TTL
     # --- reputation attributes ---
+    # An hour bucket (`YYYY-MM-DDTHH`, UTC, of the SES event): what SES reported in that hour, each
+    # only ever ADDed (core.deliverability.reputation.record).
+    sent = NumberAttribute(null=True)
+    delivered = NumberAttribute(null=True)
+    bounced = NumberAttribute(null=True)
+    complained = NumberAttribute(null=True)
+    # What the counters held when an admin last resumed the scope: the rates count only what came after.
+    base_sent = NumberAttribute(null=True)
+    base_bounced = NumberAttribute(null=True)
+    base_complained = NumberAttribute(null=True)
+    # The `~resets` item: resumes so far; a hold is written only while it is what the guard read.
+    resets = NumberAttribute(null=True)
 
 
 class ImportModel(_Base):
