@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,10 +159,10 @@ def _contact_moved(user_id: str, contact_id: str, reason: SuppressionReason, now
     )
 
 
-def _suppress_queued(subtask: SubtaskModel, note: str, now: float) -> bool:
-    """`queued -> suppressed`, refunded and counted; False (nothing written) when it was not queued
-    (claimed, sent, cancelled, suppressed by the other side of a race, or absent)."""
-    moved = update_if(
+def _suppressed_now(subtask: SubtaskModel, note: str) -> bool:
+    """`queued -> suppressed`; False (nothing written) when it was not queued (claimed, sent,
+    cancelled, suppressed by the other side of a race, or absent)."""
+    return update_if(
         subtask,
         [
             SubtaskModel.status.set(SubtaskStatus.SUPPRESSED),
@@ -170,25 +171,71 @@ def _suppress_queued(subtask: SubtaskModel, note: str, now: float) -> bool:
         ],
         SubtaskModel.status == SubtaskStatus.QUEUED,
     )
-    if not moved:
-        return False
+
+
+def _refund_suppressed(task_id: str, user_id: str, units: int, now: float) -> None:
+    """The quota of `units` subtasks this caller moved to `suppressed` goes back, with the task's
+    counters, in one transaction; then the task completes if that was its last queued work."""
     refund_quota(
-        task_id=subtask.task_id,
-        user_id=subtask.user_id,
-        units=1,
-        task_actions=[TASK_COUNTS.queued.add(-1), TASK_COUNTS.suppressed.add(1), TaskModel.updated_at.set(now)],
+        task_id=task_id,
+        user_id=user_id,
+        units=units,
+        task_actions=[
+            TASK_COUNTS.queued.add(-units),
+            TASK_COUNTS.suppressed.add(units),
+            TaskModel.updated_at.set(now),
+        ],
     )
-    complete_if_done(subtask.task_id, now)
-    return True
+    complete_if_done(task_id, now)
 
 
-def _sweep(user_id: str, contact_id: str, note: str, now: float) -> int:
-    suppressed = 0
-    for task in TaskModel.by_user.query(user_id, filter_condition=TaskModel.status.is_in(*OPEN_TASK_STATUSES)):
-        subtask = SubtaskModel(subtask_partition(task.task_id, contact_id), contact_id)
-        subtask.task_id, subtask.user_id = task.task_id, user_id  # the refund's keys, without a read
-        suppressed += _suppress_queued(subtask, note, now)
-    return suppressed
+def _open_task_ids(user_id: str) -> list[str]:
+    query = TaskModel.by_user.query(
+        user_id,
+        filter_condition=TaskModel.status.is_in(*OPEN_TASK_STATUSES),
+        attributes_to_get=["task_id", "user_id", "status"],
+    )
+    return [task.task_id for task in query]
+
+
+def _sweep(user_id: str, notes: dict[str, str], task_ids: list[str], now: float) -> dict[str, int]:
+    """In every open task, the listed contacts' queued subtasks move to `suppressed` and are refunded
+    (one transaction per task). Which are queued is read first (consistent BatchGetItem, statuses
+    only), so only those are written; one claimed or moved after the read fails its condition, and
+    one queued again after it (a requeue) is refused by the next claim's check instead. Returns
+    contact_id -> subtasks suppressed."""
+    keys = [(subtask_partition(task_id, contact_id), contact_id) for task_id in task_ids for contact_id in notes]
+    queued: list[SubtaskModel] = []
+    for start in range(0, len(keys), BATCH_GET_LIMIT):
+        batch = keys[start : start + BATCH_GET_LIMIT]
+        attributes = ["partition", "contact_id", "task_id", "status"]
+        for subtask in SubtaskModel.batch_get(batch, consistent_read=True, attributes_to_get=attributes):
+            if subtask.status == SubtaskStatus.QUEUED:
+                queued.append(subtask)
+    by_contact: dict[str, int] = dict.fromkeys(notes, 0)
+    by_task: dict[str, int] = {}
+    for subtask in queued:
+        if _suppressed_now(subtask, notes[subtask.contact_id]):
+            by_contact[subtask.contact_id] += 1
+            by_task[subtask.task_id] = by_task.get(subtask.task_id, 0) + 1
+    for task_id, units in by_task.items():
+        _refund_suppressed(task_id, user_id, units, now)
+    return by_contact
+
+
+def _list_address(
+    user_id: str, email: str, reason: SuppressionReason, detail: str | None, now: float
+) -> tuple[str, bool, bool, SuppressionReason, bool]:
+    """The entry and the contact of one address: (contact id, added, upgraded, reason now, contact moved)."""
+    contact_id = contact_id_for(email)
+    entry = SuppressionModel(user_id, contact_id, email=email.strip())
+    added = _entry_written(entry, reason, detail, now)
+    upgraded = not added and _entry_upgraded(entry, reason, detail, now)
+    if added or upgraded:
+        stored = reason
+    else:
+        stored = SuppressionReason(SuppressionModel.get(user_id, contact_id, consistent_read=True).reason)
+    return contact_id, added, upgraded, stored, _contact_moved(user_id, contact_id, stored, now)
 
 
 def suppress(
@@ -203,29 +250,53 @@ def suppress(
     """Puts `email` on the tenant's list (see the module docstring). Every step runs again on a
     repeat, so a call cut short by a crash is completed by the next one; a repeat changes nothing
     that the first call already changed."""
+    return suppress_many(user_id, [email], reason, now, detail=detail, account_list=account_list)[0]
+
+
+def suppress_many(
+    user_id: str,
+    emails: Sequence[str],
+    reason: SuppressionReason,
+    now: float,
+    *,
+    detail: str | None = None,
+    account_list: AccountSuppressionList | None = None,
+    writers: int = 8,
+) -> list[SuppressOutcome]:
+    """`suppress` for several addresses of one tenant (one outcome each, in order; an address given
+    twice is one, its outcomes equal): the entries and contacts written `writers` at a time, then one
+    sweep of the tenant's open tasks for all of them."""
     reason = SuppressionReason(reason)
     detail = detail[:MAX_DETAIL_CHARS] if detail else None
-    contact_id = contact_id_for(email)
-    entry = SuppressionModel(user_id, contact_id, email=email.strip())
-    added = _entry_written(entry, reason, detail, now)
-    upgraded = not added and _entry_upgraded(entry, reason, detail, now)
-    if added or upgraded:
-        stored = reason
+    # One address is one entry, whatever its case or spaces: the first spelling given is kept.
+    first_spelling: dict[str, str] = {}
+    for email in emails:
+        first_spelling.setdefault(contact_id_for(email), email)
+    distinct = list(first_spelling.values())
+    if len(distinct) == 1:
+        listed = [_list_address(user_id, distinct[0], reason, detail, now)]
     else:
-        stored = SuppressionReason(SuppressionModel.get(user_id, contact_id, consistent_read=True).reason)
-    contact_changed = _contact_moved(user_id, contact_id, stored, now)
-    swept = _sweep(user_id, contact_id, f"address suppressed ({stored.value})", now)
-    if account_list is not None and (added or upgraded):
-        account_list.put(entry.email, reason)
-    return SuppressOutcome(
-        added=added, upgraded=upgraded, reason=stored, contact_changed=contact_changed, suppressed_subtasks=swept
-    )
+        with ThreadPoolExecutor(max_workers=max(1, min(writers, len(distinct)))) as pool:
+            listed = list(pool.map(lambda email: _list_address(user_id, email, reason, detail, now), distinct))
+    notes = {contact_id: f"address suppressed ({stored.value})" for contact_id, _, _, stored, _ in listed}
+    swept = _sweep(user_id, notes, _open_task_ids(user_id), now) if notes else {}
+    outcomes: dict[str, SuppressOutcome] = {}
+    for email, (contact_id, added, upgraded, stored, moved) in zip(distinct, listed, strict=True):
+        if account_list is not None and (added or upgraded):
+            account_list.put(email.strip(), reason)
+        outcomes[contact_id] = SuppressOutcome(
+            added=added, upgraded=upgraded, reason=stored, contact_changed=moved, suppressed_subtasks=swept[contact_id]
+        )
+    return [outcomes[contact_id_for(email)] for email in emails]
 
 
 def suppress_at_claim(subtask: SubtaskModel, now: float) -> bool:
     """A dispatcher's claim found the subtask's address on the list: `queued -> suppressed`,
     refunded and counted, unless the list's sweep (or anyone else) moved it first."""
-    return _suppress_queued(subtask, "address suppressed (found at send time)", now)
+    if not _suppressed_now(subtask, "address suppressed (found at send time)"):
+        return False
+    _refund_suppressed(subtask.task_id, subtask.user_id, 1, now)
+    return True
 
 
 def suppressed_reasons(user_id: str, contact_ids: Sequence[str]) -> dict[str, str]:
