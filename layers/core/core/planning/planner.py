@@ -160,10 +160,10 @@ class RememberedPages:
     Bounded by `budget` bytes; pages beyond it, and pages an earlier invocation counted, are read
     again (and then skip whoever unsubscribed meanwhile).
 
-    The price: a recipient who unsubscribes after the count read their page and before their
-    subtask is written still gets a queued subtask (the unsubscribe found none to suppress). A
-    re-read at write time only narrows that window (to one chunk's writes); closing it takes the
-    unsubscribe recording the contact on tasks still in `planning`, for `_finish` to suppress."""
+    The price: a recipient who unsubscribes (or is suppressed) after the count read their page and
+    before their subtask is written still gets a queued subtask (the list's sweep found none to
+    suppress). It is never sent: the dispatcher's claim checks the suppression list and suppresses
+    and refunds it then (core.dispatch.claims)."""
 
     budget: int
     pages: dict[str, Page] = field(default_factory=dict)  # by the cursor each page starts after
