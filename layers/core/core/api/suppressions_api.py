@@ -38,6 +38,16 @@ _ADDRESS = TypeAdapter(EmailAddress)
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+class NotSuppressed(NotFound):
+    """The address is not on the list. The reply does not repeat the address (nor its contact id,
+    which another tenant's contact shares)."""
+
+    def __init__(self) -> None:
+        super().__init__("suppression", "", field="email")
+        self.message = "the address is not on the suppression list"
+        self.details = [{"field": "email", "reason": "not on the suppression list"}]
+
+
 def list_owner(caller: Caller, user_id: str | None) -> str:
     """Whose list a request reads or writes: the caller's own; an administrator may name any user
     that exists. Another user's id from a tenant is 404, as for every other tenant's item."""
@@ -126,7 +136,7 @@ def remove_suppression(
     owner = list_owner(caller, user_id)
     address = parse_address(email)
     if not unsuppress(owner, address, clock.now(), force=force):
-        raise NotFound("suppression", address, field="email")
+        raise NotSuppressed
     return SuppressionRemoved(email=address, contact_id=contact_id_for(address), removed=True)
 
 
