@@ -7,13 +7,15 @@ conditional writes, in this order, and is safe to run twice or concurrently:
 1. the entry: created, or its reason replaced by a stronger one (REASON_RANK), never a weaker one;
 2. the contact (when it exists): `subscribed`, or the status of a weaker reason, becomes the status
    of this reason (CONTACT_STATUS_OF_REASON), so only `subscribed` contacts are planned;
-3. in every open task of the tenant, the contact's queued subtask `queued -> suppressed` (the key
-   comes from the contact id: no read), its quota unit refunded with the task's counters.
+3. the sweep: in every open task of the tenant (the task index's `active` and `held` partitions),
+   the address's subtask (its key comes from the contact id) moves `queued -> suppressed`, its quota
+   unit refunded with the task's counters.
 
 Between 1 and 3 a dispatcher may still find the subtask queued: its claim transaction checks the
 entry is absent (core.dispatch.claims), so once 1 is written the address is never claimed again;
 a refused claim suppresses and refunds the subtask here (`suppress_at_claim`). Both sides move the
-subtask under `status = queued`, so exactly one of them refunds.
+subtask under `status = queued`, so exactly one of them refunds. The claim check also covers what
+the sweep cannot see: a task still planning, a subtask requeued after the sweep read it.
 
 Bounced and complained addresses may also go on the SES account-level list (AccountSuppressionList),
 best effort: that list is the account's, shared by every tenant, so an entry removed here stays there."""
@@ -34,10 +36,10 @@ from pynamodb.expressions.condition import Condition
 from core.clock import backoff
 from core.errors import Conflict
 from core.refunds import refund_quota
-from core.states import CONTACT_STATUS_OF_REASON, ContactStatus, SubtaskStatus, SuppressionReason, TaskStatus
+from core.states import CONTACT_STATUS_OF_REASON, ContactStatus, SubtaskStatus, SuppressionReason
 from core.storage.ids import contact_id_for, subtask_partition
 from core.storage.models import TASK_COUNTS, ContactModel, SubtaskModel, SuppressionModel, TaskModel, update_if
-from core.task_transitions import complete_if_done
+from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, active_sort, complete_if_done
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +65,6 @@ BATCH_GET_LIMIT = 100  # DynamoDB's BatchGetItem maximum
 # What a claim's ConditionCheck on the entry (user_id, contact_id) requires: no entry.
 NOT_SUPPRESSED: Condition = SuppressionModel.contact_id.does_not_exist()
 _CONFLICT_ATTEMPTS = 5
-
-# Tasks that may still hold a queued subtask for the address.
-OPEN_TASK_STATUSES = (
-    TaskStatus.PLANNING,
-    TaskStatus.SCHEDULED,
-    TaskStatus.QUEUED,
-    TaskStatus.SENDING,
-    TaskStatus.WAITING,
-    TaskStatus.PAUSED,
-)
 
 
 def weaker_reasons(reason: SuppressionReason) -> list[SuppressionReason]:
@@ -190,12 +182,15 @@ def _refund_suppressed(task_id: str, user_id: str, units: int, now: float) -> No
 
 
 def _open_task_ids(user_id: str) -> list[str]:
-    query = TaskModel.by_user.query(
-        user_id,
-        filter_condition=TaskModel.status.is_in(*OPEN_TASK_STATUSES),
-        attributes_to_get=["task_id", "user_id", "status"],
-    )
-    return [task.task_id for task in query]
+    """The tenant's tasks that may send or are paused: its part of the task index's `active` and
+    `held` partitions (reads its open tasks only, however many finished ones it has). A task still
+    planning is not there: what it wrote for the address is refused at its claim instead."""
+    mine = TaskModel.active_sort.startswith(active_sort(user_id, ""))
+    return [
+        task.task_id
+        for partition in (ACTIVE_PARTITION, HELD_PARTITION)
+        for task in TaskModel.active.query(partition, mine, attributes_to_get=["task_id"])
+    ]
 
 
 def _sweep(user_id: str, notes: dict[str, str], task_ids: list[str], now: float) -> dict[str, int]:
