@@ -11,12 +11,13 @@ from botocore.config import Config
 from botocore.stub import Stubber
 
 from core.settings import Settings
-from core.states import SuppressionReason
+from core.states import SuppressionReason, TaskStatus
 from core.storage.ids import contact_id_for, subtask_partition
 from core.storage.models import ContactModel, SubtaskModel, SuppressionModel, TaskModel, UserModel
 from core.suppressions import AccountSuppressionList, SuppressOutcome, suppress, suppressed_reasons
+from core.task_transitions import move_task
 from tests.conftest import FakeClock
-from tests.support.dispatching import plan_now, seed_sender_and_template, start_scheduler, task
+from tests.support.dispatching import World, plan_now, seed_sender_and_template, start_scheduler, task
 from tests.support.planning import seed_contacts, seed_service, seed_task, seed_user
 
 VICTIM = "person2@example.org"
@@ -136,8 +137,6 @@ def test_an_address_listed_after_planning_is_refused_at_claim_suppressed_and_ref
     ses = boto3.client("sesv2", config=Config(retries={"max_attempts": 1}))
 
     # When the service sends
-    from tests.support.dispatching import World
-
     report = World(aws, clock).tick("svc", budget=59.0, ses=ses)
 
     # Then the victim's claims were refused: suppressed and refunded in alice's tasks, sent to bob
@@ -201,3 +200,21 @@ def test_bounces_and_complaints_go_to_the_ses_account_list_once_when_mirrored(aw
     stubber.assert_no_pending_responses()
     assert AccountSuppressionList.from_settings(ses, enabled=False) is None
     assert TaskModel.count() == 0
+
+
+def test_a_paused_task_is_swept_too_and_finished_tasks_are_not_read(aws: Settings, clock: FakeClock) -> None:
+    # Given alice's first task paused and her second one sent to the end
+    start_scheduler(clock.now())
+    first, second, _ = _world(aws, clock)
+    assert move_task(TaskModel.get(first), TaskStatus.PAUSED, clock.now())
+    World(aws, clock).tick("svc", budget=59.0)
+    assert task(second).status == "completed"
+
+    # When
+    outcome = suppress("alice", VICTIM, SuppressionReason.MANUAL, clock.now())
+
+    # Then the paused task's queued email is suppressed and refunded; the sent one is left alone
+    assert outcome.suppressed_subtasks == 1
+    assert _subtask(first, VICTIM).status == "suppressed"
+    assert (task(first).status, task(first).counts.queued, task(first).quota_refunded) == ("paused", 4, 1)
+    assert _subtask(second, VICTIM).status == "sent" and task(second).quota_refunded == 0
