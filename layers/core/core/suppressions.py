@@ -193,12 +193,14 @@ def _open_task_ids(user_id: str) -> list[str]:
     ]
 
 
-def _sweep(user_id: str, notes: dict[str, str], task_ids: list[str], now: float) -> dict[str, int]:
+def _sweep(
+    user_id: str, notes: dict[str, str], task_ids: list[str], now: float, pool: ThreadPoolExecutor | None = None
+) -> dict[str, int]:
     """In every open task, the listed contacts' queued subtasks move to `suppressed` and are refunded
     (one transaction per task). Which are queued is read first (consistent BatchGetItem, statuses
-    only), so only those are written; one claimed or moved after the read fails its condition, and
-    one queued again after it (a requeue) is refused by the next claim's check instead. Returns
-    contact_id -> subtasks suppressed."""
+    only), so only those are written (`pool` at a time); one claimed or moved after the read fails
+    its condition, and one queued again after it (a requeue) is refused by the next claim's check
+    instead. Returns contact_id -> subtasks suppressed."""
     keys = [(subtask_partition(task_id, contact_id), contact_id) for task_id in task_ids for contact_id in notes]
     queued: list[SubtaskModel] = []
     for start in range(0, len(keys), BATCH_GET_LIMIT):
@@ -209,8 +211,13 @@ def _sweep(user_id: str, notes: dict[str, str], task_ids: list[str], now: float)
                 queued.append(subtask)
     by_contact: dict[str, int] = dict.fromkeys(notes, 0)
     by_task: dict[str, int] = {}
-    for subtask in queued:
-        if _suppressed_now(subtask, notes[subtask.contact_id]):
+
+    def move(subtask: SubtaskModel) -> bool:
+        return _suppressed_now(subtask, notes[subtask.contact_id])
+
+    moved = list(pool.map(move, queued)) if pool is not None and len(queued) > 1 else [move(s) for s in queued]
+    for subtask, done in zip(queued, moved, strict=True):
+        if done:
             by_contact[subtask.contact_id] += 1
             by_task[subtask.task_id] = by_task.get(subtask.task_id, 0) + 1
     for task_id, units in by_task.items():
@@ -268,13 +275,15 @@ def suppress_many(
     for email in emails:
         first_spelling.setdefault(contact_id_for(email), email)
     distinct = list(first_spelling.values())
-    if len(distinct) == 1:
+    if len(distinct) == 1:  # the SES events function's case: no threads
         listed = [_list_address(user_id, distinct[0], reason, detail, now)]
+        notes = {listed[0][0]: f"address suppressed ({listed[0][3].value})"}
+        swept = _sweep(user_id, notes, _open_task_ids(user_id), now)
     else:
         with ThreadPoolExecutor(max_workers=max(1, min(writers, len(distinct)))) as pool:
             listed = list(pool.map(lambda email: _list_address(user_id, email, reason, detail, now), distinct))
-    notes = {contact_id: f"address suppressed ({stored.value})" for contact_id, _, _, stored, _ in listed}
-    swept = _sweep(user_id, notes, _open_task_ids(user_id), now) if notes else {}
+            notes = {contact_id: f"address suppressed ({stored.value})" for contact_id, _, _, stored, _ in listed}
+            swept = _sweep(user_id, notes, _open_task_ids(user_id), now, pool)
     outcomes: dict[str, SuppressOutcome] = {}
     for email, (contact_id, added, upgraded, stored, moved) in zip(distinct, listed, strict=True):
         if account_list is not None and (added or upgraded):
