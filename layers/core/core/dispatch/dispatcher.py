@@ -382,12 +382,12 @@ class Dispatcher:
             raise _StopSending(StopReason.LEASE_LOST) from lost
         # The claim was also the look at the controls.
         self.next_refresh = max(self.next_refresh, now + CONTROL_REFRESH_SECONDS)
-        # Addresses suppressed since planning: moved to `suppressed` and refunded here (or by the
-        # list's sweep, whichever moves them first).
-        self.report.suppressed += sum(suppress_at_claim(subtask, now) for subtask in claimed.suppressed)
         batch = [(work, subtask) for work, subtask in picks if journal_key(subtask) in claimed.keys]
         self.budget.give_back(len(picks) - len(batch))  # cancelled, suppressed or taken meanwhile
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
+        # Addresses suppressed since planning: moved to `suppressed` and refunded here (or by the
+        # list's sweep, whichever moves them first).
+        self.report.suppressed += sum(suppress_at_claim(subtask, now) for subtask in claimed.suppressed)
         for _, subtask in batch:
             self.deps.fault("after_claim", subtask)
         self.render_batch(batch)
