@@ -49,6 +49,7 @@ CREATING_ROUTES = frozenset(
         "/api/contacts",
         "/api/templates",
         "/api/tasks",
+        "/api/suppressions",
         # Not a creation, but a repeat after a lost reply must not re-queue (and charge) twice.
         "/api/tasks/{task_id}/retry-failed",
         # A repeat after a lost reply must not mail the address (and use quota) twice.

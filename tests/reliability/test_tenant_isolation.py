@@ -6,13 +6,17 @@ and after each call). A route added to the template without a probe here fails t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import boto3
 
 from core.mail.unsubscribe import sign_unsubscribe
+from core.states import SuppressionReason
+from core.suppressions import suppress
 from local_runner.template import function_events, resources_of_type
 from tests.reliability.gateway import API_FUNCTION, template
 from tests.reliability.world import Tenant, World
@@ -141,6 +145,23 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ("POST", "/api/services/{service_id}/resume-sending"): [
         Probe(lambda w, a, b: (f"/api/services/{w.service_id}/resume-sending", None), 403)
     ],
+    # Alice's list holds her first address (a complaint); bob sees his own list only.
+    ("GET", "/api/suppressions"): [
+        Probe(lambda w, a, b: (f"/api/suppressions?user_id={A}", None), 404),
+        Probe(lambda w, a, b: ("/api/suppressions", None), 200),
+    ],
+    ("GET", "/api/suppressions/export"): [
+        Probe(lambda w, a, b: (f"/api/suppressions/export?user_id={A}", None), 404),
+        Probe(lambda w, a, b: ("/api/suppressions/export", None), 200),
+    ],
+    ("DELETE", "/api/suppressions/{email}"): [
+        Probe(lambda w, a, b: (f"/api/suppressions/{quote(a.contact_emails[0])}", None), 404),
+        Probe(lambda w, a, b: (f"/api/suppressions/{quote(a.contact_emails[0])}?user_id={A}&force=true", None), 404),
+    ],
+    ("POST", "/api/suppressions"): [
+        Probe(lambda w, a, b: (f"/api/suppressions?user_id={A}", {"emails": a.contact_emails}), 404),
+        Probe(lambda w, a, b: ("/api/suppressions", {"emails": a.contact_emails}), 200, writes="own"),
+    ],
     ("POST", "/api/scheduler/start"): [Probe(lambda w, a, b: ("/api/scheduler/start", None), 403)],
     ("POST", "/api/scheduler/stop"): [Probe(lambda w, a, b: ("/api/scheduler/stop", None), 403)],
     ("POST", "/api/scheduler/tasks/{task_id}/pause"): [
@@ -222,6 +243,7 @@ def test_tenant_b_reaches_nothing_of_tenant_a(new_world: Callable[..., World]) -
     # Given alice and bob, each with a sender, contacts, a template and a queued task
     world = new_world((A, B))
     a, b = world.tenants[A], world.tenants[B]
+    suppress(A, a.contact_emails[0], SuppressionReason.COMPLAINED, time.time())
     failures: list[str] = []
     calls = []
     for method, path in template_routes():

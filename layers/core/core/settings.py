@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # Each new sender makes SES mail a verification link: at most this many per user per hour.
     sender_creations_per_hour: int = Field(default=20, ge=1)
 
+    # Suppression list (core.suppressions): bounced and complained addresses are also put on the SES
+    # account-level suppression list (PutSuppressedDestination), best effort.
+    ses_account_suppression_mirror: bool = Field(default=False)
+
     max_retries: int = Field(default=3, ge=0)
     retry_delay_seconds: int = Field(default=60, ge=0)
     batch_size: int = Field(default=50, ge=1, le=1000)

@@ -19,6 +19,7 @@ from core.planning.routing import NoServiceAvailable
 from core.states import ContactStatus, TaskStatus, can_move
 from core.storage.ids import new_id
 from core.storage.models import EmailServiceModel, TaskModel
+from core.suppressions import suppressed_reasons
 from core.task_transitions import move_task
 
 TASK_ID_PATTERN = r"task_[0-9a-f]{24}"
@@ -51,7 +52,9 @@ def _check_references(caller: Caller, request: TaskIn) -> int | None:
             raise NotFound("contact", contact_id, field=f"contacts[{position}]")
     if request.recipient_rule is not None:
         return None
-    return sum(1 for contact in found.values() if contact.status == ContactStatus.SUBSCRIBED)
+    deliverable = [contact.contact_id for contact in found.values() if contact.status == ContactStatus.SUBSCRIBED]
+    # The suppression list wins over a contact's status (an address listed before its contact existed).
+    return len(deliverable) - len(suppressed_reasons(caller.user_id, deliverable))
 
 
 def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:

@@ -9,7 +9,12 @@ takes over after a crash reads it and marks what is still `sending` `unknown` (c
 so finding what may have reached SES costs one item read, not an index kept up by every claim.
 
 The same transaction checks the scheduler item (running, control sequence unchanged), so a claim is
-also the look at the controls: at slow paces a dispatcher makes one request per second, not two."""
+also the look at the controls: at slow paces a dispatcher makes one request per second, not two.
+It also checks that no claimed address is on its tenant's suppression list (one ConditionCheck per
+address, core.suppressions): a subtask whose address was suppressed after it was planned is never
+claimed, even before the list's sweep reaches its task; the caller suppresses and refunds it.
+At most CLAIM_BATCH_LIMIT (25) subtasks: 25 updates, 25 checks, the lease and the control check
+stay under DynamoDB's 100 items a transaction."""
 
 from __future__ import annotations
 
@@ -33,10 +38,12 @@ from core.storage.models import (
     TASK_COUNTS,
     SchedulerStateModel,
     SubtaskModel,
+    SuppressionModel,
     TaskModel,
     transaction_connection,
     update_if,
 )
+from core.suppressions import NOT_SUPPRESSED
 
 # Claims are made for about this much sending time ahead, in one transaction. The claim is also the
 # look at the controls, so a pause takes effect within this much sending time (claimed emails of a
@@ -151,12 +158,23 @@ def _control_unchanged(control_seq: int) -> Condition:
     return both
 
 
-def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, control_seq: int) -> set[str]:
-    """`queued -> sending` for each subtask still queued and due, journalled under the lease, in one
-    TransactWriteItems that also checks the controls; returns the journal keys claimed (and sets on
-    each object what the claim wrote). A subtask whose condition fails (a canceller, an unsubscribe
-    moved it first) is left out and the rest retried. Raises ControlMoved or LeaseLost."""
+@dataclass
+class Claimed:
+    """What one claim did: the journal keys it claimed, and the subtasks it left out because their
+    address is on the suppression list (still `queued`: the caller suppresses and refunds them)."""
+
+    keys: set[str] = field(default_factory=set)
+    suppressed: list[SubtaskModel] = field(default_factory=list)
+
+
+def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, control_seq: int) -> Claimed:
+    """`queued -> sending` for each subtask still queued and due whose address is not suppressed,
+    journalled under the lease, in one TransactWriteItems that also checks the controls; returns the
+    journal keys claimed (and sets on each object what the claim wrote) and the subtasks refused for
+    their address. A subtask whose condition fails (a canceller, an unsubscribe moved it first) is
+    left out and the rest retried. Raises ControlMoved or LeaseLost."""
     pending = list(subtasks)
+    suppressed: list[SubtaskModel] = []
     # Still queued on this service: a failover may have moved it to another since it was read.
     condition = (
         (SubtaskModel.status == SubtaskStatus.QUEUED)
@@ -166,14 +184,22 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
     actions = _claim_actions(journal.owner)
     for attempt in range(CLAIM_ATTEMPTS):
         if not pending:
-            return set()
+            return Claimed(suppressed=suppressed)
         batch_id = journal.next_batch_id()
         keys = [journal_key(subtask) for subtask in pending]
         done = journal.settled_batches()
         journalled: list[Action] = [SchedulerStateModel.inflight[batch_id].set(keys)]
         journalled += [SchedulerStateModel.inflight[old].remove() for old in done]
+        # One check per address (a transaction names an item once; one address may be queued in
+        # several tasks of its tenant).
+        addresses = list(dict.fromkeys((subtask.user_id, subtask.contact_id) for subtask in pending))
         try:
             with TransactWrite(connection=transaction_connection()) as transaction:
+                transaction.condition_check(
+                    SchedulerStateModel, SCHEDULER_STATE_KEY, condition=_control_unchanged(control_seq)
+                )
+                for user_id, contact_id in addresses:
+                    transaction.condition_check(SuppressionModel, user_id, contact_id, condition=NOT_SUPPRESSED)
                 for subtask in pending:
                     transaction.update(subtask, actions=actions, condition=condition)
                 transaction.update(
@@ -181,28 +207,36 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
                     actions=journalled,
                     condition=SchedulerStateModel.lease_owner == journal.owner,
                 )
-                transaction.condition_check(
-                    SchedulerStateModel, SCHEDULER_STATE_KEY, condition=_control_unchanged(control_seq)
-                )
         except TransactWriteError as error:
-            # PynamoDB sends condition checks first, then the updates in the order they were added.
+            # PynamoDB sends condition checks first (in the order added), then the updates in order.
             codes = _cancellation_codes(error)
-            if len(codes) != len(pending) + 2:
+            if len(codes) != 1 + len(addresses) + len(pending) + 1:
                 raise
-            control, *claims, lease = codes
+            control, checks, claims, lease = (
+                codes[0],
+                codes[1 : 1 + len(addresses)],
+                codes[1 + len(addresses) : -1],
+                codes[-1],
+            )
             if control == _REFUSED:
                 raise ControlMoved from error
             if lease == _REFUSED:
                 raise LeaseLost from error
-            pending = [s for s, code in zip(pending, claims, strict=True) if code != _REFUSED]
+            listed = {address for address, code in zip(addresses, checks, strict=True) if code == _REFUSED}
+            suppressed += [s for s in pending if (s.user_id, s.contact_id) in listed]
+            pending = [
+                s
+                for s, code in zip(pending, claims, strict=True)
+                if code != _REFUSED and (s.user_id, s.contact_id) not in listed
+            ]
             if "TransactionConflict" in codes:
                 time.sleep(backoff(attempt, base=0.02))
             continue
         journal.opened(batch_id, keys, forget=done)
         for subtask in pending:
             _claimed_locally(subtask, journal.owner)
-        return set(keys)
-    return set()  # kept conflicting: these stay queued for a later pick
+        return Claimed(set(keys), suppressed)
+    return Claimed(suppressed=suppressed)  # kept conflicting: these stay queued for a later pick
 
 
 def update_all(

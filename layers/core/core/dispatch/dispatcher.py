@@ -80,6 +80,7 @@ from core.storage.models import (
     TaskModel,
     TemplateModel,
 )
+from core.suppressions import suppress_at_claim
 from core.task_transitions import complete_if_done
 
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
@@ -150,6 +151,7 @@ class DispatchReport:
     requeued: int = 0
     throttled: int = 0  # SES throttling replies (re-queued without spending an attempt)
     unknown: int = 0  # sends whose outcome is unknown (may have been sent)
+    suppressed: int = 0  # claims refused because the address is on the suppression list
     recovered_unknown: int = 0
     failed_over: int = 0  # queued subtasks moved to other services (core.dispatch.failover)
     handed_off: bool = False
@@ -166,6 +168,7 @@ class DispatchReport:
             "requeued": self.requeued,
             "throttled": self.throttled,
             "unknown": self.unknown,
+            "suppressed": self.suppressed,
             "recovered_unknown": self.recovered_unknown,
             "failed_over": self.failed_over,
             "handed_off": self.handed_off,
@@ -383,9 +386,12 @@ class Dispatcher:
             raise _StopSending(StopReason.LEASE_LOST) from lost
         # The claim was also the look at the controls.
         self.next_refresh = max(self.next_refresh, now + CONTROL_REFRESH_SECONDS)
-        batch = [(work, subtask) for work, subtask in picks if journal_key(subtask) in claimed]
+        batch = [(work, subtask) for work, subtask in picks if journal_key(subtask) in claimed.keys]
         self.budget.give_back(len(picks) - len(batch))  # cancelled, suppressed or taken meanwhile
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
+        # Addresses suppressed since planning: moved to `suppressed` and refunded here (or by the
+        # list's sweep, whichever moves them first).
+        self.report.suppressed += sum(suppress_at_claim(subtask, now) for subtask in claimed.suppressed)
         for _, subtask in batch:
             self.deps.fault("after_claim", subtask)
         self.render_batch(batch)

@@ -51,6 +51,7 @@ from core.storage.models import (
     transaction_connection,
     update_if,
 )
+from core.suppressions import suppressed_between, suppressed_reasons
 from core.task_transitions import announce, move_task, task_move
 
 
@@ -128,6 +129,22 @@ def is_deliverable(contact: ContactItem) -> bool:
     return bool(contact.get("status", {}).get("S") == ContactStatus.SUBSCRIBED)
 
 
+def not_suppressed(task: TaskModel, contacts: list[ContactItem]) -> list[ContactItem]:
+    """`contacts` (in contact-id order) without those whose address is on the tenant's suppression
+    list: the list wins over a contact's status (an address listed before its contact was created).
+    A tag rule's page asks for the list's entries in the page's range (one Query, whatever the page's
+    size); explicit ids, spread thin over the range, are looked up by key."""
+    if not contacts:
+        return contacts
+    ids = [contact["contact_id"]["S"] for contact in contacts]
+    listed = (
+        suppressed_between(task.user_id, ids[0], ids[-1])
+        if task.has_rule
+        else set(suppressed_reasons(task.user_id, ids))
+    )
+    return [contact for contact, contact_id in zip(contacts, ids, strict=True) if contact_id not in listed]
+
+
 @dataclass(frozen=True)
 class Page:
     contacts: list[ContactItem]  # in contact-id order
@@ -144,10 +161,10 @@ class RememberedPages:
     Bounded by `budget` bytes; pages beyond it, and pages an earlier invocation counted, are read
     again (and then skip whoever unsubscribed meanwhile).
 
-    The price: a recipient who unsubscribes after the count read their page and before their
-    subtask is written still gets a queued subtask (the unsubscribe found none to suppress). A
-    re-read at write time only narrows that window (to one chunk's writes); closing it takes the
-    unsubscribe recording the contact on tasks still in `planning`, for `_finish` to suppress."""
+    The price: a recipient who unsubscribes (or is suppressed) after the count read their page and
+    before their subtask is written still gets a queued subtask (the list's sweep found none to
+    suppress). It is never sent: the dispatcher's claim checks the suppression list and suppresses
+    and refunds it then (core.dispatch.claims)."""
 
     budget: int
     pages: dict[str, Page] = field(default_factory=dict)  # by the cursor each page starts after
@@ -278,7 +295,7 @@ def _count_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
     cursor = task.plan.cursor
     page = _candidate_page(task, cursor, deps)
     named = [contact for contact in page.contacts if audience.names(contact)]
-    recipients = [contact for contact in named if is_deliverable(contact)]
+    recipients = not_suppressed(task, [contact for contact in named if is_deliverable(contact)])
     actions = [
         TASK_PLAN.cursor.set("" if page.exhausted else page.cursor),
         TASK_PLAN.counted.add(len(recipients)),
@@ -397,8 +414,13 @@ def subtask_items(
 def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembered: RememberedPages) -> None:
     """Writes one page of subtasks; the write pass is complete when the phase is `finish`."""
     cursor = task.plan.cursor
-    page = remembered.take(cursor) or _candidate_page(task, cursor, deps)
-    recipients = [contact for contact in page.contacts if audience.names(contact) and is_deliverable(contact)]
+    page = remembered.take(cursor)
+    if page is None:  # read again: whoever unsubscribed or was suppressed meanwhile is left out
+        page = _candidate_page(task, cursor, deps)
+        recipients = [contact for contact in page.contacts if audience.names(contact) and is_deliverable(contact)]
+        recipients = not_suppressed(task, recipients)
+    else:  # the count pass's recipients
+        recipients = page.contacts
     written = int(task.plan.written)
     room = int(task.quota_reserved or 0) - written
     recipients = recipients[: max(room, 0)]

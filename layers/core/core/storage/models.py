@@ -379,6 +379,8 @@ class SuppressionModel(_Base):
     reason = UnicodeAttribute()  # bounced | complained | unsubscribed | manual
     created_at = NumberAttribute()
     # --- suppression attributes ---
+    detail = UnicodeAttribute(null=True)  # e.g. SES's diagnostic for a bounce (at most 500 characters)
+    updated_at = NumberAttribute(null=True)  # when a stronger reason replaced the first one
 
 
 class ReputationModel(_Base):
