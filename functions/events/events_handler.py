@@ -31,6 +31,7 @@ from core.deliverability.event_ports import event_ports
 from core.deliverability.ses_events import MalformedEvent, SesEvent, parse
 from core.settings import Settings, load_settings
 from core.storage.models import bind_tables
+from core.suppressions import AccountSuppressionList
 
 logger = Logger()
 
@@ -49,11 +50,17 @@ class Runtime:
 def runtime() -> Runtime:
     settings = load_settings()
     bind_tables(settings)
+    config = Config(retries={"mode": "standard", "max_attempts": 3})
+    # Bounced and complained addresses also go on SES's account-level list of this region (the
+    # operator's choice: SesAccountSuppressionMirror).
+    account_list = AccountSuppressionList.from_settings(
+        boto3.client("sesv2", config=config), settings.ses_account_suppression_mirror
+    )
     return Runtime(
         settings=settings,
         clock=SystemClock(),
-        sqs=boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3})),
-        ports=event_ports(settings),
+        sqs=boto3.client("sqs", config=config),
+        ports=event_ports(settings, account_list),
     )
 
 

@@ -470,3 +470,59 @@ def _policy(settings: Settings) -> Any:
     from core.deliverability.reputation import ReputationPolicy
 
     return ReputationPolicy.from_settings(settings.model_copy(update={"reputation_min_sends": 4}))
+
+
+def test_a_hard_bounce_suppresses_the_address_in_the_tenants_other_queued_tasks(
+    aws: Settings, campaign: Campaign
+) -> None:
+    import events_handler
+
+    from core.deliverability.event_ports import event_ports
+    from core.storage.models import SuppressionModel, UserModel
+    from core.task_transitions import ACTIVE_PARTITION, active_sort
+
+    # Given the real suppression list, and alice's other task still holding the address queued
+    events_handler.runtime().ports = event_ports(aws)
+    bounced = campaign.emails[1]
+    now = campaign.clock.now()
+    other = seed_task("alice", now, include=["news"])
+    other.update(
+        actions=[
+            TaskModel.status.set(TaskStatus.QUEUED),
+            TaskModel.active_partition.set(ACTIVE_PARTITION),
+            TaskModel.active_sort.set(active_sort("alice", other.task_id)),
+            TaskModel.counts.total.set(1),
+            TaskModel.counts.queued.set(1),
+            TaskModel.quota_reserved.set(1),
+        ]
+    )
+    SubtaskModel(
+        subtask_partition(other.task_id, bounced.contact_id),
+        bounced.contact_id,
+        task_id=other.task_id,
+        user_id="alice",
+        seq=0,
+        email=bounced.email,
+        template_id="tpl_1",
+        service_id="svc_a",
+        status=SubtaskStatus.QUEUED,
+        queue_key=f"svc_a#{other.task_id}",
+        created_at=now,
+    ).save()
+    quota_before = int(UserModel.get("alice", consistent_read=True).remaining_quota)
+
+    # When SES reports the permanent bounce, twice
+    bounce = campaign.notification(bounced, "bounce")
+    assert campaign.deliver(bounce) == [] and campaign.deliver(bounce) == []
+
+    # Then the address is on alice's list, her contact is `bounced`, the other task's email is
+    # suppressed and its quota unit refunded, once
+    assert SuppressionModel.get("alice", bounced.contact_id, consistent_read=True).reason == "bounced"
+    assert ContactModel.get("alice", bounced.contact_id, consistent_read=True).status == "bounced"
+    queued = SubtaskModel.get(
+        subtask_partition(other.task_id, bounced.contact_id), bounced.contact_id, consistent_read=True
+    )
+    assert queued.status == SubtaskStatus.SUPPRESSED
+    assert int(UserModel.get("alice", consistent_read=True).remaining_quota) == quota_before + 1
+    assert int(TaskModel.get(other.task_id, consistent_read=True).counts.suppressed) == 1
+    assert campaign.counts()["bounced"] == 1
