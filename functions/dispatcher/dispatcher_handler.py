@@ -40,6 +40,17 @@ class Runtime:
     wake: WakeQueue
 
 
+# SES errors are classified and retried by the dispatcher itself (throttling backs off, transient
+# errors are retried after retry_delay): botocore must not retry them silently.
+_SES_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1})
+
+
+@lru_cache(maxsize=32)
+def ses_for_region(region: str) -> Any:
+    """One sesv2 client per region a service sends from, made once per container."""
+    return boto3.client("sesv2", region_name=region, config=_SES_CONFIG)
+
+
 @lru_cache(maxsize=1)
 def runtime() -> Runtime:
     secretsmanager = boto3.client("secretsmanager", config=Config(retries={"mode": "standard", "max_attempts": 3}))
@@ -48,9 +59,7 @@ def runtime() -> Runtime:
     return Runtime(
         settings=settings,
         clock=SystemClock(),
-        # SES errors are classified and retried by the dispatcher itself (throttling backs off,
-        # transient errors are retried after retry_delay): botocore must not retry them silently.
-        ses=boto3.client("sesv2", config=Config(retries={"mode": "standard", "max_attempts": 1})),
+        ses=boto3.client("sesv2", config=_SES_CONFIG),
         dynamodb=boto3.client("dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 5})),
         wake=WakeQueue.from_settings(
             boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 3})), settings
@@ -77,6 +86,7 @@ def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
         render_budget_seconds=settings.render_budget_ms / 1000,
         wake=rt.wake,
         handoff_lead_seconds=settings.dispatcher_handoff_lead_seconds,
+        ses_for_region=ses_for_region,
     )
 
 

@@ -114,6 +114,9 @@ class UserOut(BaseModel):
     remaining_quota: int
     service_ids: list[str]
     created_at: str
+    # Set while the reputation guard holds the tenant's sending (docs/reputation.md); an admin clears it.
+    sending_hold: str | None = None
+    sending_hold_at: str | None = None
 
 
 # ---------------------------------------------------------------- email services
@@ -434,9 +437,13 @@ class TaskCountsOut(BaseModel):
     failed: int = 0
     suppressed: int = 0
     unknown: int = 0
-    bounced: int = 0
-    complained: int = 0
     cancelled: int = 0
+    # What SES reported after the send, once per email (docs/ses-events.md).
+    delivered: int = 0
+    bounced: int = 0
+    soft_bounced: int = 0
+    complained: int = 0
+    rejected: int = 0
 
 
 class TaskOut(BaseModel):

@@ -20,6 +20,8 @@ def user_out(user: UserModel) -> UserOut:
         remaining_quota=int(user.remaining_quota),
         service_ids=list(user.service_ids or []),
         created_at=iso(user.created_at),
+        sending_hold=user.sending_hold,
+        sending_hold_at=iso(user.sending_hold_at) if user.sending_hold_at is not None else None,
     )
 
 

@@ -140,6 +140,9 @@ class DispatcherDeps:
     handoff_lead_seconds: float = 5.0
     # Test seam: called at "before_claim", "after_claim", "after_send", "after_record".
     fault: FaultHook = _no_fault
+    # The sesv2 client of a region: a service sends through the SES account of its own region
+    # (`ses` is used when this is not given: a client of the function's region).
+    ses_for_region: Callable[[str], Any] | None = None
 
 
 @dataclass
@@ -238,7 +241,8 @@ class Dispatcher:
         self.next_reload = 0.0  # tasks and service: reloaded when control changes, or by this time
         self.control_seen: tuple[int, int] | None = None  # (control_seq, wake_seq) at the last reload
         self.wake_seen = int(state.wake_seq or 0)
-        self.sender = SesSender(deps.ses, deps.max_in_flight)
+        ses = deps.ses_for_region(service.region) if deps.ses_for_region else deps.ses
+        self.sender = SesSender(ses, deps.max_in_flight)
         self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
         self.taken: set[tuple[str, str]] = set()  # keys picked by this invocation (not to be picked again)
         # Claimed emails rendered with their batch (one render-worker round trip per template).
