@@ -41,6 +41,7 @@ class ApiDeps:
     schedules: ScheduleConfig
     wake: WakeQueue  # starts dispatchers at once (scheduler start, resume, a service enabled)
     ses_clients: RegionalClients  # SES v1 and v2 per region: a service's health check runs in its region
+    s3: Any = None  # the import uploads bucket: presigned upload and error-report URLs
 
 
 @lru_cache(maxsize=1)
@@ -58,6 +59,7 @@ def deps() -> ApiDeps:
         schedules=ScheduleConfig.from_settings(settings),
         wake=WakeQueue.from_settings(sqs, settings),
         ses_clients=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=retries)),
+        s3=boto3.client("s3", config=retries.merge(Config(signature_version="s3v4"))),
     )
 
 

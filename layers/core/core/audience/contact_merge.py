@@ -108,9 +108,7 @@ def merge_contacts(
             _merge_chunk(connection, user_id, chunk, now, clock, statuses)
         return
     with ThreadPoolExecutor(max_workers=min(writers, len(chunks))) as pool:
-        _wait_all(
-            [pool.submit(_merge_chunk, connection, user_id, chunk, now, clock, statuses) for chunk in chunks]
-        )
+        _wait_all([pool.submit(_merge_chunk, connection, user_id, chunk, now, clock, statuses) for chunk in chunks])
 
 
 def _wait_all(writes: list[Future[None]]) -> None:
