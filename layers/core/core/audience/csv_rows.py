@@ -29,7 +29,6 @@ MAX_REASON_CHARS = 300
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _TAG_SEPARATORS = re.compile(r"[;|]")
 _BOM = "\ufeff"
-_READ_BLOCK = 256 * 1024
 
 # The csv module refuses fields over its limit (128 KiB by default); our own per-record limit is
 # lower and checked on bytes, so lift its limit out of the way.
@@ -138,12 +137,6 @@ class Records:
                 raise FileRejected(f"line {line}: {error}") from error
             if cells and any(cell.strip() for cell in cells):
                 return Record(line, cells)
-
-
-def read_blocks(stream: Any, size: int = _READ_BLOCK) -> Iterator[bytes]:
-    """A file-like stream's bytes, a block at a time."""
-    while block := stream.read(size):
-        yield block
 
 
 def parse_header(cells: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ with the cursor, so it resumes where it stopped and counts every row once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -176,7 +176,7 @@ def _check(item: ImportModel, deps: ImportDeps) -> bool:
     False when the import failed."""
     if not item.bytes_total:
         raise FileRejected("the file is empty: the first row must name the columns, one of them email")
-    records = Records(LineFeed(deps.uploads.blocks(str(item.object_key), str(item.etag), 0)))
+    records = Records(LineFeed(deps.uploads.blocks(str(item.object_key), str(item.etag), 0, int(item.bytes_total))))
     header = records.next()
     if header is None:
         raise FileRejected("the file is empty: the first row must name the columns, one of them email")
@@ -210,7 +210,8 @@ def _write(item: ImportModel, deps: ImportDeps) -> ImportOutcome:
     columns = list(item.columns or [])
     total = int(item.bytes_total or 0)
     start = int(item.bytes_done)
-    records = Records(LineFeed(_blocks_from(item, deps, start), start, int(item.lines_done)))
+    blocks = deps.uploads.blocks(str(item.object_key), str(item.etag), start, total)
+    records = Records(LineFeed(blocks, start, int(item.lines_done)))
     while True:
         chunk_start = records.feed.offset
         contacts: dict[str, ContactIn] = {}
@@ -254,13 +255,6 @@ def _write(item: ImportModel, deps: ImportDeps) -> ImportOutcome:
             return ImportOutcome.DONE
         if deps.seconds_left() <= 0:
             return ImportOutcome.CONTINUE
-
-
-def _blocks_from(item: ImportModel, deps: ImportDeps, start: int) -> Iterable[bytes]:
-    """Nothing to read at the end of the file (S3 refuses a range starting there)."""
-    if start >= int(item.bytes_total or 0):
-        return []
-    return deps.uploads.blocks(str(item.object_key), str(item.etag), start)
 
 
 def _finish(item: ImportModel, deps: ImportDeps) -> None:

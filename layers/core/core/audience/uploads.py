@@ -13,11 +13,10 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from core.audience.csv_rows import read_blocks
-
 UPLOAD_PREFIX = "imports/"
 REPORT_PREFIX = "reports/"
 CSV_CONTENT_TYPE = "text/csv"
+READ_BLOCK_BYTES = 1024 * 1024  # one ranged GetObject
 _OBJECT_KEY = re.compile(r"imports/(?P<user_id>[A-Za-z0-9_.:@-]{1,128})/(?P<import_id>imp_[0-9a-f]{24})\.csv")
 
 
@@ -80,20 +79,29 @@ class Uploads:
             raise
         return StoredUpload(size=int(head["ContentLength"]), etag=str(head["ETag"]))
 
-    def blocks(self, key: str, etag: str, start: int) -> Iterator[bytes]:
-        """The object's bytes from `start` on (one ranged GetObject), only while it is still the
-        object whose ETag is `etag`."""
-        try:
-            reply = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-", IfMatch=etag)
-        except ClientError as error:
-            if _code(error) in ("PreconditionFailed", "NoSuchKey", "404"):
-                raise UploadChanged("the file was replaced or deleted while it was being imported") from error
-            raise
-        body = reply["Body"]
-        try:
-            yield from read_blocks(body)
-        finally:
-            body.close()
+    def blocks(self, key: str, etag: str, start: int, end: int) -> Iterator[bytes]:
+        """The object's bytes from `start` to `end` (its size), one ranged GetObject a block, each
+        read whole before the next, only while it is still the object whose ETag is `etag`. (A
+        stream held open while the rows are written would also do in AWS; a single-threaded local
+        S3 would serve nothing else until it is read to the end.)"""
+        position = start
+        while position < end:
+            last = min(end, position + READ_BLOCK_BYTES) - 1
+            try:
+                reply = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={position}-{last}", IfMatch=etag)
+            except ClientError as error:
+                if _code(error) in ("PreconditionFailed", "NoSuchKey", "404", "InvalidRange"):
+                    raise UploadChanged("the file was replaced or deleted while it was being imported") from error
+                raise
+            body = reply["Body"]
+            try:
+                block = bytes(body.read())
+            finally:
+                body.close()
+            if not block:
+                raise UploadChanged("the file was replaced or deleted while it was being imported")
+            position += len(block)
+            yield block
 
     def put_text(self, key: str, text: str) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode(), ContentType=CSV_CONTENT_TYPE)
