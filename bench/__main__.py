@@ -45,6 +45,7 @@ REGISTRY: dict[str, str] = {
     "pacing": "bench.pacing",
     "cost": "bench.cost",
     "contact_import": "bench.contact_import",
+    "csv_import": "bench.csv_import",
 }
 CHILD_TIMEOUT_SECONDS = 20 * 60
 

@@ -241,6 +241,7 @@ class CreatedResources:
     schedule_groups: dict[str, str] = field(default_factory=dict)  # logical id -> group name
     secrets: dict[str, str] = field(default_factory=dict)  # logical id -> the secret's value
     topic_arns: dict[str, str] = field(default_factory=dict)  # logical id -> SNS topic ARN
+    buckets: dict[str, str] = field(default_factory=dict)  # logical id -> bucket name
 
 
 def create_tables(dynamodb: Any, template: dict[str, Any]) -> dict[str, str]:
@@ -357,9 +358,39 @@ def create_topics(sns: Any, template: dict[str, Any], queue_arns: dict[str, str]
     return arns
 
 
+def bucket_name(logical_id: str) -> str:
+    """A template bucket's name locally: its logical id in lower case (S3 names have no capitals)."""
+    return logical_id.lower()
+
+
+def create_buckets(s3: Any, template: dict[str, Any], queue_arns: dict[str, str]) -> dict[str, str]:
+    """Every S3 bucket, named after its logical id, with its notifications to the template's queues
+    (moto delivers ObjectCreated events to them, as S3 does). Encryption, public access, lifecycle,
+    CORS and bucket policies are AWS-side guards that the embedded AWS does not enforce."""
+    names = {}
+    for logical_id, props in resources_of_type(template, "AWS::S3::Bucket").items():
+        name = bucket_name(logical_id)
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+            s3.create_bucket(Bucket=name)
+        queues = [
+            {
+                "QueueArn": queue_arns[entry["Queue"]["Fn::GetAtt"][0]],
+                "Events": [entry["Event"]],
+                "Filter": {"Key": {"FilterRules": entry.get("Filter", {}).get("S3Key", {}).get("Rules", [])}},
+            }
+            for entry in (props.get("NotificationConfiguration") or {}).get("QueueConfigurations", [])
+        ]
+        if queues:
+            s3.put_bucket_notification_configuration(
+                Bucket=name, NotificationConfiguration={"QueueConfigurations": queues}
+            )
+        names[logical_id] = name
+    return names
+
+
 def create_resources(session: Any, template: dict[str, Any] | None = None) -> CreatedResources:
-    """Create every table, queue, schedule group, secret and SNS topic (with its queue subscriptions)
-    of the template through the given session."""
+    """Create every table, queue, schedule group, secret, SNS topic (with its queue subscriptions) and
+    S3 bucket (with its notifications) of the template through the given session."""
     template = template or load_template()
     tables = create_tables(session.client("dynamodb"), template)
     sqs = session.client("sqs")
@@ -371,6 +402,7 @@ def create_resources(session: Any, template: dict[str, Any] | None = None) -> Cr
     groups = create_schedule_groups(session.client("scheduler"), template)
     secret_values = create_secrets(session.client("secretsmanager"), template)
     topics = create_topics(session.client("sns"), template, arns)
+    buckets = create_buckets(session.client("s3"), template, arns)
     return CreatedResources(
         table_names=tables,
         queue_urls=queues,
@@ -378,6 +410,7 @@ def create_resources(session: Any, template: dict[str, Any] | None = None) -> Cr
         schedule_groups=groups,
         secrets=secret_values,
         topic_arns=topics,
+        buckets=buckets,
     )
 
 
@@ -389,7 +422,7 @@ def _resolve(value: Any, template: dict[str, Any], created: CreatedResources) ->
     if "Ref" in value:
         ref = value["Ref"]
         parameter = template.get("Parameters", {}).get(ref)
-        for names in (created.table_names, created.queue_urls, created.schedule_groups):
+        for names in (created.table_names, created.queue_urls, created.schedule_groups, created.buckets):
             if ref in names:
                 return names[ref]
         if ref in created.secrets:

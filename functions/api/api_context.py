@@ -43,6 +43,7 @@ class ApiDeps:
     ses_clients: RegionalClients  # SES v1 and v2 per region: a service's health check runs in its region
     # SES v2 per region for test sends, without botocore retries: a resend could deliver twice.
     ses_send: RegionalClients
+    s3: Any = None  # the import uploads bucket: presigned upload and error-report URLs
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +63,7 @@ def deps() -> ApiDeps:
         wake=WakeQueue.from_settings(sqs, settings),
         ses_clients=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=retries)),
         ses_send=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=no_retries)),
+        s3=boto3.client("s3", config=retries.merge(Config(signature_version="s3v4"))),
     )
 
 

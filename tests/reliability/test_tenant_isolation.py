@@ -162,6 +162,10 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         Probe(lambda w, a, b: (f"/api/suppressions?user_id={A}", {"emails": a.contact_emails}), 404),
         Probe(lambda w, a, b: ("/api/suppressions", {"emails": a.contact_emails}), 200, writes="own"),
     ],
+    ("GET", "/api/imports/{import_id}"): [Probe(lambda w, a, b: (f"/api/imports/{a.import_id}", None), 404)],
+    ("GET", "/api/imports"): [Probe(lambda w, a, b: ("/api/imports", None), 200)],
+    # Bob's own import, uploaded under his own prefix.
+    ("POST", "/api/imports"): [Probe(lambda w, a, b: ("/api/imports", {"filename": "a.csv"}), 201, writes="own")],
     ("POST", "/api/scheduler/start"): [Probe(lambda w, a, b: ("/api/scheduler/start", None), 403)],
     ("POST", "/api/scheduler/stop"): [Probe(lambda w, a, b: ("/api/scheduler/stop", None), 403)],
     ("POST", "/api/scheduler/tasks/{task_id}/pause"): [

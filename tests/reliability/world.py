@@ -29,6 +29,7 @@ class Tenant:
     task_id: str  # created with the explicit contacts
     contact_emails: list[str]
     unsubscribe_token: str  # the signed link of the first contact, as the task's emails carry it
+    import_id: str  # a bulk import waiting for its upload
 
 
 @dataclass
@@ -84,6 +85,7 @@ def populate(gateway: InProcessGateway, signing_key: str, tenants: tuple[str, ..
             "contacts": contact_ids["contact_ids"],
         }
         task_id = world.created("POST", "/api/tasks", task, user=user)["task_id"]
+        import_id = world.created("POST", "/api/imports", {"filename": "readers.csv"}, user=user)["import_id"]
         world.tenants[user] = Tenant(
             user_id=user,
             sender_id=sender["sender_id"],
@@ -92,5 +94,6 @@ def populate(gateway: InProcessGateway, signing_key: str, tenants: tuple[str, ..
             task_id=task_id,
             contact_emails=emails,
             unsubscribe_token=sign_unsubscribe(signing_key, user, contact_ids["contact_ids"][0], task_id),
+            import_id=import_id,
         )
     return world

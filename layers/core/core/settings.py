@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     suppressions_table: str = Field(default="SuppressionsTable")
     reputation_table: str = Field(default="ReputationTable")
     imports_table: str = Field(default="ImportsTable")
+    # Bulk CSV imports (core.audience.imports): the uploads bucket, the queue of S3 events and
+    # continuations, how much one chunk commits at a time, and when an invocation hands over.
+    import_bucket: str = Field(default="")
+    import_queue_url: str = Field(default="")
+    import_chunk_rows: int = Field(default=1000, ge=1, le=20_000)
+    import_safety_margin_seconds: float = Field(default=60.0, ge=0)
     # Powertools Idempotency's persistence table (Idempotency-Key on creating POSTs).
     idempotency_table: str = Field(default="IdempotencyTable")
     planner_queue_url: str = Field(default="")

@@ -420,6 +420,29 @@ class ImportModel(_Base):
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
     # --- import attributes ---
+    filename = UnicodeAttribute(null=True)  # what the tenant called the file (shown, never used as a key)
+    object_key = UnicodeAttribute(null=True)  # imports/<user_id>/<import_id>.csv in the uploads bucket
+    upload_expires_at = NumberAttribute(null=True)  # the presigned PUT's expiry
+    etag = UnicodeAttribute(null=True)  # the object imported: reads are pinned to it (If-Match)
+    bytes_total = NumberAttribute(null=True)
+    # checking (the whole file's structure) -> writing (chunks); the cursor moves only forward, in
+    # conditional updates on bytes_done that also add each chunk's counts, so they count once.
+    phase = UnicodeAttribute(null=True)
+    columns = ListAttribute[Any](of=UnicodeAttribute, null=True)  # the header, normalised
+    bytes_done = NumberAttribute(default=0)  # byte offset of the next unread record
+    lines_done = NumberAttribute(default=0)  # physical lines before it (the header's included)
+    rows_total = NumberAttribute(null=True)  # data rows, once the check pass has counted them
+    rows_done = NumberAttribute(default=0)
+    rows_imported = NumberAttribute(default=0)
+    rows_failed = NumberAttribute(default=0)
+    chunks = NumberAttribute(default=0)
+    invocations = NumberAttribute(default=0)
+    errors = ListAttribute[Any](default=list)  # the first row errors {line, column, reason}
+    error_report_key = UnicodeAttribute(null=True)  # every row error, as CSV, in the uploads bucket
+    reason = UnicodeAttribute(null=True)  # why a failed import failed
+    duplicate_of = UnicodeAttribute(null=True)  # a completed import of the same bytes: nothing written
+    started_at = NumberAttribute(null=True)
+    finished_at = NumberAttribute(null=True)
 
 
 ALL_MODELS: dict[str, type[Model]] = {
