@@ -12,7 +12,7 @@ from core.api.ownership import load_sender
 from core.errors import NotFound
 from core.storage.models import SenderModel
 from tests.conftest import ApiClient
-from tests.integration.given import assert_rejected, given_user
+from tests.integration.given import assert_rejected, given_service, given_user
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +31,27 @@ def test_user_creates_a_sender(api: ApiClient) -> None:
     assert (reply.body["email"], reply.body["name"]) == ("news@shop.example", "Shop News")
     stored = SenderModel.get("alice", reply.body["sender_id"])
     assert (stored.email, stored.name) == ("news@shop.example", "Shop News")
+
+
+def _identities(region: str) -> set[str]:
+    listed = boto3.client("sesv2", region_name=region).list_email_identities()["EmailIdentities"]
+    return {identity["IdentityName"] for identity in listed}
+
+
+def test_a_sender_is_verified_in_every_region_its_tenants_services_send_from(api: ApiClient) -> None:
+    # Given carol sends through a service in us-east-1 and one in eu-west-1
+    home, eu = given_service(api, "ses-home"), given_service(api, "ses-eu", region="eu-west-1")
+    given_user(api, "carol", service_ids=[home, eu])
+    # When she adds a sender
+    assert api.post("/api/senders", {"email": "hi@carol.example", "name": "C"}, user="carol").status == 201
+    # Then SES verifies it in both regions (a service sends through its own region's account)
+    assert "hi@carol.example" in _identities("us-east-1") & _identities("eu-west-1")
+    assert "hi@carol.example" not in _identities("ap-southeast-2")
+    # And a service in a new region assigned later gets her existing senders verified there first
+    sydney = given_service(api, "ses-syd", region="ap-southeast-2")
+    reply = api.put("/api/users/carol/services", {"service_ids": [home, eu, sydney]})
+    assert reply.status == 200, reply.body
+    assert "hi@carol.example" in _identities("ap-southeast-2")
 
 
 def test_creating_a_sender_asks_ses_to_verify_the_address(api: ApiClient) -> None:

@@ -9,6 +9,7 @@ import email.policy
 from email.message import EmailMessage
 from typing import Any
 
+import boto3
 import pytest
 from moto.backends import get_backend
 
@@ -313,9 +314,13 @@ def test_a_service_out_of_daily_quota_is_skipped_and_none_left_is_429(
 def test_ses_refusing_the_message_gives_the_quota_unit_back(
     api: ApiClient, clock: FakeClock, alice: dict[str, Any]
 ) -> None:
-    # A service in a region where alice's sender identity is not verified: SES rejects the send
+    # A service in another region, where alice's sender identity is no longer verified (assigning
+    # the service asked SES to verify it there; it was deleted since): SES rejects the send
     elsewhere = given_service(api, "ses-eu", region="eu-west-1")
     api.put("/api/users/alice/services", {"service_ids": [*alice["services"], elsewhere]})
+    eu = boto3.client("sesv2", region_name="eu-west-1")
+    for identity in eu.list_email_identities()["EmailIdentities"]:
+        eu.delete_email_identity(EmailIdentity=identity["IdentityName"])
 
     reply = _test_send(api, alice["template"], service_id=elsewhere)
 

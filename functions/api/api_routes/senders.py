@@ -17,7 +17,7 @@ router = Router()
 def create_sender(request: SenderIn) -> tuple[SenderOut, int]:
     api = deps()
     limit = api.settings.sender_creations_per_hour
-    return senders.create_sender(current_caller(router), request, api.clock, api.ses, limit), 201
+    return senders.create_sender(current_caller(router), request, api.clock, api.ses, limit, api.ses_clients.sesv2), 201
 
 
 @router.get("/api/senders", responses=documented(200, AUTH))

@@ -22,4 +22,4 @@ def get_user(user_id: str) -> UserOut:
 
 @router.put("/api/users/<user_id>/services", responses=documented(200, BODY, 403, 404))
 def assign_services(user_id: str, request: ServiceAssignment) -> UserOut:
-    return users.assign_services(current_caller(router), user_id, request)
+    return users.assign_services(current_caller(router), user_id, request, deps().ses_clients.sesv2)

@@ -11,6 +11,7 @@ nothing (403)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -18,7 +19,7 @@ from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from core.api.auth import Caller
-from core.api.ownership import require_tenant
+from core.api.ownership import load_services, tenant_user
 from core.api.paging import decode_cursor, encode_cursor
 from core.api.rate_limits import take_sender_creation
 from core.api.schemas import SenderIn, SenderOut, SenderPage
@@ -64,13 +65,35 @@ def request_verification(ses: Any, address: str) -> None:
         raise ServiceUnavailable(f"SES could not start verifying {address!r}; retry") from error
 
 
-def create_sender(caller: Caller, request: SenderIn, clock: Clock, ses: Any, creations_per_hour: int = 20) -> SenderOut:
+def verify_in_regions(
+    addresses: Iterable[str], regions: Iterable[str], sesv2_in: Callable[[str], Any], *, besides: str | None = None
+) -> None:
+    """Identities are per SES region, and a service sends through the account of its own region:
+    each address is verified in every region of the services its tenant may use (`besides`: a
+    region already done)."""
+    for region in sorted(set(regions) - {besides}):
+        client = sesv2_in(region)
+        for address in addresses:
+            request_verification(client, address)
+
+
+def create_sender(
+    caller: Caller,
+    request: SenderIn,
+    clock: Clock,
+    ses: Any,
+    creations_per_hour: int = 20,
+    sesv2_in: Callable[[str], Any] | None = None,
+) -> SenderOut:
     address = str(request.email)
     claims = identity_claims(address)
-    require_tenant(caller)
+    user = tenant_user(caller)
     _check_unclaimed(caller.user_id, claims)
     take_sender_creation(caller.user_id, clock.now(), creations_per_hour)
     request_verification(ses, address)
+    if sesv2_in is not None:
+        regions = [service.region for service in load_services(user.service_ids or []).values()]
+        verify_in_regions([address], regions, sesv2_in, besides=ses.meta.region_name)
     now = clock.now()
     sender = SenderModel(caller.user_id, new_id("snd"), email=address, name=request.name, created_at=now)
     try:

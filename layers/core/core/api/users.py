@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pynamodb.exceptions import PutError
 
 from core.api.auth import Caller
 from core.api.ownership import load_services
 from core.api.schemas import ServiceAssignment, UserIn, UserOut, is_identifier, unique
+from core.api.senders import verify_in_regions
 from core.clock import Clock, iso
 from core.errors import AlreadyExists, NotFound
-from core.storage.models import UserModel, update_if
+from core.storage.models import SenderModel, UserModel, update_if
 
 
 def user_out(user: UserModel) -> UserOut:
@@ -58,9 +62,13 @@ def get_user(caller: Caller, user_id: str) -> UserOut:
     return user_out(load_user(user_id))
 
 
-def assign_services(caller: Caller, user_id: str, request: ServiceAssignment) -> UserOut:
+def assign_services(
+    caller: Caller, user_id: str, request: ServiceAssignment, sesv2_in: Callable[[str], Any] | None = None
+) -> UserOut:
     """Replace the set of email services a user may send through (admin only). Every id must name
-    an existing service; duplicates collapse, first-seen order is kept."""
+    an existing service; duplicates collapse, first-seen order is kept. The user's senders are
+    verified with SES in each region of those services before the set is saved (a service sends
+    from its own region's account)."""
     caller.require_admin()
     if not is_identifier(user_id):
         raise NotFound("user", user_id)
@@ -70,6 +78,9 @@ def assign_services(caller: Caller, user_id: str, request: ServiceAssignment) ->
     for position, service_id in enumerate(request.service_ids):
         if service_id not in existing:
             raise NotFound("email service", service_id, field=f"service_ids[{position}]")
+    if sesv2_in is not None:
+        senders = [sender.email for sender in SenderModel.query(user_id)]
+        verify_in_regions(senders, {service.region for service in existing.values()}, sesv2_in)
     user = UserModel(user_id)
     if not update_if(user, [UserModel.service_ids.set(service_ids)], UserModel.user_id.exists()):
         raise NotFound("user", user_id)
