@@ -1047,6 +1047,9 @@ def play(api: Api, outbox: Outbox, deadline: float, out: TextIO) -> bool:
     check_outbox_count(final, emails, checks)
     check_recipients(scenario, world, emails, checks)
     check_messages(scenario, world, outbox, checks)
+    from local_runner.demo_deliverability import play_deliverability  # it builds on this module
+
+    play_deliverability(api, outbox.folder, list(world.service_ids.values()), deadline, say, checks)
     print_checks(checks, say)
     say(f"The .eml files are in {outbox.folder}")
     return checks.all_passed
