@@ -18,7 +18,7 @@ import os
 import threading
 import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -49,6 +49,7 @@ from local_runner.template import (
 from local_runner.triggers import (
     OutboxWriter,
     PollingThread,
+    QueueMapping,
     QueueTrigger,
     ScheduleFirer,
     clear_outbox,
@@ -64,6 +65,16 @@ STOP_GRACE_SECONDS = 3.0
 # Seconds between fires of the schedules template.yaml declares on functions (the health check's is
 # an hour): shorter, a local run sees them, e.g. `LOCAL_TEMPLATE_SCHEDULE_SECONDS=30 make demo`.
 TEMPLATE_SCHEDULE_SECONDS_ENV = "LOCAL_TEMPLATE_SCHEDULE_SECONDS"
+
+
+# Background work that AWS runs on many concurrent invocations (SES events, CSV imports) runs one
+# batch at a time here: the embedded AWS is one single-threaded server, and twenty event batches in
+# flight would queue ahead of every dispatcher request and slow the pace the runner is there to show.
+ONE_BATCH_AT_A_TIME = frozenset({"EventsFunction", "ImportFunction"})
+
+
+def _locally(mapping: QueueMapping) -> QueueMapping:
+    return replace(mapping, concurrency=1) if mapping.function in ONE_BATCH_AT_A_TIME else mapping
 
 
 def _template_schedule_seconds() -> float | None:
@@ -212,7 +223,7 @@ class LocalRunner:
         session = boto3.Session()
         client_config = Config(retries={"mode": "standard", "max_attempts": 3})
         self._pollers = [
-            QueueTrigger(session.client("sqs", config=client_config), mapping, self.functions.invoke)
+            QueueTrigger(session.client("sqs", config=client_config), _locally(mapping), self.functions.invoke)
             for mapping in queue_mappings(self.template, self.created)
         ]
         self.outbox = OutboxWriter(self.aws, config.outbox)
