@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from http import HTTPStatus
 from typing import Any
 
@@ -43,7 +43,13 @@ class ApiDeps:
     ses_clients: RegionalClients  # SES v1 and v2 per region: a service's health check runs in its region
     # SES v2 per region for test sends, without botocore retries: a resend could deliver twice.
     ses_send: RegionalClients
-    s3: Any = None  # the import uploads bucket: presigned upload and error-report URLs
+
+    @cached_property
+    def s3(self) -> Any:
+        """The import uploads bucket's client (presigned upload and error-report URLs), made on the
+        first import request rather than at every container's cold start."""
+        retries = {"mode": "standard", "max_attempts": 3}
+        return boto3.client("s3", config=Config(retries=retries, signature_version="s3v4"))
 
 
 @lru_cache(maxsize=1)
@@ -63,7 +69,6 @@ def deps() -> ApiDeps:
         wake=WakeQueue.from_settings(sqs, settings),
         ses_clients=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=retries)),
         ses_send=RegionalClients(lambda api, region: boto3.client(api, region_name=region, config=no_retries)),
-        s3=boto3.client("s3", config=retries.merge(Config(signature_version="s3v4"))),
     )
 
 

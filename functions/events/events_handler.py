@@ -54,7 +54,7 @@ def runtime() -> Runtime:
     # Bounced and complained addresses also go on SES's account-level list of this region (the
     # operator's choice: SesAccountSuppressionMirror).
     account_list = AccountSuppressionList.from_settings(
-        boto3.client("sesv2", config=config), settings.ses_account_suppression_mirror
+        lambda: boto3.client("sesv2", config=config), settings.ses_account_suppression_mirror
     )
     return Runtime(
         settings=settings,

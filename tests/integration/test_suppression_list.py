@@ -190,7 +190,7 @@ def test_bounces_and_complaints_go_to_the_ses_account_list_once_when_mirrored(aw
     stubber = Stubber(ses)
     stubber.add_response("put_suppressed_destination", {}, {"EmailAddress": VICTIM, "Reason": "BOUNCE"})
     stubber.add_response("put_suppressed_destination", {}, {"EmailAddress": VICTIM, "Reason": "COMPLAINT"})
-    mirror = AccountSuppressionList.from_settings(ses, enabled=True)
+    mirror = AccountSuppressionList.from_settings(lambda: ses, enabled=True)
     seed_user("alice", QUOTA, [], clock.now())
     with stubber:
         suppress("alice", VICTIM, SuppressionReason.MANUAL, clock.now(), account_list=mirror)  # not mirrored
@@ -198,7 +198,7 @@ def test_bounces_and_complaints_go_to_the_ses_account_list_once_when_mirrored(aw
         suppress("alice", VICTIM, SuppressionReason.BOUNCED, clock.now(), account_list=mirror)  # a repeat
         suppress("alice", VICTIM, SuppressionReason.COMPLAINED, clock.now(), account_list=mirror)
     stubber.assert_no_pending_responses()
-    assert AccountSuppressionList.from_settings(ses, enabled=False) is None
+    assert AccountSuppressionList.from_settings(lambda: ses, enabled=False) is None
     assert TaskModel.count() == 0
 
 

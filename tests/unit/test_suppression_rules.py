@@ -71,5 +71,5 @@ def test_the_mirror_is_off_unless_the_operator_turns_it_on(monkeypatch: pytest.M
     monkeypatch.setenv("SES_ACCOUNT_SUPPRESSION_MIRROR", "true")
     enabled = Settings().ses_account_suppression_mirror
     assert enabled is True
-    assert AccountSuppressionList.from_settings(client, enabled) == AccountSuppressionList(client)
-    assert AccountSuppressionList.from_settings(client, False) is None
+    assert AccountSuppressionList.from_settings(lambda: client, enabled) == AccountSuppressionList(client)
+    assert AccountSuppressionList.from_settings(lambda: client, False) is None

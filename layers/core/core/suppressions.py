@@ -23,23 +23,28 @@ best effort: that list is the account's, shared by every tenant, so an entry rem
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import DeleteError
 from pynamodb.expressions.condition import Condition
 
-from core.clock import backoff
 from core.errors import Conflict
 from core.refunds import refund_quota
 from core.states import CONTACT_STATUS_OF_REASON, ContactStatus, SubtaskStatus, SuppressionReason
 from core.storage.ids import contact_id_for, subtask_partition
-from core.storage.models import TASK_COUNTS, ContactModel, SubtaskModel, SuppressionModel, TaskModel, update_if
-from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, active_sort, complete_if_done
+from core.storage.models import (
+    TASK_COUNTS,
+    ContactModel,
+    SubtaskModel,
+    SuppressionModel,
+    TaskModel,
+    delete_if,
+    update_if,
+)
+from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, complete_if_done, user_tasks_in
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +69,6 @@ MAX_DETAIL_CHARS = 500
 BATCH_GET_LIMIT = 100  # DynamoDB's BatchGetItem maximum
 # What a claim's ConditionCheck on the entry (user_id, contact_id) requires: no entry.
 NOT_SUPPRESSED: Condition = SuppressionModel.contact_id.does_not_exist()
-_CONFLICT_ATTEMPTS = 5
 
 
 def weaker_reasons(reason: SuppressionReason) -> list[SuppressionReason]:
@@ -95,8 +99,9 @@ class AccountSuppressionList:
     ses: Any  # boto3 sesv2 client
 
     @classmethod
-    def from_settings(cls, ses: Any, enabled: bool) -> AccountSuppressionList | None:
-        return cls(ses) if enabled else None
+    def from_settings(cls, make_client: Callable[[], Any], enabled: bool) -> AccountSuppressionList | None:
+        """The list when the operator turned the mirror on (its client made only then)."""
+        return cls(make_client()) if enabled else None
 
     def put(self, email: str, reason: SuppressionReason) -> bool:
         """Best effort: a failure is logged and answered False, never raised (the tenant's own list
@@ -182,15 +187,10 @@ def _refund_suppressed(task_id: str, user_id: str, units: int, now: float) -> No
 
 
 def _open_task_ids(user_id: str) -> list[str]:
-    """The tenant's tasks that may send or are paused: its part of the task index's `active` and
-    `held` partitions (reads its open tasks only, however many finished ones it has). A task still
-    planning is not there: what it wrote for the address is refused at its claim instead."""
-    mine = TaskModel.active_sort.startswith(active_sort(user_id, ""))
-    return [
-        task.task_id
-        for partition in (ACTIVE_PARTITION, HELD_PARTITION)
-        for task in TaskModel.active.query(partition, mine, attributes_to_get=["task_id"])
-    ]
+    """The tenant's tasks that may send or are paused (the task index's `active` and `held`
+    partitions). A task still planning is not there: what it wrote for the address is refused at
+    its claim instead."""
+    return [task.task_id for task in user_tasks_in(user_id, ACTIVE_PARTITION, HELD_PARTITION, attributes=["task_id"])]
 
 
 def _sweep(
@@ -275,15 +275,10 @@ def suppress_many(
     for email in emails:
         first_spelling.setdefault(contact_id_for(email), email)
     distinct = list(first_spelling.values())
-    if len(distinct) == 1:  # the SES events function's case: no threads
-        listed = [_list_address(user_id, distinct[0], reason, detail, now)]
-        notes = {listed[0][0]: f"address suppressed ({listed[0][3].value})"}
-        swept = _sweep(user_id, notes, _open_task_ids(user_id), now)
-    else:
-        with ThreadPoolExecutor(max_workers=max(1, min(writers, len(distinct)))) as pool:
-            listed = list(pool.map(lambda email: _list_address(user_id, email, reason, detail, now), distinct))
-            notes = {contact_id: f"address suppressed ({stored.value})" for contact_id, _, _, stored, _ in listed}
-            swept = _sweep(user_id, notes, _open_task_ids(user_id), now, pool)
+    with ThreadPoolExecutor(max_workers=max(1, min(writers, len(distinct)))) as pool:
+        listed = list(pool.map(lambda email: _list_address(user_id, email, reason, detail, now), distinct))
+        notes = {contact_id: f"address suppressed ({stored.value})" for contact_id, _, _, stored, _ in listed}
+        swept = _sweep(user_id, notes, _open_task_ids(user_id), now, pool)
     outcomes: dict[str, SuppressOutcome] = {}
     for email, (contact_id, added, upgraded, stored, moved) in zip(distinct, listed, strict=True):
         if account_list is not None and (added or upgraded):
@@ -353,7 +348,8 @@ def unsuppress(user_id: str, email: str, now: float, *, force: bool = False) -> 
             [{"field": "force", "reason": f"required to remove a `{reason.value}` suppression"}],
         )
     # Deleted only as read: a reason that became stronger meanwhile is decided again by the caller.
-    if not _delete_if(entry, SuppressionModel.reason == reason.value):
+    # (A claim transaction checking the entry at that moment conflicts: delete_if tries again.)
+    if not delete_if(entry, SuppressionModel.reason == reason.value):
         return unsuppress(user_id, email, now, force=force)
     update_if(
         ContactModel(user_id, contact_id),
@@ -361,20 +357,3 @@ def unsuppress(user_id: str, email: str, now: float, *, force: bool = False) -> 
         ContactModel.contact_id.exists() & (ContactModel.status == CONTACT_STATUS_OF_REASON[reason].value),
     )
     return True
-
-
-def _delete_if(entry: SuppressionModel, condition: Condition) -> bool:
-    """Deletes under `condition`; False when it failed. A claim transaction checking the entry at
-    that moment cancels the delete (TransactionConflict): it is tried again."""
-    attempt = 0
-    while True:
-        try:
-            entry.delete(condition=condition)
-            return True
-        except DeleteError as error:
-            if error.cause_response_code == "ConditionalCheckFailedException":
-                return False
-            attempt += 1
-            if error.cause_response_code != "TransactionConflictException" or attempt == _CONFLICT_ATTEMPTS:
-                raise
-        time.sleep(backoff(attempt - 1, base=0.02))

@@ -9,7 +9,7 @@ refused because the task moved meanwhile writes nothing and returns False."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pynamodb.expressions.condition import Condition
@@ -43,6 +43,14 @@ class TaskMove:
 def active_sort(user_id: str, task_id: str) -> str:
     """The `active` index's sort key: users, then their tasks (the dispatcher's round robin)."""
     return f"{user_id}#{task_id}"
+
+
+def user_tasks_in(user_id: str, *partitions: str, attributes: list[str] | None = None) -> Iterator[TaskModel]:
+    """The tenant's tasks in these partitions of the task index (`active`: those that may send;
+    `held`: paused), read without touching its finished ones however many it has."""
+    mine = TaskModel.active_sort.startswith(active_sort(user_id, ""))
+    for partition in partitions:
+        yield from TaskModel.active.query(partition, mine, attributes_to_get=attributes)
 
 
 def allowed_sources(target: TaskStatus, only: Iterable[TaskStatus] | None = None) -> list[TaskStatus]:

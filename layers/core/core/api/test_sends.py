@@ -26,6 +26,7 @@ from core.api.test_send_schemas import TestSendIn, TestSendOut
 from core.clock import Clock, iso
 from core.dispatch.outcomes import outcome_of
 from core.dispatch.send_errors import SendError, SendErrorClass, classify_send_error
+from core.dispatch.sender import ses_request
 from core.dispatch.service_quota import release, reserve_block
 from core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, TooManyRequests
 from core.mail.mime import build_campaign_message
@@ -226,14 +227,7 @@ def _reserve_one(candidates: list[EmailServiceModel], now: float) -> EmailServic
 
 
 def _send(ses: Any, service: EmailServiceModel, sender_email: str, recipient: str, raw: bytes, now: float) -> str:
-    request: dict[str, Any] = {
-        "FromEmailAddress": sender_email,
-        "Destination": {"ToAddresses": [recipient]},
-        "Content": {"Raw": {"Data": raw}},
-        "EmailTags": TEST_SEND_TAGS,
-    }
-    if service.configuration_set:
-        request["ConfigurationSetName"] = service.configuration_set
+    request = ses_request(sender_email, recipient, raw, service.configuration_set, TEST_SEND_TAGS)
     try:
         return str(ses.send_email(**request)["MessageId"])
     except (ClientError, BotoCoreError) as error:

@@ -27,10 +27,10 @@ from pynamodb.transactions import TransactWrite
 from core.api.schemas import ContactIn, unique
 from core.clock import Clock, backoff
 from core.states import CONTACT_STATUS_OF_REASON, ContactStatus, SuppressionReason
-from core.storage.models import ContactModel, SuppressionModel, transaction_connection
+from core.storage.models import ContactModel, transaction_connection
+from core.suppressions import suppressed_reasons
 
 TRANSACTION_LIMIT = 100  # DynamoDB's TransactWriteItems maximum
-BATCH_GET_LIMIT = 100  # DynamoDB's BatchGetItem maximum
 # Requests in flight at once; below PynamoDB's 10 pooled connections per client, so none is dropped.
 MERGE_WRITERS = 8
 _TRANSACTION_ATTEMPTS = 5
@@ -43,16 +43,13 @@ Row = tuple[str, ContactIn]  # (contact id, the row)
 
 def suppressed_statuses(user_id: str, contact_ids: Iterable[str]) -> dict[str, ContactStatus]:
     """The contact status each of `contact_ids` on the tenant's suppression list must have
-    (BatchGet of SuppressionModel, 100 keys a call); addresses not on it are absent."""
-    wanted = unique(list(contact_ids))
+    (core.suppressions.suppressed_reasons); addresses not on it are absent."""
     statuses: dict[str, ContactStatus] = {}
-    for start in range(0, len(wanted), BATCH_GET_LIMIT):
-        keys = [(user_id, contact_id) for contact_id in wanted[start : start + BATCH_GET_LIMIT]]
-        for entry in SuppressionModel.batch_get(keys, consistent_read=True):
-            try:
-                statuses[entry.contact_id] = CONTACT_STATUS_OF_REASON[SuppressionReason(entry.reason)]
-            except ValueError:  # a reason this code does not know still keeps the address unmailable
-                statuses[entry.contact_id] = ContactStatus.SUPPRESSED
+    for contact_id, reason in suppressed_reasons(user_id, list(contact_ids)).items():
+        try:
+            statuses[contact_id] = CONTACT_STATUS_OF_REASON[SuppressionReason(reason)]
+        except ValueError:  # a reason this code does not know still keeps the address unmailable
+            statuses[contact_id] = ContactStatus.SUPPRESSED
     return statuses
 
 

@@ -37,7 +37,7 @@ from core.storage.models import (
     transaction_connection,
     update_if,
 )
-from core.task_transitions import announce, move_task, task_move
+from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, announce, move_task, task_move, user_tasks_in
 
 REPUTATION_HOLD = "reputation_hold"  # a task's reason while its tenant's sending is held
 # The scope's item that counts the admin's resumes (sorts after every hour bucket, so the guard's one
@@ -122,7 +122,7 @@ def pause_open_tasks(user_id: str, now: float) -> int:
     """Every task of the tenant that may send moves to `paused` (reason reputation_hold); one
     announcement for all of them. A task that moved meanwhile (finished, cancelled) is left alone."""
     paused = 0
-    for task in TaskModel.by_user.query(user_id, filter_condition=TaskModel.status.is_in(*sorted(DISPATCHABLE))):
+    for task in user_tasks_in(user_id, ACTIVE_PARTITION):  # exactly the tenant's DISPATCHABLE tasks
         move = task_move(task, TaskStatus.PAUSED, now, sources=sorted(DISPATCHABLE), reason=REPUTATION_HOLD)
         if update_if(task, move.actions, move.condition):
             paused += 1
@@ -159,15 +159,16 @@ def pause_if_held(task: TaskModel, now: float) -> bool:
 
 def clear_user_hold(user_id: str) -> str | None:
     """Removes the tenant's hold; the reason it had, or None when it was not held."""
-    user = UserModel.get(user_id, consistent_read=True)
-    reason = user.sending_hold
+    return _hold_cleared(UserModel.get(user_id, consistent_read=True))
+
+
+def _hold_cleared(holder: UserModel | EmailServiceModel) -> str | None:
+    """Removes a tenant's or a service's hold (the same two attributes on both); the reason it had."""
+    reason = holder.sending_hold
     if reason is None:
         return None
-    update_if(
-        user,
-        [UserModel.sending_hold.remove(), UserModel.sending_hold_at.remove()],
-        UserModel.sending_hold.exists(),
-    )
+    model = type(holder)
+    update_if(holder, [model.sending_hold.remove(), model.sending_hold_at.remove()], model.sending_hold.exists())
     return reason
 
 
@@ -175,8 +176,9 @@ def resume_held_tasks(user_id: str, now: float) -> list[TaskModel]:
     """The tenant's tasks the hold paused (reason reputation_hold, not those it paused itself) go
     back to queued, or scheduled while due later; their reason is removed."""
     resumed = []
-    held = (TaskModel.status == TaskStatus.PAUSED) & (TaskModel.reason == REPUTATION_HOLD)
-    for task in TaskModel.by_user.query(user_id, filter_condition=held):
+    for task in user_tasks_in(user_id, HELD_PARTITION):  # the tenant's paused tasks
+        if task.reason != REPUTATION_HOLD:
+            continue
         target = TaskStatus.SCHEDULED if (task.scheduled_at or 0) > now else TaskStatus.QUEUED
         move = task_move(
             task,
@@ -214,14 +216,7 @@ def hold_service(service_id: str, reason: str, now: float, *, resets_seen: int) 
 
 def clear_service_hold(service_id: str) -> str | None:
     """Removes the service's hold; the reason it had, or None when it was not held."""
-    service = EmailServiceModel.get(service_id, consistent_read=True)
-    reason = service.sending_hold
-    if reason is None:
-        return None
-    update_if(
-        service,
-        [EmailServiceModel.sending_hold.remove(), EmailServiceModel.sending_hold_at.remove()],
-        EmailServiceModel.sending_hold.exists(),
-    )
-    control_changed()  # dispatchers reload the service
+    reason = _hold_cleared(EmailServiceModel.get(service_id, consistent_read=True))
+    if reason is not None:
+        control_changed()  # dispatchers reload the service
     return reason

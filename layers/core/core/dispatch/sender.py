@@ -45,26 +45,27 @@ def email_tag(name: str, value: str) -> dict[str, str]:
     return {"Name": name, "Value": _TAG_UNSAFE.sub("_", value)[:TAG_LIMIT] or "_"}
 
 
-def send_request(sender_email: str, subtask: SubtaskModel, raw: bytes, configuration_set: str | None) -> dict[str, Any]:
-    """The SendEmail request: the raw MIME message; the user, task and service ids as tags, which
-    SES events carry back (`mail.tags`), so an event is attributed even before its subtask is found."""
+def ses_request(
+    sender_email: str, recipient: str, raw: bytes, configuration_set: str | None, tags: list[dict[str, str]]
+) -> dict[str, Any]:
+    """An SES v2 SendEmail request for one raw MIME message (campaign emails and test sends)."""
     request: dict[str, Any] = {
         "FromEmailAddress": sender_email,
-        "Destination": {"ToAddresses": [subtask.email]},
+        "Destination": {"ToAddresses": [recipient]},
         "Content": {"Raw": {"Data": raw}},
-        "EmailTags": [
-            email_tag(name, value)
-            for name, value in (
-                ("task_id", subtask.task_id),
-                ("user_id", subtask.user_id),
-                ("service_id", subtask.service_id),
-            )
-            if value
-        ],
+        "EmailTags": tags,
     }
     if configuration_set:
         request["ConfigurationSetName"] = configuration_set
     return request
+
+
+def send_request(sender_email: str, subtask: SubtaskModel, raw: bytes, configuration_set: str | None) -> dict[str, Any]:
+    """A campaign email's request: the user, task and service ids as tags, which SES events carry
+    back (`mail.tags`), so an event is attributed even before its subtask is found."""
+    ids = (("task_id", subtask.task_id), ("user_id", subtask.user_id), ("service_id", subtask.service_id))
+    tags = [email_tag(name, value) for name, value in ids if value]
+    return ses_request(sender_email, subtask.email, raw, configuration_set, tags)
 
 
 @dataclass

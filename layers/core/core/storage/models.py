@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pynamodb.attributes import (
@@ -20,7 +20,7 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
 )
 from pynamodb.connection import Connection, TableConnection
-from pynamodb.exceptions import UpdateError
+from pynamodb.exceptions import DeleteError, PynamoDBException, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
@@ -478,12 +478,22 @@ _CONFLICT_ATTEMPTS = 5
 def update_if(item: Model, actions: Sequence[Action], condition: Condition) -> bool:
     """Applies a conditional update; False when its condition did not hold (another writer moved
     the item first, or it is missing). Any other failure raises."""
+    return _conditional(lambda: item.update(actions=list(actions), condition=condition), UpdateError)
+
+
+def delete_if(item: Model, condition: Condition) -> bool:
+    """Deletes under `condition`; False when it did not hold. Any other failure raises."""
+    return _conditional(lambda: item.delete(condition=condition), DeleteError)
+
+
+def _conditional(write: Callable[[], object], failure: type[PynamoDBException]) -> bool:
+    """Runs a conditional write, again while a running transaction holds the item."""
     attempt = 0
     while True:
         try:
-            item.update(actions=list(actions), condition=condition)
+            write()
             return True
-        except UpdateError as error:
+        except failure as error:
             if error.cause_response_code == "ConditionalCheckFailedException":
                 return False
             attempt += 1
