@@ -88,7 +88,15 @@ def test_a_stored_status_as_text_is_looked_up_and_an_unknown_one_allows_nothing(
 
 
 def test_sources_can_be_narrowed_but_never_widened_past_the_table() -> None:
-    assert set(allowed_sources(S.CANCELLED)) == {S.PLANNING, S.SCHEDULED, S.QUEUED, S.SENDING, S.WAITING, S.PAUSED}
+    assert set(allowed_sources(S.CANCELLED)) == {
+        S.PLANNING,
+        S.SCHEDULED,
+        S.QUEUED,
+        S.SENDING,
+        S.WAITING,
+        S.PAUSED,
+        S.EXPIRED,
+    }
     assert allowed_sources(S.QUEUED, [S.PAUSED]) == [S.PAUSED]
     with pytest.raises(ValueError, match="no move"):
         allowed_sources(S.QUEUED, [S.CANCELLED])
@@ -98,7 +106,7 @@ def test_sources_can_be_narrowed_but_never_widened_past_the_table() -> None:
 
 def test_which_statuses_are_active_and_which_arrivals_are_announced() -> None:
     assert {S.SCHEDULED, S.QUEUED, S.SENDING, S.WAITING} == DISPATCHABLE
-    assert {S.SCHEDULED, S.QUEUED, S.PAUSED, S.CANCELLED} == ANNOUNCED
+    assert {S.SCHEDULED, S.QUEUED, S.PAUSED, S.CANCELLED, S.EXPIRED} == ANNOUNCED
     # A dispatcher's own moves and rejections from planning need no announcement.
     assert not ANNOUNCED & {S.SENDING, S.WAITING, S.COMPLETED, S.REJECTED, S.PLANNING}
 

@@ -88,6 +88,18 @@ class Settings(BaseSettings):
     reputation_window_hours: int = Field(default=24, ge=1, le=168)
     reputation_window_sends: int = Field(default=0, ge=0)
 
+    # Late-start guard (core.late_start): a task whose sending would begin more than this many seconds
+    # after its scheduled_at (or creation) becomes `expired` unless it sets its own max_lateness.
+    default_max_lateness_seconds: int = Field(default=86_400, ge=60, le=31_536_000)
+    # Provider deferrals (core.deliverability.deferrals): each SES DeliveryDelay of a throttling kind
+    # halves that recipient group's limit on the service (one more halving per step, down to
+    # 2**-max_level) for cooldown seconds; a group without a configured limit starts from
+    # deferral_default_per_minute.
+    deferral_cooldown_seconds: int = Field(default=1800, ge=60, le=86_400)
+    deferral_step_seconds: int = Field(default=300, ge=1, le=86_400)
+    deferral_max_level: int = Field(default=4, ge=1, le=10)
+    deferral_default_per_minute: int = Field(default=60, ge=1)
+
     # The planner stops starting new chunks this many seconds before Lambda's deadline.
     planner_safety_margin_seconds: float = Field(default=20.0, ge=0)
     # Contacts the planner reads per chunk (one Query each).

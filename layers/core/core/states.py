@@ -14,6 +14,9 @@ class TaskStatus(StrEnum):
     # quota): `reason` says which; a dispatcher's next send for it moves it back to `sending`.
     WAITING = "waiting"
     PAUSED = "paused"
+    # Sending would have begun later than the task's max_lateness after its time (core.late_start):
+    # not sent; the user confirms to send anyway (-> queued) or cancels it.
+    EXPIRED = "expired"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
@@ -77,13 +80,26 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.PAUSED,
             TaskStatus.CANCELLED,
             TaskStatus.COMPLETED,
+            TaskStatus.EXPIRED,
         }
     ),
     TaskStatus.QUEUED: frozenset(
-        {TaskStatus.SENDING, TaskStatus.WAITING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}
+        {
+            TaskStatus.SENDING,
+            TaskStatus.WAITING,
+            TaskStatus.PAUSED,
+            TaskStatus.CANCELLED,
+            TaskStatus.COMPLETED,
+            TaskStatus.EXPIRED,
+        }
     ),
     TaskStatus.SENDING: frozenset({TaskStatus.WAITING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
-    TaskStatus.WAITING: frozenset({TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED}),
+    # waiting -> expired: only while nothing of it was sent yet (core.late_start).
+    TaskStatus.WAITING: frozenset(
+        {TaskStatus.SENDING, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.COMPLETED, TaskStatus.EXPIRED}
+    ),
+    # expired -> queued: the user confirmed sending late (POST /api/scheduler/tasks/{id}/send-late).
+    TaskStatus.EXPIRED: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     # Not paused -> sending: a dispatcher's late record of a paused task must not restart it.
     TaskStatus.PAUSED: frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     # completed -> queued: POST /api/tasks/{id}/retry-failed re-queues the failed recipients.
@@ -97,13 +113,27 @@ DISPATCHABLE = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.SE
 
 # Not sent for but shown by status and stats (the `held` partition of the task index), and the
 # statuses no task leaves by itself (the `done#<day>` partitions: stats shows the last days').
-HELD = frozenset({TaskStatus.PAUSED})
+HELD = frozenset({TaskStatus.PAUSED, TaskStatus.EXPIRED})
 FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.REJECTED})
 
 # Moves a sending dispatcher must hear about at once (control_changed): a task it may now send for,
 # or one it must stop sending. `sending` is the dispatcher's own move; `completed` happens only once
 # nothing is queued; `rejected` leaves `planning`, which no dispatcher sees.
-ANNOUNCED = frozenset({TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.PAUSED, TaskStatus.CANCELLED})
+ANNOUNCED = frozenset(
+    {TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.PAUSED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
+
+
+class TaskPriority(StrEnum):
+    """Orders a user's tasks within the user's share of a service (core.dispatch.fairness)."""
+
+    URGENT = "urgent"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+
+# Lower first: a user's picks go to its most urgent tasks with work, in turn among equals.
+PRIORITY_RANK: dict[TaskPriority, int] = {TaskPriority.URGENT: 0, TaskPriority.NORMAL: 1, TaskPriority.BULK: 2}
 
 
 def sources_of(target: TaskStatus) -> list[TaskStatus]:

@@ -16,10 +16,12 @@ from pynamodb.expressions.update import Action
 from core.api.auth import Caller
 from core.api.ownership import load_services
 from core.api.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
-from core.clock import Clock, iso, utc_day
+from core.api.sending_rules_schemas import DeferralOut, WarmupOut, stored_domain_limits
+from core.clock import Clock, iso, to_datetime, utc_day
 from core.dispatch.control import control_changed
 from core.dispatch.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
 from core.dispatch.wakeups import WakeQueue, WakeReason
+from core.dispatch.warmup import Ramp, effective_daily_quota
 from core.errors import NotFound
 from core.service_health import RegionalClients
 from core.storage.ids import new_id
@@ -79,6 +81,9 @@ def create_service(caller: Caller, request: ServiceIn, deps: ServiceDeps) -> Ser
         enabled=True,
         is_healthy=True,
         created_at=deps.clock.now(),
+        domain_limits=stored_domain_limits(request.domain_limits),
+        interleave_domains=request.interleave_domains,
+        warmup=request.warmup.stored(to_datetime(deps.clock.now()).date()) if request.warmup else None,
     )
     running = scheduler_running()
     sync_service_schedule(deps.scheduler, deps.schedules, service, running)
@@ -89,7 +94,7 @@ def create_service(caller: Caller, request: ServiceIn, deps: ServiceDeps) -> Ser
         raise
     _recheck_running(service, deps, running)
     _register_from_domain(service, deps)
-    return service_out(service, used_today=0)
+    return service_out(service, used_today=0, now=deps.clock.now())
 
 
 def update_service(caller: Caller, service_id: str, request: ServicePatch, deps: ServiceDeps) -> ServiceOut:
@@ -102,7 +107,7 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
     actions: list[Action] = []
     for field in sorted(request.model_fields_set):
         attribute = getattr(EmailServiceModel, field)
-        value = getattr(request, field)
+        value = _stored(request, field, deps.clock.now())
         # Only the nullable fields can be None here (the schema refuses null for the others).
         actions.append(attribute.remove() if value is None else attribute.set(value))
     service = EmailServiceModel(service_id)
@@ -129,7 +134,17 @@ def update_service(caller: Caller, service_id: str, request: ServicePatch, deps:
             # Disabled: its dispatcher runs once more, finds it disabled and fails its queued work
             # over to the users' other services (its schedule no longer fires).
             deps.wake.wake([service_id], WakeReason.DISABLED)
-    return service_out(service, used_today=_used_today([service_id], deps.clock).get(service_id, 0))
+    used = _used_today([service_id], deps.clock).get(service_id, 0)
+    return service_out(service, used_today=used, now=deps.clock.now())
+
+
+def _stored(request: ServicePatch, field: str, now: float) -> Any:
+    """A PATCH field as the service item keeps it."""
+    if field == "domain_limits":
+        return stored_domain_limits(request.domain_limits)
+    if field == "warmup":
+        return request.warmup.stored(to_datetime(now).date()) if request.warmup else None
+    return getattr(request, field)
 
 
 def list_services(caller: Caller, clock: Clock) -> ServiceList:
@@ -144,7 +159,8 @@ def list_services(caller: Caller, clock: Clock) -> ServiceList:
         by_id = load_services(list(user.service_ids or []))
         services = [by_id[service_id] for service_id in user.service_ids or [] if service_id in by_id]
     used = _used_today([service.service_id for service in services], clock)
-    return ServiceList(services=[service_out(service, used.get(service.service_id, 0)) for service in services])
+    now = clock.now()
+    return ServiceList(services=[service_out(service, used.get(service.service_id, 0), now) for service in services])
 
 
 def _used_today(service_ids: list[str], clock: Clock) -> dict[str, int]:
@@ -157,8 +173,8 @@ def _used_today(service_ids: list[str], clock: Clock) -> dict[str, int]:
     return used
 
 
-def service_out(service: EmailServiceModel, used_today: int) -> ServiceOut:
-    daily_quota = int(service.daily_quota)
+def service_out(service: EmailServiceModel, used_today: int, now: float) -> ServiceOut:
+    daily_quota = effective_daily_quota(int(service.daily_quota), _as_dict(service.warmup), now)
     remaining = max(daily_quota - used_today, 0)
     # A service with a zero quota can send nothing today: it reads as fully used.
     percentage = round(100.0 * used_today / daily_quota, 2) if daily_quota else 100.0
@@ -179,4 +195,42 @@ def service_out(service: EmailServiceModel, used_today: int) -> ServiceOut:
         usage_percentage=min(percentage, 100.0),
         last_sent=iso(service.last_sent) if service.last_sent else None,
         created_at=iso(service.created_at),
+        domain_limits=_as_dict(service.domain_limits) or {},
+        interleave_domains=service.interleave_domains is not False,
+        domain_deferrals=deferrals_out(_as_dict(service.domain_deferrals), now),
+        warmup=warmup_out(int(service.daily_quota), _as_dict(service.warmup), now),
+    )
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    """A stored map attribute as plain data (PynamoDB gives a MapAttribute or a dict)."""
+    if value is None:
+        return None
+    return dict(value.as_dict()) if hasattr(value, "as_dict") else dict(value)
+
+
+def deferrals_out(deferrals: dict[str, Any] | None, now: float) -> dict[str, DeferralOut]:
+    """The groups still slowed down by provider deferrals at `now`."""
+    return {
+        group: DeferralOut(level=int(entry["level"]), until=iso(float(entry["until"])))
+        for group, entry in sorted((deferrals or {}).items())
+        if float(entry.get("until", 0)) > now
+    }
+
+
+def warmup_out(daily_quota: int, warmup: dict[str, Any] | None, now: float) -> WarmupOut | None:
+    if not warmup:
+        return None
+    ramp = Ramp.from_item(warmup)
+    day = ramp.day(now)
+    allowance = ramp.allowance(day)
+    return WarmupOut(
+        preset=ramp.preset,
+        start_day=ramp.start_day.isoformat(),
+        first_day=None if ramp.schedule else ramp.first_day,
+        growth=None if ramp.schedule else ramp.growth,
+        schedule=list(ramp.schedule) or None,
+        day=day,
+        allowance_today=allowance,
+        effective_daily_quota=daily_quota if allowance is None else min(daily_quota, allowance),
     )

@@ -28,8 +28,17 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from core.api.sending_rules_schemas import (
+    DeferralOut,
+    DomainLimits,
+    SendWindowIn,
+    SendWindowOut,
+    WarmupIn,
+    WarmupOut,
+)
 from core.clock import iso
 from core.mail.header_rules import check_address, check_header_text
+from core.states import TaskPriority
 from core.storage.models import TaskModel
 
 MAX_CONTACTS_PER_IMPORT = 1000
@@ -39,6 +48,7 @@ MAX_EXPLICIT_CONTACTS_PER_TASK = 5000
 MAX_TEMPLATES_PER_TASK = 10
 MAX_TAGS_PER_RULE = 20
 MAX_SERVICES_PER_USER = 50
+MAX_USER_WEIGHT = 100
 MAX_TEMPLATE_BODY_CHARS = 512_000
 MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
 
@@ -105,6 +115,14 @@ class UserIn(StrictModel):
     user_id: Identifier
     email: EmailAddress
     quota: StrictInt = Field(ge=0, le=10_000_000_000)
+    # Picks per round on every service the user shares (weighted fairness, docs/sending.md).
+    weight: StrictInt = Field(default=1, ge=1, le=MAX_USER_WEIGHT)
+
+
+class UserPatch(StrictModel):
+    """Admin: only the fields given change."""
+
+    weight: StrictInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=MAX_USER_WEIGHT)
 
 
 class UserOut(BaseModel):
@@ -117,6 +135,7 @@ class UserOut(BaseModel):
     # Set while the reputation guard holds the tenant's sending (docs/reputation.md); an admin clears it.
     sending_hold: str | None = None
     sending_hold_at: str | None = None
+    weight: int = 1
 
 
 # ---------------------------------------------------------------- email services
@@ -163,11 +182,15 @@ class ServiceIn(StrictModel):
     daily_quota: DailyQuota  # emails per UTC day
     from_domain: DomainName | None = None
     configuration_set: ConfigurationSetName | None = None
+    # Recipient-domain throttles (docs/domain-throttles.md): provider or domain -> limits.
+    domain_limits: DomainLimits | None = None
+    interleave_domains: StrictBool = True
+    warmup: WarmupIn | None = None  # a warm-up ramp (docs/warmup.md)
 
 
 class ServicePatch(StrictModel):
-    """Only the fields given change. `from_domain` / `configuration_set` may be set to null to clear
-    them; the other fields cannot be null."""
+    """Only the fields given change. `from_domain` / `configuration_set` / `domain_limits` /
+    `warmup` may be set to null to clear them; the other fields cannot be null."""
 
     # SkipJsonSchema: omitted is allowed, null is not (the document must not offer it).
     name: Name | SkipJsonSchema[None] = None
@@ -177,8 +200,11 @@ class ServicePatch(StrictModel):
     from_domain: DomainName | None = None
     configuration_set: ConfigurationSetName | None = None
     enabled: StrictBool | SkipJsonSchema[None] = None
+    domain_limits: DomainLimits | None = None
+    interleave_domains: StrictBool | SkipJsonSchema[None] = None
+    warmup: WarmupIn | None = None
 
-    @field_validator("name", "region", "sending_rate", "daily_quota", "enabled", mode="before")
+    @field_validator("name", "region", "sending_rate", "daily_quota", "enabled", "interleave_domains", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         # Runs only for fields the caller sent (defaults are not validated): an explicit null.
@@ -204,6 +230,10 @@ class ServiceOut(BaseModel):
     usage_percentage: float
     last_sent: str | None = None
     created_at: str
+    domain_limits: dict[str, dict[str, int]] = {}
+    interleave_domains: bool = True
+    domain_deferrals: dict[str, DeferralOut] = {}  # groups slowed down after provider deferrals
+    warmup: WarmupOut | None = None
 
 
 class ServiceList(BaseModel):
@@ -427,6 +457,12 @@ class TaskIn(StrictModel):
     contacts: list[Identifier] | None = Field(default=None, max_length=MAX_EXPLICIT_CONTACTS_PER_TASK)
     recipient_rule: RecipientRule | None = None
     scheduled_at: Timestamp | None = None
+    # Orders the user's tasks within the user's share (urgent first; docs/sending.md).
+    priority: TaskPriority = TaskPriority.NORMAL
+    # Seconds after scheduled_at (or creation) past which the task is not started but `expired`
+    # (docs/late-start.md); null: the stack's default (24 h).
+    max_lateness: StrictInt | None = Field(default=None, ge=60, le=31_536_000)
+    send_window: SendWindowIn | None = None  # deliver in each recipient's local hours (docs/send-windows.md)
 
 
 class TaskCountsOut(BaseModel):
@@ -461,6 +497,10 @@ class TaskOut(BaseModel):
     counts: TaskCountsOut
     created_at: str
     updated_at: str
+    priority: str = TaskPriority.NORMAL.value
+    max_lateness: int | None = None  # null: the stack's default
+    late_start_confirmed: bool = False
+    send_window: SendWindowOut | None = None
 
 
 class TaskCreated(BaseModel):
@@ -551,4 +591,8 @@ def task_out(task: TaskModel) -> TaskOut:
         counts=TaskCountsOut(**{key: int(value) for key, value in counts.items()}),
         created_at=iso(task.created_at),
         updated_at=iso(task.updated_at),
+        priority=task.priority or TaskPriority.NORMAL.value,
+        max_lateness=int(task.max_lateness) if task.max_lateness is not None else None,
+        late_start_confirmed=bool(task.late_start_confirmed),
+        send_window=SendWindowOut(**task.send_window.as_dict()) if task.send_window else None,
     )

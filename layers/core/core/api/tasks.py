@@ -87,6 +87,9 @@ def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:
         status=TaskStatus.PLANNING,
         created_at=now,
         updated_at=now,
+        priority=request.priority.value,
+        max_lateness=request.max_lateness,
+        send_window=request.send_window.model_dump() if request.send_window else None,
     )
     task.save(condition=TaskModel.task_id.does_not_exist())
     try:

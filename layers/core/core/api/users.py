@@ -26,6 +26,7 @@ def user_out(user: UserModel) -> UserOut:
         created_at=iso(user.created_at),
         sending_hold=user.sending_hold,
         sending_hold_at=iso(user.sending_hold_at) if user.sending_hold_at is not None else None,
+        weight=int(user.weight or 1),
     )
 
 
@@ -38,6 +39,7 @@ def create_user(caller: Caller, request: UserIn, clock: Clock) -> UserOut:
         remaining_quota=request.quota,
         service_ids=[],
         created_at=clock.now(),
+        weight=request.weight,
     )
     try:
         user.save(condition=UserModel.user_id.does_not_exist())

@@ -72,6 +72,8 @@ class UserModel(_Base):
     # because its bounce or complaint rate crossed a threshold; only an admin clears it.
     sending_hold = UnicodeAttribute(null=True)
     sending_hold_at = NumberAttribute(null=True)
+    # Weighted fairness (core.dispatch.fairness): picks per round on every service it shares; null = 1.
+    weight = NumberAttribute(null=True)
 
 
 class ContactModel(_Base):
@@ -161,6 +163,16 @@ class EmailServiceModel(_Base):
     # bounce or complaint rate crossed a threshold; it cannot send until an admin clears it.
     sending_hold = UnicodeAttribute(null=True)
     sending_hold_at = NumberAttribute(null=True)
+    # --- recipient-domain throttles (core.dispatch.domain_throttles) ---
+    # group (a mailbox provider of core.mail.providers, or a domain) -> {"per_minute": n, "per_hour": n}
+    domain_limits = MapAttribute[str, Any](null=True)
+    interleave_domains = BooleanAttribute(null=True)  # null = true: no provider gets two sends in a row
+    # group -> {"level": k, "since": t, "until": t}: SES DeliveryDelay replies tightened that group
+    # (core.deliverability.deferrals); the limit is divided by 2**level until `until`.
+    domain_deferrals = MapAttribute[str, Any](null=True)
+    # --- warm-up ramp (core.dispatch.warmup) ---
+    # {"preset", "first_day", "growth", "schedule": [n, ...], "start_day": "YYYY-MM-DD"}
+    warmup = MapAttribute[str, Any](null=True)
     created_at = NumberAttribute()
 
 
@@ -260,6 +272,16 @@ class TaskModel(_Base):
     # Emails sent per minute (YYYY-MM-DDTHH:MM -> n), moved with the counters; only the last minutes
     # are kept (core.dispatch.rates). Created empty with the task: updates set keys inside it.
     sent_minutes = MapAttribute[str, Any](default=dict)
+    # --- issue 12: priority, late-start guard, recipient local-time window ---
+    priority = UnicodeAttribute(null=True)  # urgent | normal | bulk (null = normal): order within its user
+    max_lateness = NumberAttribute(null=True)  # seconds; null = the stack default (core.late_start)
+    late_start_confirmed = BooleanAttribute(null=True)  # the user said: send even though it is late
+    # {"start": "HH:MM", "end": "HH:MM", "timezone": default IANA zone, "quiet_days": ["sat", ...]}
+    send_window = MapAttribute[str, Any](null=True)
+    # Queued recipients per time zone as planned, and those that left the queue since (sent, failed,
+    # ...), per zone: what waits for its window is their difference in zones now closed.
+    window_planned = MapAttribute[str, Any](null=True)
+    window_done = MapAttribute[str, Any](null=True)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
 
@@ -314,6 +336,7 @@ class SubtaskModel(_Base):
     error = UnicodeAttribute(null=True)
     error_class = UnicodeAttribute(null=True)
     claim_owner = UnicodeAttribute(null=True)  # the dispatcher invocation that claimed it
+    timezone = UnicodeAttribute(null=True)  # the contact's, copied at planning (send windows)
     sent_at = NumberAttribute(null=True)
     failed_at = NumberAttribute(null=True)  # when it became `failed` or `unknown` (the failures ledger)
     created_at = NumberAttribute()
@@ -364,6 +387,9 @@ class SchedulerStateModel(_Base):
     # "service#<id>": the in-flight journal, claim batch id -> keys claimed and not yet recorded
     # (core.dispatch.claims); what a successor marks `unknown` after a crash.
     inflight = MapAttribute[str, Any](null=True)
+    # "service#<id>": recipient-domain group -> time of its last send (core.dispatch.domain_throttles),
+    # saved at release so the next holder keeps each group's spacing.
+    domain_sent = MapAttribute[str, Any](null=True)
 
 
 class SuppressionModel(_Base):
