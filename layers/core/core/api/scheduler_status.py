@@ -25,6 +25,7 @@ from core.api.schemas import TaskCountsOut
 from core.clock import Clock, iso, utc_day
 from core.dispatch import rates
 from core.dispatch.schedules import SCHEDULER_STATE_KEY
+from core.dispatch.send_windows import waiting_for_window
 from core.states import DISPATCHABLE, TaskStatus
 from core.storage.models import EmailServiceModel, SchedulerStateModel, ServiceUsageModel, TaskModel, UserModel
 from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, finished_partition
@@ -52,6 +53,8 @@ class TaskStatsOut(BaseModel):
     rate_per_minute: float  # sent over the last 5 minutes, per minute
     estimated_finish: str | None  # from the paces of its services and who shares them; None when stalled
     service_ids: list[str]
+    # Queued recipients whose local send window is shut now (docs/send-windows.md); 0 without a window.
+    waiting_for_window: int = 0
 
 
 class ServiceStatsOut(BaseModel):
@@ -245,6 +248,7 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
             rate_per_minute=rates.per_minute(rates.task_sent_in_window(task, now)),
             estimated_finish=_estimated_finish(task, services, remaining, sharing, now),
             service_ids=list(dict.fromkeys(task.plan.routing or [])),
+            waiting_for_window=waiting_for_window(task, now) if task.status in DISPATCHABLE else 0,
         )
         for task in sorted(scope.tasks, key=lambda task: task.task_id)
     ]

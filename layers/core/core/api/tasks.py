@@ -90,6 +90,9 @@ def create_task(caller: Caller, request: TaskIn, deps: TaskDeps) -> TaskCreated:
         priority=request.priority.value,
         max_lateness=request.max_lateness,
         send_window=request.send_window.model_dump() if request.send_window else None,
+        # Per-zone counters of a windowed task (the planner and the dispatcher add to them).
+        window_planned={} if request.send_window else None,
+        window_done={} if request.send_window else None,
     )
     task.save(condition=TaskModel.task_id.does_not_exist())
     try:

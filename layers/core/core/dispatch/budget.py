@@ -35,11 +35,15 @@ class SendBudget:
 
     # ---------------------------------------------------------------- pace
 
+    def next_slot(self, now: float) -> float:
+        """When the service may send again (its pace, and a throttling back-off)."""
+        next_slot = self.last_send_at + self.interval if self.last_send_at is not None else now
+        return max(self._backoff_until, next_slot)
+
     def wait(self, deadline: float) -> bool:
         """Sleeps until the service may send again; False when that is past the deadline."""
         now = self.clock.now()
-        next_slot = self.last_send_at + self.interval if self.last_send_at is not None else now
-        earliest = max(self._backoff_until, next_slot)
+        earliest = self.next_slot(now)
         if earliest >= deadline:
             return False
         while now < earliest:  # a sleep may end a hair early on the wall clock

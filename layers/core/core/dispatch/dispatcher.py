@@ -45,17 +45,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 from core.clock import Clock
 from core.dispatch import lease, service_quota
 from core.dispatch.budget import SendBudget
+from core.dispatch.candidates import BucketKey, item_key
 from core.dispatch.claims import (
     CLAIM_AHEAD_SECONDS,
     CLAIM_BATCH_LIMIT,
     ControlMoved,
     Journal,
     LeaseLost,
+    batch_owner,
     claim_subtasks,
     journal_key,
     release_claims,
 )
 from core.dispatch.control import read_control
+from core.dispatch.domain_throttles import DeferralPolicy, DomainThrottles
 from core.dispatch.failover import fail_over
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
@@ -63,11 +66,13 @@ from core.dispatch.outcomes import Move, ServiceEffect, outcome_of
 from core.dispatch.recorder import Recorder, TaskTally
 from core.dispatch.repair import reconcile_if_drained, recover_in_flight
 from core.dispatch.send_errors import classify_send_error
+from core.dispatch.send_windows import SendWindow
 from core.dispatch.sender import Completed, SesSender, send_request
 from core.dispatch.tiers import Tier, tier_of
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
 from core.mail.mime import build_campaign_message
+from core.mail.providers import group_of
 from core.mail.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
 from core.mail.unsubscribe import sign_unsubscribe, unsubscribe_url
 from core.states import DISPATCHABLE, SubtaskStatus
@@ -88,6 +93,11 @@ CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much 
 FULL_RELOAD_SECONDS = 30.0
 # Slower services are not handed off: their next send is at most one watchdog tick away anyway.
 HANDOFF_MAX_INTERVAL_SECONDS = 60.0
+# A task's queue is read at most this many pages per look; a read that keeps nothing (everything held
+# back by a domain limit or a send window) is not repeated for this long.
+SCAN_PAGES_PER_LOOK = 8
+SCAN_IDLE_SECONDS = 1.0
+REFILL_PAGES_PER_LOOK = 8
 
 
 class StopReason(StrEnum):
@@ -143,6 +153,8 @@ class DispatcherDeps:
     # The sesv2 client of a region: a service sends through the SES account of its own region
     # (`ses` is used when this is not given: a client of the function's region).
     ses_for_region: Callable[[str], Any] | None = None
+    # Where a provider deferral (SES DeliveryDelay) starts a group without a limit of its own.
+    deferral_policy: DeferralPolicy = field(default_factory=DeferralPolicy)
 
 
 @dataclass
@@ -203,7 +215,8 @@ def _load_works(tasks: list[TaskModel]) -> dict[str, TaskWork]:
         if sender is None:
             raise SenderModel.DoesNotExist(f"sender {task.sender_id} of task {task.task_id}")
         template = {i: templates[(task.user_id, i)] for i in task.template_ids if (task.user_id, i) in templates}
-        works[task.task_id] = TaskWork(task=task, template=template, sender=sender)
+        window = SendWindow.from_item(task.send_window.as_dict() if task.send_window else None)
+        works[task.task_id] = TaskWork(task=task, template=template, sender=sender, window=window)
     return works
 
 
@@ -248,6 +261,18 @@ class Dispatcher:
         # Claimed emails rendered with their batch (one render-worker round trip per template).
         # (its result, its unsubscribe link), by subtask key: the link is signed once per email.
         self.rendered: dict[tuple[str, str], tuple[RenderedMessage | DomainError, str]] = {}
+        # Recipient-domain limits and interleaving (core.dispatch.domain_throttles). A journal still
+        # listing another invocation's batches means it died holding the lease: it may have sent later
+        # than the last sends it saved.
+        self.throttles = DomainThrottles()
+        inflight = state.inflight.as_dict() if state.inflight else {}
+        self.throttles.load(
+            state.domain_sent.as_dict() if state.domain_sent else None,
+            deps.clock.now(),
+            after_crash=any(batch_owner(batch_id) != deps.owner for batch_id in inflight),
+        )
+        self.pick_at = 0.0  # the moment the pick being made is planned to be sent at
+        self.picked_key: dict[tuple[str, str], BucketKey] = {}  # claimed subtask -> its bucket
 
     # ---------------------------------------------------------------- control
 
@@ -275,6 +300,13 @@ class Dispatcher:
             raise _StopSending(StopReason.REPUTATION_HOLD)
         self.service = service
         self.budget.interval = self.report.interval = float(service.sending_rate)
+        self.throttles.configure(
+            service.domain_limits.as_dict() if service.domain_limits else None,
+            service.domain_deferrals.as_dict() if service.domain_deferrals else None,
+            service.interleave_domains is not False,
+            now,
+            self.deps.deferral_policy,
+        )
         works: dict[str, TaskWork] = {}
         new: list[TaskModel] = []
         next_due = now + FULL_RELOAD_SECONDS
@@ -292,7 +324,7 @@ class Dispatcher:
             # own retries (tracked by recheck_at), failover and retry-failed (which bump requeue_seq);
             # a task resumed after a pause comes back as new.
             if (task.requeue_seq or 0) != (known.task.requeue_seq or 0):
-                known.dry, known.read_to_end, known.recheck_at, known.reconciled = False, False, math.inf, False
+                known.rescan()
             known.task = task
             works[task.task_id] = known
         works.update(_load_works(new))
@@ -308,39 +340,122 @@ class Dispatcher:
                 self.rendered.pop((subtask.partition, subtask.contact_id), None)
             self.budget.give_back(release_claims(dropped, self.journal, now))
 
+    # ---------------------------------------------------------------- the pick
+
+    def bucket_of(self, work: TaskWork, subtask: SubtaskModel) -> BucketKey:
+        """What may hold the subtask back: its recipient's group and, under a send window, zone."""
+        group = group_of(subtask.email) if self.throttles.active else ""
+        return group, (subtask.timezone or "") if work.window is not None else ""
+
+    def allows(self, work: TaskWork, key: BucketKey, at: float) -> bool:
+        """Whether a send at `at` to a recipient of bucket `key` keeps its group's limit and window."""
+        if self.throttles.earliest(key[0]) > at:
+            return False
+        return work.window is None or work.window.is_open(key[1] or None, at)
+
+    def choose(self, work: TaskWork) -> bool:
+        at = self.pick_at
+        avoid = self.throttles.last_group if self.throttles.interleave else None
+        work.chosen = work.candidates.choose(lambda key: self.allows(work, key, at), avoid)
+        return work.chosen is not None
+
     def has_ready(self, work: TaskWork) -> bool:
-        if work.candidates:
+        """Whether the task has a subtask the pick may take at its planned moment (`pick_at`),
+        reading more of its queue when what was read is used up or held back."""
+        if self.choose(work):
             return True
         now = self.deps.clock.now()
-        if work.read_to_end and not work.dry:  # what the read found is used up: nothing else is queued
-            work.dry = True
-        if work.dry and now < work.recheck_at:
+        if now >= work.recheck_at:  # a retry not due at the last read is due now: read from the start
+            work.rescan()
+        at = self.pick_at
+        for key, after in list(work.candidates.drained_overflows(lambda key: self.allows(work, key, at))):
+            self.refill(work, key, after, now)
+        if self.choose(work):
+            return True
+        if not work.scan_done and now >= work.scan_idle_until:
+            self.scan(work, now)
+            if self.choose(work):
+                work.dry = False
+                return True
+        if not work.candidates and work.scan_done and not work.candidates.has_overflow():
+            work.dry = True  # nothing queued is ready: reads again only once a retry falls due
+            if not work.reconciled:
+                work.reconciled = True
+                if int(work.task.counts.queued or 0) > 0:
+                    reconcile_if_drained(work.task, now, self.deps.owner)
+                else:  # e.g. its last queued recipient unsubscribed while the task was paused
+                    complete_if_done(work.task.task_id, now)
+        return False
+
+    def readable(self, work: TaskWork, subtask: SubtaskModel, now: float) -> bool:
+        """A subtask read from the queue that a pick may take (once allowed): due, not picked yet (picked
+        ones stay `queued` until their batch is claimed, and an index read may lag), not kept already."""
+        if float(subtask.next_attempt_at or 0) > now:
+            work.recheck_at = min(work.recheck_at, float(subtask.next_attempt_at))
             return False
+        return item_key(subtask) not in self.taken and subtask not in work.candidates
+
+    def scan(self, work: TaskWork, now: float) -> None:
+        """Reads on in the task's queue (from where the last read stopped) until a pick may take
+        something, the queue ends, or SCAN_PAGES_PER_LOOK pages were read."""
         key = queue_key(self.service.service_id, work.task.task_id)
-        later: list[float] = []
-        last_key: dict[str, Any] | None = None
-        while True:  # pages until something is ready or the queue has been read to its end
-            page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=last_key)
+        for _ in range(SCAN_PAGES_PER_LOOK):
+            page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=work.scan_key)
+            kept = 0
             for subtask in page:
-                if float(subtask.next_attempt_at or 0) > now:
-                    later.append(float(subtask.next_attempt_at))  # a retry not due yet
-                # Picked subtasks stay `queued` until their batch is claimed (and an index read may lag).
-                elif (subtask.partition, subtask.contact_id) not in self.taken:
-                    work.candidates.append(subtask)
-            last_key = page.last_evaluated_key
-            if work.candidates or not last_key:
-                break
-        work.read_to_end = not last_key
-        work.dry = not work.candidates
-        # Nothing new reaches a read queue but this invocation's own retries (and a reload's news).
-        work.recheck_at = min(later, default=math.inf)
-        if work.dry and not work.reconciled:
-            work.reconciled = True
-            if int(work.task.counts.queued or 0) > 0:
-                reconcile_if_drained(work.task, now, self.deps.owner)
-            else:  # e.g. its last queued recipient unsubscribed while the task was paused
-                complete_if_done(work.task.task_id, now)
-        return not work.dry
+                if self.readable(work, subtask, now):
+                    kept += work.candidates.add(subtask, self.bucket_of(work, subtask))
+            work.scan_key = page.last_evaluated_key
+            work.scan_done = work.scan_key is None
+            if work.scan_done or self.choose(work):
+                return
+            if not kept:  # all held back behind full buckets: read on a little later
+                work.scan_idle_until = now + SCAN_IDLE_SECONDS
+                return
+
+    def refill(self, work: TaskWork, bucket: BucketKey, after: SubtaskModel, now: float) -> None:
+        """Refills a drained bucket whose further subtasks were not kept, reading the queue from the
+        last one it kept up to where the main read stands (core.dispatch.candidates)."""
+        key = queue_key(self.service.service_id, work.task.task_id)
+        # Subtasks up to `position` were read by the main read; after it, that read keeps them.
+        position = work.scan_key["contact_id"]["S"] if work.scan_key else (None if work.scan_done else "")
+        start: dict[str, Any] | None = {
+            "queue_key": {"S": key},
+            "contact_id": {"S": after.contact_id},
+            "partition": {"S": after.partition},
+        }
+        work.candidates.begin_refill(bucket)
+        last_read = after
+        for _ in range(REFILL_PAGES_PER_LOOK):
+            page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=start)
+            for subtask in page:
+                if position is not None and subtask.contact_id > position:
+                    work.candidates.end_refill(bucket)
+                    return
+                last_read = subtask
+                if self.bucket_of(work, subtask) != bucket or not self.readable(work, subtask, now):
+                    continue
+                if not work.candidates.add(subtask, bucket):
+                    return  # full again: it remembers its last kept subtask
+            start = page.last_evaluated_key
+            if start is None:
+                work.candidates.end_refill(bucket)
+                return
+        work.candidates.pause_refill(bucket, last_read)
+
+    def gated_until(self, now: float) -> float:
+        """When something read but held back (a group at its limit, a closed window) may next be
+        picked, or a read held back may go on; inf when nothing is held back."""
+        earliest = math.inf
+        for work in self.works.values():
+            if not work.scan_done and work.scan_idle_until > now:
+                earliest = min(earliest, work.scan_idle_until)
+            for group, zone in work.candidates.buckets:
+                at = max(now, self.throttles.earliest(group))
+                if work.window is not None:
+                    at = work.window.next_open(zone or None, at)
+                earliest = min(earliest, at)
+        return earliest
 
     # ---------------------------------------------------------------- per email
 
@@ -356,12 +471,20 @@ class Dispatcher:
             min(CLAIM_BATCH_LIMIT, math.ceil(CLAIM_AHEAD_SECONDS / interval), self.budget.sends_before(deadline, now)),
         )
         picks: list[tuple[TaskWork, SubtaskModel]] = []
+        planned = self.throttles.snapshot()
+        # The claim's sends go out one interval apart from the next pace slot, never earlier: each
+        # pick is checked against domain limits and windows at its own planned moment.
+        first_slot = max(now, self.budget.next_slot(now))
         while len(picks) < size:
+            self.pick_at = first_slot + len(picks) * self.budget.interval
             work = self.fairness.next_work(self.has_ready)
-            if work is None:
+            if work is None or work.chosen is None:
                 break
-            subtask = work.candidates.popleft()
-            self.taken.add((subtask.partition, subtask.contact_id))
+            bucket = work.chosen
+            subtask = work.candidates.pop(bucket)
+            self.throttles.picked(bucket[0], self.pick_at)
+            self.picked_key[item_key(subtask)] = bucket
+            self.taken.add(item_key(subtask))
             picks.append((work, subtask))
         if not picks:
             return False
@@ -380,9 +503,9 @@ class Dispatcher:
             claimed = claim_subtasks([subtask for _, subtask in picks], self.journal, now, seen_seq)
         except ControlMoved:  # a control change since the last look: nothing was claimed
             self.budget.give_back(len(picks))
+            self.throttles.restore(planned)
             for work, subtask in reversed(picks):  # picked again, in the same order, if still allowed
-                self.taken.discard((subtask.partition, subtask.contact_id))
-                work.candidates.appendleft(subtask)
+                self.unpick(work, subtask)
             self.refresh(now)
             return True
         except LeaseLost as lost:
@@ -391,6 +514,9 @@ class Dispatcher:
         # The claim was also the look at the controls.
         self.next_refresh = max(self.next_refresh, now + CONTROL_REFRESH_SECONDS)
         batch = [(work, subtask) for work, subtask in picks if journal_key(subtask) in claimed.keys]
+        for _, subtask in picks:
+            if journal_key(subtask) not in claimed.keys:
+                self.picked_key.pop(item_key(subtask), None)
         self.budget.give_back(len(picks) - len(batch))  # cancelled, suppressed or taken meanwhile
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
         # Addresses suppressed since planning: moved to `suppressed` and refunded here (or by the
@@ -400,6 +526,29 @@ class Dispatcher:
             self.deps.fault("after_claim", subtask)
         self.render_batch(batch)
         return True
+
+    def unpick(self, work: TaskWork, subtask: SubtaskModel) -> None:
+        """A pick not sent after all goes back to the head of its bucket, to be picked again."""
+        self.taken.discard(item_key(subtask))
+        bucket = self.picked_key.pop(item_key(subtask), None) or self.bucket_of(work, subtask)
+        work.candidates.put_back(subtask, bucket)
+        work.dry = False
+
+    def hold_for_gates(self, work: TaskWork, subtask: SubtaskModel, now: float, deadline: float) -> float | None:
+        """The moment a claimed email may go: its group's spacing counted from the sends actually made
+        (a send late for its plan may wait a little), inside its recipient's window. None when it
+        cannot go in this invocation, or its window closed meanwhile: the claim goes back."""
+        gate = self.throttles.send_gate(self.picked_key.get(item_key(subtask), ("", ""))[0])
+        if now < gate < deadline:
+            self.deps.clock.sleep(gate - now)
+            now = self.deps.clock.now()
+        window_shut = work.window is not None and not work.window.is_open(subtask.timezone, now)
+        if now < gate or window_shut:
+            self.rendered.pop(item_key(subtask), None)
+            self.budget.give_back(release_claims([subtask], self.journal, now))
+            self.unpick(work, subtask)
+            return None
+        return now
 
     def render_batch(self, batch: list[tuple[TaskWork, SubtaskModel]]) -> None:
         """Renders a claimed batch ahead of its sends, one worker round trip per template. What
@@ -469,6 +618,7 @@ class Dispatcher:
             self.fail(subtask, "message", str(error))
             return
         self.budget.sent(now)
+        self.throttles.sent(self.picked_key.pop(item_key(subtask), ("", ""))[0], now)
         self.report.send_times.append(now)
         request = send_request(work.sender.email, subtask, raw, self.service.configuration_set)
         for completed in self.sender.submit(subtask, request, now, float(self.service.sending_rate)):
@@ -606,13 +756,21 @@ class Dispatcher:
                     if now >= self.next_refresh:  # nothing to pick in a view older than a second
                         self.refresh(now)
                         continue
-                    return StopReason.NO_WORK
+                    opens = self.gated_until(now)
+                    if opens >= deadline:
+                        return StopReason.NO_WORK
+                    # Work is held back by a domain limit or a window that opens within this
+                    # invocation: wait for it, looking at the controls every second meanwhile.
+                    self.deps.clock.sleep(max(0.01, min(opens, self.next_refresh) - now))
+                    continue
                 if not self.claimed:
                     continue  # every pick was taken meanwhile: pick again
                 if now >= deadline - self.deps.handoff_lead_seconds:
                     self.hand_off(deadline)
                 work, subtask = self.claimed.popleft()
-                self.send_one(work, subtask, now)
+                at = self.hold_for_gates(work, subtask, now, deadline)
+                if at is not None:
+                    self.send_one(work, subtask, at)
         except _StopSending as stop:
             return stop.reason
 
@@ -656,6 +814,7 @@ class Dispatcher:
                 dict(self.fairness.pointer.tasks),
                 self.budget.last_send_at,
                 tuple(self.journal.settled_batches()),
+                domain_sent=self.throttles.saved(self.deps.clock.now()),
             )
             released = lease.release(
                 self.service.service_id,

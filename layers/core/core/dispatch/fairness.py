@@ -4,13 +4,14 @@ round-robin pointer the lease holder saves for its successor. No AWS calls."""
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from core.dispatch.candidates import BucketKey, Candidates
+from core.dispatch.send_windows import SendWindow
 from core.storage.models import (
     SenderModel,
-    SubtaskModel,
     TaskModel,
     TemplateModel,
 )
@@ -29,11 +30,21 @@ class TaskWork:
     task: TaskModel
     template: dict[str, TemplateModel]
     sender: SenderModel
-    candidates: deque[SubtaskModel] = field(default_factory=deque)
+    # Its queued subtasks read so far, by (recipient group, zone) (core.dispatch.candidates).
+    candidates: Candidates = field(default_factory=Candidates)
+    window: SendWindow | None = None  # its recipients' local-time window (core.dispatch.send_windows)
+    chosen: BucketKey | None = None  # the bucket the last has_ready found a pick in
+    scan_key: dict[str, Any] | None = None  # where the queue read goes on (None: from its start)
+    scan_done: bool = False  # the read reached the queue's end
+    scan_idle_until: float = 0.0  # a read that kept nothing: no read before this (everything held back)
     dry: bool = False  # its queue on this service had nothing ready at the last look
-    recheck_at: float = math.inf  # when a dry queue may have something ready (its earliest retry)
-    read_to_end: bool = False  # the last read reached the queue's end: emptied candidates mean dry
+    recheck_at: float = math.inf  # when a retry not due at the read falls due
     reconciled: bool = False  # counters checked against the subtasks in this invocation
+
+    def rescan(self) -> None:
+        """Read the queue from its start again (a retry fell due, or work was re-queued)."""
+        self.scan_key, self.scan_done, self.scan_idle_until = None, False, 0.0
+        self.dry, self.recheck_at, self.reconciled = False, math.inf, False
 
 
 def _next_after(ordered: list[str], last: str) -> list[str]:

@@ -48,6 +48,8 @@ class Saved:
     # Claim batches of the holder's in-flight journal that are fully recorded (core.dispatch.claims);
     # batches with a failed record stay, for the next holder to mark `unknown`.
     settled_batches: tuple[str, ...] = ()
+    # Recipient group -> its last send, while its spacing still counts (core.dispatch.domain_throttles).
+    domain_sent: dict[str, float] | None = None
 
 
 def acquire(service_id: str, owner: str, now: float, lease_seconds: float) -> SchedulerStateModel | None:
@@ -125,6 +127,8 @@ def release(service_id: str, owner: str, saved: Saved, now: float, *, unless_wok
     ]
     if saved.last_send_at is not None:
         actions.append(SchedulerStateModel.last_send_at.set(saved.last_send_at))
+    if saved.domain_sent is not None:
+        actions.append(SchedulerStateModel.domain_sent.set(saved.domain_sent))
     actions += [SchedulerStateModel.inflight[batch_id].remove() for batch_id in saved.settled_batches]
     condition: Any = SchedulerStateModel.lease_owner == owner
     if unless_woken_since is not None:

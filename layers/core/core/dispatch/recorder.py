@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynamodb.expressions.update import Action
 
@@ -38,6 +38,7 @@ class TaskTally:
     refund: int = 0
     started: bool = False
     sent_by_minute: Counter[str] = field(default_factory=Counter)  # core.dispatch.rates
+    done_by_zone: Counter[str] = field(default_factory=Counter)  # send windows: left the queue, per zone
 
 
 class Recorder:
@@ -82,6 +83,8 @@ class Recorder:
             tally(task_tally)
             if subtask.status == SubtaskStatus.SENT and subtask.sent_at is not None:
                 task_tally.sent_by_minute[rates.minute_of(float(subtask.sent_at))] += 1
+            if subtask.timezone:  # only a windowed task's subtasks carry a zone
+                task_tally.done_by_zone[subtask.timezone] += 1
             self.user_of[subtask.task_id] = subtask.user_id
         if len(self.items) >= RECORD_BATCH:
             self.flush()
@@ -146,6 +149,7 @@ class Recorder:
             TASK_COUNTS.failed.add(tally.failed),
             TASK_COUNTS.unknown.add(tally.unknown),
             *rates.task_minute_actions(tally.sent_by_minute, self.stale_minutes.pop(task_id, ())),
+            *_zone_actions(tally.done_by_zone),
         ]
         moved = False
         if done and self.queued_left.get(task_id) == done:  # the condition, not this guess, decides
@@ -163,3 +167,9 @@ class Recorder:
             complete_if_done(task_id, now)
         if tally.refund:  # never sent: the user's quota comes back
             refund_quota(task_id=task_id, user_id=self.user_of[task_id], units=tally.refund)
+
+
+def _zone_actions(done_by_zone: Counter[str]) -> list[Action]:
+    """A windowed task's recipients that left the queue, per zone (what waits is planned - done)."""
+    done: Any = TaskModel.window_done  # a raw map: its keys are paths
+    return [done[zone].set((done[zone] | 0) + n) for zone, n in sorted(done_by_zone.items()) if n]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +36,7 @@ from pynamodb.transactions import TransactWrite
 
 from core.clock import Clock, backoff
 from core.deliverability.holds import REPUTATION_HOLD, pause_if_held, user_hold
+from core.dispatch.send_windows import zone
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
 from core.planning.routing import NoServiceAvailable, routing_cycle, service_weights, user_capacities, waiting_reason
@@ -376,11 +378,13 @@ def subtask_items(
     recipients: Iterable[ContactItem],
     first_seq: int,
     planned_at: float,
+    window_zone: str | None = None,
 ) -> list[WireItem]:
     """The queued subtasks of `recipients` from position `first_seq` on, in SubtaskModel's wire
     format, built straight from the contacts' own wire attributes (no model per item). Each item
     depends only on its task, position and contact, so a chunk written again after a crash writes
-    the same items."""
+    the same items. Under a send window (`window_zone`: the window's default zone) each carries its
+    recipient's zone: the contact's, else the default (core.dispatch.send_windows)."""
     created_at = {"N": json.dumps(planned_at)}  # as NumberAttribute encodes it
     queued = {"S": SubtaskStatus.QUEUED.value}
     items = []
@@ -407,8 +411,16 @@ def subtask_items(
         name = contact.get("name")
         if name and "S" in name:
             item["name"] = name
+        if window_zone is not None:
+            item["timezone"] = {"S": recipient_zone(contact, window_zone)}
         items.append(item)
     return items
+
+
+def recipient_zone(contact: ContactItem, default: str) -> str:
+    """The zone a send window is kept in for this contact: its own when this machine knows it."""
+    own = contact.get("timezone", {}).get("S")
+    return own if own and zone(own) is not None else default
 
 
 def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembered: RememberedPages) -> None:
@@ -427,8 +439,16 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
     # Subtasks carry the reservation's time, not the chunk's: a chunk redone after a crash
     # rewrites its subtasks unchanged.
     planned_at = task.plan.reserved_at if task.plan.reserved_at is not None else deps.clock.now()
+    window_zone = str(task.send_window["timezone"] or "UTC") if task.send_window else None
     items = subtask_items(
-        task.task_id, task.user_id, list(task.plan.routing), list(task.template_ids), recipients, written, planned_at
+        task.task_id,
+        task.user_id,
+        list(task.plan.routing),
+        list(task.template_ids),
+        recipients,
+        written,
+        planned_at,
+        window_zone,
     )
     put_wire_items(deps.dynamodb, deps.subtasks_table, items, deps.clock, in_flight=deps.write_concurrency)
     actions = [
@@ -438,6 +458,10 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
         TASK_PLAN.chunks.add(1),
         TaskModel.updated_at.set(deps.clock.now()),
     ]
+    if window_zone is not None:  # recipients per zone: what waits for its window (stats)
+        zones = Counter(recipient_zone(contact, window_zone) for contact in recipients)
+        planned_by_zone: Any = TaskModel.window_planned
+        actions += [planned_by_zone[name].set((planned_by_zone[name] | 0) + n) for name, n in sorted(zones.items())]
     if page.exhausted or len(recipients) == room:
         actions.append(TASK_PLAN.phase.set("finish"))
     _commit(task, deps, cursor, actions)
