@@ -361,10 +361,16 @@ class Dispatcher:
 
     def has_ready(self, work: TaskWork) -> bool:
         """Whether the task has a subtask the pick may take at its planned moment (`pick_at`),
-        reading more of its queue when what was read is used up or held back."""
-        if self.choose(work):
+        reading more of its queue when what was read is used up or held back (or, interleaving, holds
+        only the last pick's group while more of the queue is unread)."""
+        if self.choose(work) and not self.repeats_group(work):
             return True
         now = self.deps.clock.now()
+        if work.chosen is not None:  # the same group again: read on a page for another first
+            if not work.scan_done and now >= work.scan_idle_until:
+                self.scan(work, now, pages=1)
+                self.choose(work)
+            return True
         if now >= work.recheck_at:  # a retry not due at the last read is due now: read from the start
             work.rescan()
         at = self.pick_at
@@ -395,11 +401,15 @@ class Dispatcher:
             return False
         return item_key(subtask) not in self.taken and subtask not in work.candidates
 
-    def scan(self, work: TaskWork, now: float) -> None:
+    def repeats_group(self, work: TaskWork) -> bool:
+        """Whether the chosen pick is of the last pick's group (interleaving found no other)."""
+        return self.throttles.interleave and work.chosen is not None and work.chosen[0] == self.throttles.last_group
+
+    def scan(self, work: TaskWork, now: float, pages: int = SCAN_PAGES_PER_LOOK) -> None:
         """Reads on in the task's queue (from where the last read stopped) until a pick may take
-        something, the queue ends, or SCAN_PAGES_PER_LOOK pages were read."""
+        something, the queue ends, or `pages` pages were read."""
         key = queue_key(self.service.service_id, work.task.task_id)
-        for _ in range(SCAN_PAGES_PER_LOOK):
+        for _ in range(pages):
             page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=work.scan_key)
             kept = 0
             for subtask in page:
