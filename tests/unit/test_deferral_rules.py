@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.deliverability.deferrals import (
+    EXTEND_AT_LEAST_SECONDS,
     RULES,
     Deferral,
     DeferralPolicy,
@@ -117,6 +118,12 @@ def test_an_expired_entry_restarts_at_level_one() -> None:
     assert next_deferral(current, T + 1800, POLICY) == Deferral(level=1, since=T + 1800, until=T + 3600)
 
 
+def test_a_delay_within_a_minute_of_the_last_extension_writes_nothing() -> None:
+    current = Deferral(level=1, since=T, until=T + 1800)
+    assert next_deferral(current, T + EXTEND_AT_LEAST_SECONDS - 1, POLICY) == current
+    assert next_deferral(current, T + EXTEND_AT_LEAST_SECONDS, POLICY).until == T + EXTEND_AT_LEAST_SECONDS + 1800
+
+
 def test_an_earlier_delay_arriving_late_leaves_a_later_until() -> None:
     current = Deferral(level=1, since=T, until=T + 1900)
     assert next_deferral(current, T + 50, POLICY) == current
@@ -125,14 +132,15 @@ def test_an_earlier_delay_arriving_late_leaves_a_later_until() -> None:
 @given(st.lists(st.floats(min_value=0, max_value=20_000, allow_nan=False), min_size=1, max_size=60))
 def test_over_any_run_of_delays_the_level_rises_at_most_once_per_step(offsets: list[float]) -> None:
     # Between two raises at least a step passes; the level stays within 1..cap; until only grows
-    # while the entry is active
+    # while the entry is active, and never falls short of now + cooldown by a minute or more
     current: Deferral | None = None
     raises: list[float] = []
     for now in sorted(T + offset for offset in offsets):
         following = next_deferral(current, now, POLICY)
-        assert 1 <= following.level <= POLICY.max_level and following.until == max(
-            now + 1800, current.until if current and current.active(now) else 0
-        )
+        kept = current.until if current and current.active(now) else now
+        assert 1 <= following.level <= POLICY.max_level
+        assert kept <= following.until <= max(kept, now + 1800)
+        assert following.until > now + 1800 - EXTEND_AT_LEAST_SECONDS
         if current is not None and current.active(now) and following.level > current.level:
             raises.append(now)
         current = following

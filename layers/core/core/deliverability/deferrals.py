@@ -13,7 +13,8 @@ limit by 2**level while until > now (core.dispatch.domain_throttles). `record_de
 - no entry, or an expired one (until <= now): level 1, since = now;
 - an entry whose last raise (`since`) is at least `step_seconds` old: level + 1 (at most
   `max_level`), since = now; a storm of delays from one burst raises the level once per step;
-- every throttling delay: until = max(until, now + cooldown_seconds).
+- every throttling delay: until = max(until, now + cooldown_seconds), written when that moves it
+  by at least EXTEND_AT_LEAST_SECONDS (or with a raise).
 
 Each change is one conditional UpdateItem asserting the entry it was computed from (or its
 absence, or the map's), after one consistent read of the map; a writer that lost a race reads
@@ -59,6 +60,9 @@ RULES: dict[str, DelayRule] = {
 }
 _UNKNOWN = DelayRule(False, "a delay type without a rule")
 
+# A later delay moves `until` only when it adds at least this much: a burst of delays writes the
+# item about once a minute, not once per email.
+EXTEND_AT_LEAST_SECONDS = 60.0
 MAX_GROUPS = 100  # groups deferred at once on one service (one entry ~ 60 bytes of the item)
 _PRUNE_PER_WRITE = 20  # expired entries of other groups removed by one write
 _ATTEMPTS = 20  # reads and writes of one event racing others on the same item
@@ -113,7 +117,9 @@ def next_deferral(current: Deferral | None, now: float, policy: DeferralPolicy) 
         return Deferral(level=1, since=now, until=until)
     if now - current.since >= policy.step_seconds and current.level < policy.max_level:
         return Deferral(level=current.level + 1, since=now, until=max(current.until, until))
-    return Deferral(level=current.level, since=current.since, until=max(current.until, until))
+    if until - current.until < EXTEND_AT_LEAST_SECONDS:  # a burst's delays extend it once a minute
+        return current
+    return Deferral(level=current.level, since=current.since, until=until)
 
 
 def active_levels(deferrals: dict[str, Any] | None, now: float) -> dict[str, int]:
