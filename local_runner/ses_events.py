@@ -297,10 +297,7 @@ def record_of(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def with_message_id(document: dict[str, Any], message_id: str) -> dict[str, Any]:
-    """The same notification (same envelope) about another message."""
-    record = record_of(document)
-    record = {**record, "mail": {**record["mail"], "messageId": message_id}}
+def _rewrapped(document: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     if document.get("Type") == "Notification":
         return {**document, "Message": json.dumps(record)}
     if "detail-type" in document:
@@ -308,15 +305,47 @@ def with_message_id(document: dict[str, Any], message_id: str) -> dict[str, Any]
     return record
 
 
-def replay(files: Sequence[Path], sqs: Any, sns: Any, queue_url: str, topic_arn: str, message_id: str | None) -> int:
+def with_message_id(document: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """The same notification (same envelope) about another message."""
+    record = record_of(document)
+    return _rewrapped(document, {**record, "mail": {**record["mail"], "messageId": message_id}})
+
+
+# The details objects whose `timestamp` says when the event happened.
+_DETAILS = ("bounce", "complaint", "delivery", "deliveryDelay", "subscription")
+
+
+def restamped(document: dict[str, Any], at: float) -> dict[str, Any]:
+    """The same notification as if it happened at `at` (the samples are dated 2026-11-30; a delivery
+    delay older than the deferral cooldown tightens nothing: docs/deferrals.md)."""
+    record = record_of(document)
+    record = {**record, "mail": {**record["mail"], "timestamp": _iso(at)}}
+    for name in _DETAILS:
+        if isinstance(record.get(name), dict):
+            record[name] = {**record[name], "timestamp": _iso(at)}
+    return _rewrapped(document, record)
+
+
+def replay(
+    files: Sequence[Path],
+    sqs: Any,
+    sns: Any,
+    queue_url: str,
+    topic_arn: str,
+    message_id: str | None,
+    at: float | None = None,
+) -> int:
     """Each file into the running system: a bare record is published to the topic (SNS wraps it, as
     for SES's own); a file already in an envelope is sent to the queue as it is (what SNS or
-    EventBridge would deliver). Returns how many were sent."""
+    EventBridge would deliver), about `message_id` and restamped at `at` when given. Returns how
+    many were sent."""
     sent = 0
     for path in files:
         document = json.loads(path.read_text())
         if message_id:
             document = with_message_id(document, message_id)
+        if at is not None:
+            document = restamped(document, at)
         if document.get("Type") == "Notification" or "detail-type" in document:
             sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(document))
         else:

@@ -20,10 +20,10 @@ from core.deliverability.deferrals import (
     next_deferral,
     rule_of,
 )
-from core.deliverability.ses_events import parse
+from core.deliverability.ses_events import occurred_at, parse
 from core.mail.providers import group_of
 from core.settings import Settings
-from local_runner.ses_events import SAMPLE_DELAY_TYPES, event_record, mail_object
+from local_runner.ses_events import SAMPLE_DELAY_TYPES, event_record, mail_object, restamped
 from tests.unit.test_ses_event_rules import EVENTS
 
 POLICY = DeferralPolicy(cooldown_seconds=1800, step_seconds=300, max_level=4)
@@ -79,6 +79,20 @@ def test_the_throttled_sample_is_a_throttling_delay_of_gmail_mail() -> None:
     assert event.delivery_delay is not None and is_throttling(event.delivery_delay.delay_type)
     assert group_of(event.mail.destination[0]) == "gmail"
     assert SAMPLE_DELAY_TYPES["delivery_delay_throttled"] == event.delivery_delay.delay_type
+
+
+@pytest.mark.parametrize("envelope", ["sns", "eventbridge"])
+def test_a_replay_restamped_now_is_current_in_either_envelope(envelope: str) -> None:
+    # The samples are dated 2026-11-30: `replay-events --now` makes the delay current
+    document = json.loads((EVENTS / "ses" / f"delivery_delay_throttled_{envelope}.json").read_text())
+    event = parse(json.dumps(restamped(document, T + 86_400)))
+    assert event.delivery_delay is not None and event.delivery_delay.timestamp is not None
+    assert occurred_at(event, 0) == event.delivery_delay.timestamp.timestamp() == T + 86_400
+    assert event.mail.timestamp is not None and event.mail.timestamp.timestamp() == T + 86_400
+    assert (
+        event.delivery_delay.delay_type == "IPFailure"
+        and event.mail.message_id == parse(json.dumps(document)).mail.message_id
+    )
 
 
 def test_the_builder_makes_each_delay_type() -> None:
