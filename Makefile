@@ -3,7 +3,7 @@
 #   make demo          the whole system locally (embedded AWS) playing a scenario; exits 0 when it worked
 #   make serve         the whole system locally until Ctrl-C (PORT=3000, OUTBOX=outbox)
 #   make invoke        one function on one event: FN=<logical id> EVENT=events/<file>.json [ENDPOINT=url]
-#   make replay-events SES event files into a running `make serve`: EVENTS="events/ses/...json" ENDPOINT=url [MESSAGE_ID=id]
+#   make replay-events SES event files into a running `make serve`: EVENTS="events/ses/...json" ENDPOINT=url [MESSAGE_ID=id] [NOW=1]
 #   make test          virtualenv + ruff + mypy + cfn-lint + pytest -m "not slow", in parallel   (the test command)
 #   make test-slow     the `slow` tests (large crash and scale runs), one at a time; CI runs it after `make test`
 #   make test-fast     ruff + the unit tests (no mypy, cfn-lint or server process), under 90 s: the edit loop
@@ -130,8 +130,8 @@ invoke: venv
 
 replay-events: venv
 	@test -n "$(EVENTS)" && test -n "$(ENDPOINT)" || { \
-		echo "usage: make replay-events EVENTS=\"events/ses/<file>.json ...\" ENDPOINT=http://127.0.0.1:<port> [MESSAGE_ID=<ses message id>]" >&2; exit 2; }
-	$(BIN)/python -m local_runner replay-events $(EVENTS) --endpoint $(ENDPOINT) $(if $(MESSAGE_ID),--message-id $(MESSAGE_ID))
+		echo "usage: make replay-events EVENTS=\"events/ses/<file>.json ...\" ENDPOINT=http://127.0.0.1:<port> [MESSAGE_ID=<ses message id>] [NOW=1]" >&2; exit 2; }
+	$(BIN)/python -m local_runner replay-events $(EVENTS) --endpoint $(ENDPOINT) $(if $(MESSAGE_ID),--message-id $(MESSAGE_ID)) $(if $(NOW),--now)
 
 # ------------------------------------------------------------------ SAM
 sam-validate: venv-sam

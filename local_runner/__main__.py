@@ -3,7 +3,7 @@
 python -m local_runner serve  [--port 3000] [--outbox outbox]    the system, until Ctrl-C
 python -m local_runner demo   [--port 3000] [--outbox outbox]    the scenario, then exit 0/1
 python -m local_runner invoke <FunctionLogicalId> <event.json> [--endpoint URL]
-python -m local_runner replay-events <file.json>... --endpoint URL [--message-id ID]
+python -m local_runner replay-events <file.json>... --endpoint URL [--message-id ID] [--now]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -172,7 +173,8 @@ def replay_events(args: argparse.Namespace) -> int:
     try:
         queue_url = sqs.get_queue_url(QueueName=QUEUE_LOGICAL_ID)["QueueUrl"]
         topic_arn = sns.create_topic(Name=TOPIC_LOGICAL_ID)["TopicArn"]  # the runner's (idempotent)
-        sent = replay(args.files, sqs, sns, queue_url, topic_arn, args.message_id)
+        at = time.time() if args.now else None
+        sent = replay(args.files, sqs, sns, queue_url, topic_arn, args.message_id, at)
     except (OSError, ValueError) as error:
         print(f"cannot replay: {error}", file=sys.stderr)
         return 2
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("files", type=Path, nargs="+", help="event files, e.g. events/ses/bounce_permanent_sns.json")
     again.add_argument("--endpoint", required=True, help="the running runner's embedded AWS (its banner's AWS line)")
     again.add_argument("--message-id", default=None, help="about this message instead (an SES message id)")
+    again.add_argument("--now", action="store_true", help="as if the events happened now (the samples are older)")
     args = parser.parse_args(argv)
 
     # The runner's own lines at INFO; libraries (botocore's "found credentials", ...) only warn.

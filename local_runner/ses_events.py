@@ -82,10 +82,26 @@ def mail_object(
     }
 
 
-def event_record(kind: str, mail: dict[str, Any], at: float) -> dict[str, Any]:
+# A DeliveryDelay's SMTP status and diagnostic per delayType (what providers answer).
+DELAY_DIAGNOSTICS = {
+    "TransientCommunicationFailure": ("4.4.1", "smtp; 421 4.4.1 Unable to connect to remote host"),
+    "IPFailure": (
+        "4.7.28",
+        "smtp; 421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your "
+        "IP address. To protect our users from spam, mail sent from your IP address has been temporarily "
+        "rate limited.",
+    ),
+    "MailboxFull": ("4.2.2", "smtp; 452 4.2.2 The email account that you tried to reach is over quota."),
+    "InternalFailure": ("4.0.0", "Amazon SES had an internal failure"),
+}
+
+
+def event_record(
+    kind: str, mail: dict[str, Any], at: float, *, delay_type: str = "TransientCommunicationFailure"
+) -> dict[str, Any]:
     """One event record of `kind`: send, delivery, bounce (permanent), soft_bounce (transient),
-    suppressed (permanent, OnAccountSuppressionList), complaint, reject, delivery_delay,
-    rendering_failure, unsubscribe (a Subscription event unsubscribing from all)."""
+    suppressed (permanent, OnAccountSuppressionList), complaint, reject, delivery_delay (of
+    `delay_type`), rendering_failure, unsubscribe (a Subscription event unsubscribing from all)."""
     recipient = mail["destination"][0]
     stamp = _iso(at)
     feedback = f"{_stable_id(mail['messageId'], kind)}-000000"
@@ -146,20 +162,15 @@ def event_record(kind: str, mail: dict[str, Any], at: float) -> dict[str, Any]:
     if kind == "reject":
         return {"eventType": "Reject", "mail": mail, "reject": {"reason": "Bad content"}}
     if kind == "delivery_delay":
+        status, diagnostic = DELAY_DIAGNOSTICS.get(delay_type, ("4.0.0", f"smtp; 421 {delay_type}"))
         return {
             "eventType": "DeliveryDelay",
             "mail": mail,
             "deliveryDelay": {
                 "timestamp": stamp,
-                "delayType": "TransientCommunicationFailure",
+                "delayType": delay_type,
                 "expirationTime": _iso(at + 86_400),
-                "delayedRecipients": [
-                    {
-                        "emailAddress": recipient,
-                        "status": "4.4.1",
-                        "diagnosticCode": "smtp; 421 4.4.1 Unable to connect to remote host",
-                    }
-                ],
+                "delayedRecipients": [{"emailAddress": recipient, "status": status, "diagnosticCode": diagnostic}],
             },
         }
     if kind == "rendering_failure":
@@ -286,10 +297,7 @@ def record_of(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def with_message_id(document: dict[str, Any], message_id: str) -> dict[str, Any]:
-    """The same notification (same envelope) about another message."""
-    record = record_of(document)
-    record = {**record, "mail": {**record["mail"], "messageId": message_id}}
+def _rewrapped(document: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     if document.get("Type") == "Notification":
         return {**document, "Message": json.dumps(record)}
     if "detail-type" in document:
@@ -297,15 +305,47 @@ def with_message_id(document: dict[str, Any], message_id: str) -> dict[str, Any]
     return record
 
 
-def replay(files: Sequence[Path], sqs: Any, sns: Any, queue_url: str, topic_arn: str, message_id: str | None) -> int:
+def with_message_id(document: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """The same notification (same envelope) about another message."""
+    record = record_of(document)
+    return _rewrapped(document, {**record, "mail": {**record["mail"], "messageId": message_id}})
+
+
+# The details objects whose `timestamp` says when the event happened.
+_DETAILS = ("bounce", "complaint", "delivery", "deliveryDelay", "subscription")
+
+
+def restamped(document: dict[str, Any], at: float) -> dict[str, Any]:
+    """The same notification as if it happened at `at` (the samples are dated 2026-11-30; a delivery
+    delay older than the deferral cooldown tightens nothing: docs/deferrals.md)."""
+    record = record_of(document)
+    record = {**record, "mail": {**record["mail"], "timestamp": _iso(at)}}
+    for name in _DETAILS:
+        if isinstance(record.get(name), dict):
+            record[name] = {**record[name], "timestamp": _iso(at)}
+    return _rewrapped(document, record)
+
+
+def replay(
+    files: Sequence[Path],
+    sqs: Any,
+    sns: Any,
+    queue_url: str,
+    topic_arn: str,
+    message_id: str | None,
+    at: float | None = None,
+) -> int:
     """Each file into the running system: a bare record is published to the topic (SNS wraps it, as
     for SES's own); a file already in an envelope is sent to the queue as it is (what SNS or
-    EventBridge would deliver). Returns how many were sent."""
+    EventBridge would deliver), about `message_id` and restamped at `at` when given. Returns how
+    many were sent."""
     sent = 0
     for path in files:
         document = json.loads(path.read_text())
         if message_id:
             document = with_message_id(document, message_id)
+        if at is not None:
+            document = restamped(document, at)
         if document.get("Type") == "Notification" or "detail-type" in document:
             sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(document))
         else:
@@ -332,7 +372,11 @@ SAMPLES = {
     "complaint": ("complaint", f"complaint@{SIMULATOR_DOMAIN}"),
     "reject": ("reject", "recipient@example.com"),
     "delivery_delay": ("delivery_delay", "slow@example.com"),
+    "delivery_delay_throttled": ("delivery_delay", "reader@gmail.com"),
 }
+# A sample's DeliveryDelay type when not the default: a provider throttling the sending IP
+# (core.deliverability.deferrals tightens the recipient's group for it).
+SAMPLE_DELAY_TYPES = {"delivery_delay_throttled": "IPFailure"}
 
 
 def sample_documents() -> dict[str, dict[str, Any]]:
@@ -345,7 +389,8 @@ def sample_documents() -> dict[str, dict[str, Any]]:
     for index, (name, (kind, recipient)) in enumerate(SAMPLES.items()):
         message_id = f"0100019ad5c1{index:04x}-5e2f7a1c-9d3b-4c8e-a6f0-{name.replace('_', '')[:8]:0>8}-000000"
         mail = mail_object(message_id, "News <news@shop.example>", [recipient], SAMPLE_TAGS, SAMPLE_AT)
-        record = event_record(kind, mail, SAMPLE_AT + 2)
+        delay_type = SAMPLE_DELAY_TYPES.get(name, "TransientCommunicationFailure")
+        record = event_record(kind, mail, SAMPLE_AT + 2, delay_type=delay_type)
         sns = sns_envelope(record, topic_arn, SAMPLE_AT + 3)
         bridge = eventbridge_envelope(record, SAMPLE_AT + 3)
         documents[f"ses/{name}_sns.json"] = sns

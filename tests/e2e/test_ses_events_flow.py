@@ -2,7 +2,8 @@
 sent, the runner's SES simulator publishes what real SES would (Send, Delivery, Bounce, Complaint) on
 the SES events topic, SNS delivers it to the events queue, EventsFunction applies it: the task ends
 with the right delivered / bounced / complained counters, each email's subtask says what happened,
-and the bounced and complained contacts are suppressed. A replayed notification changes nothing."""
+and the bounced and complained contacts are suppressed. A replayed notification changes nothing; a
+replayed throttling delay tightens its recipient's group on the service."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def _campaign(runner: Runner) -> tuple[str, str, str]:
 
 def test_a_campaign_to_the_mailbox_simulator_ends_with_the_right_counters(runner: Runner) -> None:
     # Given a campaign to SES's simulator addresses, sent by the runner
-    task_id, _, alice = _campaign(runner)
+    task_id, admin, alice = _campaign(runner)
     until(
         lambda: runner.ok("GET", f"/api/tasks/{task_id}", token=alice)["status"] == "completed",
         120,
@@ -135,6 +136,35 @@ def test_a_campaign_to_the_mailbox_simulator_ends_with_the_right_counters(runner
     # the delivery is new for that email (counted once), the bounce a repeat (not counted again)
     until(lambda: _counts(dynamodb, task_id)["delivered"] == 4, 30, "the replayed delivery")
     assert _counts(dynamodb, task_id)["bounced"] == 2
+
+    # And a provider's throttling delay replayed now about one of them tightens its group on the service
+    replayed = subprocess.run(  # noqa: S603 - our own module
+        [
+            sys.executable,
+            "-m",
+            "local_runner",
+            "replay-events",
+            "events/ses/delivery_delay_throttled_sns.json",
+            "--endpoint",
+            runner.aws_endpoint,
+            "--message-id",
+            message_id,
+            "--now",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    until(
+        lambda: (
+            runner.ok("GET", "/api/services", token=admin)["services"][0]["domain_deferrals"].get(SIM, {}).get("level")
+            == 1
+        ),
+        30,
+        "the simulator's group tightened",
+    )
 
     # And the bounced and complained contacts are suppressed, on the tenant's list too
     statuses = {c["email"]: c["status"] for c in runner.ok("GET", "/api/contacts", token=alice)["contacts"]}

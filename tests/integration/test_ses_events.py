@@ -35,6 +35,7 @@ class RecordingPorts:
     suppressed: list[tuple[str, str, SuppressionReason]] = field(default_factory=list)
     recorded: list[ReputationOutcome] = field(default_factory=list)
     guarded: list[tuple[set[str], set[str]]] = field(default_factory=list)
+    deferred: list[tuple[str, str, str]] = field(default_factory=list)
 
     def ports(self) -> EventPorts:
         def suppress(
@@ -48,7 +49,10 @@ class RecordingPorts:
         def guard(user_ids: Any, service_ids: Any, now: float) -> None:
             self.guarded.append((set(user_ids), set(service_ids)))
 
-        return EventPorts(suppress=suppress, record=record, guard=guard)
+        def defer(service_id: str, address: str, delay_type: str, now: float, *, reported_at: float) -> None:
+            self.deferred.append((service_id, address, delay_type))
+
+        return EventPorts(suppress=suppress, record=record, guard=guard, defer=defer)
 
 
 class _Context:

@@ -42,6 +42,7 @@ EXPECTED_KIND = {
     "complaint": EventKind.COMPLAINT,
     "reject": EventKind.REJECT,
     "delivery_delay": EventKind.DELIVERY_DELAY,
+    "delivery_delay_throttled": EventKind.DELIVERY_DELAY,
 }
 
 

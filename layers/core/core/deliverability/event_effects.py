@@ -66,6 +66,15 @@ class ReputationOutcome:
     at: float
 
 
+class Defer(Protocol):
+    """core.deliverability.deferrals.record_deferral with its policy: a DeliveryDelay tightens the
+    recipient's group on the service when its type says the provider is throttling us."""
+
+    def __call__(
+        self, service_id: str, recipient_address: str, delay_type: str, now: float, *, reported_at: float
+    ) -> object: ...
+
+
 @dataclass(frozen=True)
 class EventPorts:
     """The collaborators events feed, passed in by the handler (core.deliverability.event_ports)."""
@@ -73,6 +82,7 @@ class EventPorts:
     suppress: Suppress
     record: Callable[[Sequence[ReputationOutcome], float], None]
     guard: Callable[[Iterable[str], Iterable[str], float], object]
+    defer: Defer
 
 
 class Result(StrEnum):
@@ -150,6 +160,7 @@ class _Pending:
     at: float
     contact: bool  # its write also moves the contact's soft-bounce count
     counted: bool | None = None  # the gate's answer, once written
+    receive_count: int = 1
 
 
 def apply_events(
@@ -191,7 +202,15 @@ def _find(key: str, event: SesEvent, receive_count: int, now: float) -> Applied 
         if might_be_ours(event) and receive_count < MATCH_ATTEMPTS:
             raise SubtaskNotFoundYet(message_id)
         return Applied(Result.UNMATCHED, kind, message_id)
-    return _Pending(key, event, kind, subtask, occurred_at(event, now), contact=EFFECTS[kind].soft_bounce)
+    return _Pending(
+        key,
+        event,
+        kind,
+        subtask,
+        occurred_at(event, now),
+        contact=EFFECTS[kind].soft_bounce,
+        receive_count=receive_count,
+    )
 
 
 def _after_write(
@@ -206,6 +225,14 @@ def _after_write(
         try:
             ports.suppress(subtask.user_id, subtask.email, effect.suppress, now, detail=detail_of(item.event))
         except Exception as error:  # retried: the redelivery is a repeat, suppression runs again
+            return error
+    delay = item.event.delivery_delay
+    # A provider deferral tightens the group once per email; an SQS redelivery of a repeat asks
+    # again, as its first delivery may have failed right after the gate.
+    if item.kind is EventKind.DELIVERY_DELAY and delay is not None and (item.counted or item.receive_count > 1):
+        try:
+            ports.defer(subtask.service_id, subtask.email, delay.delay_type, now, reported_at=item.at)
+        except Exception as error:  # retried: the redelivery (receive count > 1) asks again
             return error
     reputation = None
     if item.counted and effect.reputation is not None:
