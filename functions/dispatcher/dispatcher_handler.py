@@ -87,6 +87,7 @@ def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
         wake=rt.wake,
         handoff_lead_seconds=settings.dispatcher_handoff_lead_seconds,
         ses_for_region=ses_for_region,
+        default_max_lateness=float(settings.default_max_lateness_seconds),
     )
 
 

@@ -67,6 +67,7 @@ from core.dispatch.sender import Completed, SesSender, send_request
 from core.dispatch.tiers import Tier, tier_of
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
+from core.late_start import expire_if_late
 from core.mail.mime import build_campaign_message
 from core.mail.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
 from core.mail.unsubscribe import sign_unsubscribe, unsubscribe_url
@@ -143,6 +144,8 @@ class DispatcherDeps:
     # The sesv2 client of a region: a service sends through the SES account of its own region
     # (`ses` is used when this is not given: a client of the function's region).
     ses_for_region: Callable[[str], Any] | None = None
+    # A task's max_lateness when it sets none (core.late_start; settings.default_max_lateness_seconds).
+    default_max_lateness: float = 86_400.0
 
 
 @dataclass
@@ -286,6 +289,8 @@ class Dispatcher:
                 continue
             known = self.works.get(task.task_id)
             if known is None:
+                if expire_if_late(task, now, self.deps.default_max_lateness):
+                    continue  # not sent late: expired until its user confirms (core.late_start)
                 new.append(task)
                 continue
             # A known task's queue keeps its read state: nothing is added to it but this invocation's
