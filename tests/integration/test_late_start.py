@@ -290,3 +290,27 @@ def test_a_stale_read_cannot_expire_a_task_that_began_meanwhile(world: World, cl
     assert expire_if_late(stale, clock.now(), DAY)  # late as read: left out of this look
     assert task(task_id).status == TaskStatus.QUEUED  # but the write's condition refused the move
     assert world.tick("svc-a", budget=10.0).sent == 4  # the next look sends it
+
+
+def test_the_dispatcher_function_takes_the_stacks_default_from_its_settings(
+    world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dispatcher_handler
+
+    from tests.integration.test_wake_ups_api import Context
+
+    # Given a stack whose DefaultMaxLatenessSeconds is two hours, and a task three hours old
+    monkeypatch.setenv("DEFAULT_MAX_LATENESS_SECONDS", "7200")
+    dispatcher_handler.runtime.cache_clear()
+    dispatcher_handler.runtime().clock = clock
+    world.service("svc-a")
+    task_id = world.campaign("carol", 3, ["svc-a"])
+    clock.advance(3 * HOUR)
+
+    # When the function's schedule tick runs
+    summary = dispatcher_handler.lambda_handler({"service_id": "svc-a"}, Context())
+
+    # Then the task expired instead of sending
+    assert summary["sent"] == 0
+    assert (task(task_id).status, task(task_id).reason) == (TaskStatus.EXPIRED, "late_start:3h00m")
+    dispatcher_handler.runtime.cache_clear()
