@@ -12,7 +12,7 @@ import pytest
 from core.clock import iso
 from core.dispatch.dispatcher import StopReason
 from core.late_start import expire_if_late
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from core.states import SubtaskStatus, TaskStatus
 from core.storage.models import SubtaskModel, TaskModel
 from tests.conftest import ApiClient, FakeClock
@@ -300,17 +300,21 @@ def test_the_dispatcher_function_takes_the_stacks_default_from_its_settings(
     from tests.integration.test_wake_ups_api import Context
 
     # Given a stack whose DefaultMaxLatenessSeconds is two hours, and a task three hours old
-    monkeypatch.setenv("DEFAULT_MAX_LATENESS_SECONDS", "7200")
-    dispatcher_handler.runtime.cache_clear()
-    dispatcher_handler.runtime().clock = clock
     world.service("svc-a")
     task_id = world.campaign("carol", 3, ["svc-a"])
     clock.advance(3 * HOUR)
+    monkeypatch.setenv("DEFAULT_MAX_LATENESS_SECONDS", "7200")
+    load_settings.cache_clear()  # settings are read once per cold start: this function starts cold
+    dispatcher_handler.runtime.cache_clear()
+    try:
+        dispatcher_handler.runtime().clock = clock
 
-    # When the function's schedule tick runs
-    summary = dispatcher_handler.lambda_handler({"service_id": "svc-a"}, Context())
+        # When the function's schedule tick runs
+        summary = dispatcher_handler.lambda_handler({"service_id": "svc-a"}, Context())
+    finally:
+        load_settings.cache_clear()
+        dispatcher_handler.runtime.cache_clear()
 
     # Then the task expired instead of sending
     assert summary["sent"] == 0
     assert (task(task_id).status, task(task_id).reason) == (TaskStatus.EXPIRED, "late_start:3h00m")
-    dispatcher_handler.runtime.cache_clear()
