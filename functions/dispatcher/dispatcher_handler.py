@@ -16,6 +16,7 @@ from botocore.config import Config
 
 from core.clock import Clock, SystemClock
 from core.dispatch.dispatcher import DispatcherDeps, DispatchReport, dispatch_service
+from core.dispatch.domain_throttles import ThrottlePolicy
 from core.dispatch.metrics import dispatch_metrics, publish
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.secrets import resolve_signing_key
@@ -87,6 +88,8 @@ def deps_for(context: LambdaContext, rt: Runtime) -> DispatcherDeps:
         wake=rt.wake,
         handoff_lead_seconds=settings.dispatcher_handoff_lead_seconds,
         ses_for_region=ses_for_region,
+        default_max_lateness=float(settings.default_max_lateness_seconds),
+        deferral_policy=ThrottlePolicy(default_per_minute=settings.deferral_default_per_minute),
     )
 
 

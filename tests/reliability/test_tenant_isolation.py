@@ -174,6 +174,9 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ("POST", "/api/scheduler/tasks/{task_id}/resume"): [
         Probe(lambda w, a, b: (f"/api/scheduler/tasks/{a.task_id}/resume", None), 404)
     ],
+    ("POST", "/api/scheduler/tasks/{task_id}/send-late"): [
+        Probe(lambda w, a, b: (f"/api/scheduler/tasks/{a.task_id}/send-late", None), 404)
+    ],
 }
 
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from core.dispatch.candidates import BUCKET_CAP, Candidates
-from core.dispatch.domain_throttles import NEVER, DeferralPolicy, DomainThrottles, spacing_of
+from core.dispatch.domain_throttles import NEVER, DomainThrottles, ThrottlePolicy, spacing_of
 from core.dispatch.send_windows import SendWindow
 from core.mail.providers import group_of
 from core.storage.models import SubtaskModel
@@ -39,7 +39,7 @@ def test_recipient_groups(address: str, group: str) -> None:
 
 
 def test_spacing_is_the_stricter_limit_and_a_deferral_doubles_it_per_level() -> None:
-    policy = DeferralPolicy(default_per_minute=30)
+    policy = ThrottlePolicy(default_per_minute=30)
     assert spacing_of({"per_minute": 60}, 0, policy) == 1.0
     assert spacing_of({"per_minute": 600, "per_hour": 1800}, 0, policy) == 2.0
     assert spacing_of({"per_minute": 60}, 2, policy) == 4.0
@@ -49,7 +49,7 @@ def test_spacing_is_the_stricter_limit_and_a_deferral_doubles_it_per_level() -> 
 
 def test_sends_spaced_by_the_limit_never_exceed_it_in_any_window() -> None:
     throttles = DomainThrottles()
-    throttles.configure({"gmail": {"per_minute": 7}}, None, True, 0.0, DeferralPolicy())
+    throttles.configure({"gmail": {"per_minute": 7}}, None, True, 0.0, ThrottlePolicy())
     sends: list[float] = []
     at = 0.0
     rng = random.Random(7)
@@ -67,12 +67,12 @@ def test_sends_spaced_by_the_limit_never_exceed_it_in_any_window() -> None:
 def test_deferrals_apply_until_they_end() -> None:
     throttles = DomainThrottles()
     deferrals = {"yahoo": {"level": 2, "since": 0, "until": 100}, "gmail": {"level": 3, "since": 0, "until": 5}}
-    throttles.configure({"yahoo": {"per_minute": 60}}, deferrals, True, 10.0, DeferralPolicy())
+    throttles.configure({"yahoo": {"per_minute": 60}}, deferrals, True, 10.0, ThrottlePolicy())
     assert throttles.spacing == {"yahoo": 4.0}  # gmail's deferral ended at 5
 
 
 def test_saved_spacing_carries_over_and_a_crash_counts_as_a_send_now() -> None:
-    policy = DeferralPolicy()
+    policy = ThrottlePolicy()
     first = DomainThrottles()
     first.configure({"gmail": {"per_minute": 6}}, None, True, 0.0, policy)
     first.picked("gmail", 100.0)
@@ -94,7 +94,7 @@ def test_saved_spacing_carries_over_and_a_crash_counts_as_a_send_now() -> None:
 
 def test_a_snapshot_forgets_picks_that_were_not_claimed() -> None:
     throttles = DomainThrottles()
-    throttles.configure({"gmail": {"per_minute": 60}}, None, True, 0.0, DeferralPolicy())
+    throttles.configure({"gmail": {"per_minute": 60}}, None, True, 0.0, ThrottlePolicy())
     snapshot = throttles.snapshot()
     throttles.picked("gmail", 3.0)
     assert throttles.earliest("gmail") == 4.0

@@ -39,6 +39,11 @@ def resume_task(task_id: str) -> TaskOut:
     return scheduler_control.resume_task(current_caller(router), task_id, _control_deps())
 
 
+@router.post("/api/scheduler/tasks/<task_id>/send-late", responses=documented(200, AUTH, 404, 409))
+def send_task_late(task_id: str) -> TaskOut:
+    return scheduler_control.send_task_late(current_caller(router), task_id, _control_deps())
+
+
 @router.get("/api/scheduler/status", responses=documented(200, AUTH, 403))
 def scheduler_status() -> StatusOut:
     return status.scheduler_status(current_caller(router), deps().clock)

@@ -1,5 +1,6 @@
 """Operator control of sending: start/stop the whole scheduler (the running flag plus every
-service's dispatch schedule) and pause/resume one task. Every action is idempotent and every state
+service's dispatch schedule), pause/resume one task, and send-late (a user's confirmation that a
+task the late-start guard expired is to be sent anyway: core.late_start). Every action is idempotent and every state
 change is a conditional write; a dispatcher sees it on its next pick."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from core.dispatch.control import services_with_work
 from core.dispatch.schedules import SCHEDULER_STATE_KEY, ScheduleConfig, sync_all_schedules
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import InvalidState
+from core.late_start import SEND_LATE_ROUTE, NotExpired, TaskExpired, confirm_late_start
 from core.states import DISPATCHABLE, TaskStatus, can_move
 from core.storage.models import SchedulerStateModel, update_if
 from core.task_transitions import move_task
@@ -85,6 +87,8 @@ def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
     if task.status != TaskStatus.PAUSED:
         if TaskStatus(task.status) in DISPATCHABLE:
             return task_out(task)
+        if task.status == TaskStatus.EXPIRED:
+            raise TaskExpired(f"the task expired ({task.reason}): to send it anyway, {SEND_LATE_ROUTE}")
         raise InvalidState(f"a {task.status} task cannot be resumed")
     require_not_held(task.user_id)
     now = deps.clock.now()
@@ -100,4 +104,30 @@ def resume_task(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
         delay = (task.scheduled_at or now) - now
         if delay <= SQS_MAX_DELAY_SECONDS:
             deps.wake.wake(task.plan.routing or [], WakeReason.RESUME, delay_seconds=delay)
+    return task_out(task)
+
+
+# ---------------------------------------------------------------- send late
+
+
+def send_task_late(caller: Caller, task_id: str, deps: ControlDeps) -> TaskOut:
+    """expired -> queued, confirmed: the late-start guard never expires it again (core.late_start),
+    and its services are woken. A task already confirmed is a no-op; any other is 409 `not_expired`.
+    While the reputation guard holds the tenant it is 409 `reputation_hold`, as for resume."""
+    task = load_task(caller, task_id)
+    if task.status != TaskStatus.EXPIRED:
+        if task.late_start_confirmed:
+            return task_out(task)
+        raise NotExpired(f"a {task.status} task is not expired: only an expired task is sent late")
+    require_not_held(task.user_id)
+    now = deps.clock.now()
+    if not confirm_late_start(task, now):  # announced: dispatchers reload
+        task.refresh(consistent_read=True)
+        if not task.late_start_confirmed:  # cancelled meanwhile
+            raise NotExpired(f"the task became {task.status} meanwhile and cannot be sent late")
+        return task_out(task)
+    if pause_if_held(task, now):  # held meanwhile: the hold's sweep may not have seen this move yet
+        require_not_held(task.user_id)
+    if deps.wake is not None:
+        deps.wake.wake(task.plan.routing or [], WakeReason.RESUME)
     return task_out(task)

@@ -58,7 +58,7 @@ from core.dispatch.claims import (
     release_claims,
 )
 from core.dispatch.control import read_control
-from core.dispatch.domain_throttles import DeferralPolicy, DomainThrottles
+from core.dispatch.domain_throttles import DomainThrottles, ThrottlePolicy
 from core.dispatch.failover import fail_over
 from core.dispatch.fairness import Fairness, Pointer, TaskWork
 from core.dispatch.lease import Release, Saved
@@ -71,6 +71,7 @@ from core.dispatch.sender import Completed, SesSender, send_request
 from core.dispatch.tiers import Tier, tier_of
 from core.dispatch.wakeups import WakeQueue, WakeRequest
 from core.errors import DomainError
+from core.late_start import expire_if_late
 from core.mail.mime import build_campaign_message
 from core.mail.providers import group_of
 from core.mail.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
@@ -154,7 +155,9 @@ class DispatcherDeps:
     # (`ses` is used when this is not given: a client of the function's region).
     ses_for_region: Callable[[str], Any] | None = None
     # Where a provider deferral (SES DeliveryDelay) starts a group without a limit of its own.
-    deferral_policy: DeferralPolicy = field(default_factory=DeferralPolicy)
+    deferral_policy: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+    # A task's max_lateness when it sets none (core.late_start; settings.default_max_lateness_seconds).
+    default_max_lateness: float = 86_400.0
 
 
 @dataclass
@@ -318,6 +321,8 @@ class Dispatcher:
                 continue
             known = self.works.get(task.task_id)
             if known is None:
+                if expire_if_late(task, now, self.deps.default_max_lateness):
+                    continue  # not sent late: expired until its user confirms (core.late_start)
                 new.append(task)
                 continue
             # A known task's queue keeps its read state: nothing is added to it but this invocation's

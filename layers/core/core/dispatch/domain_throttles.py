@@ -30,11 +30,11 @@ NEVER = float("-inf")
 
 
 @dataclass(frozen=True)
-class DeferralPolicy:
+class ThrottlePolicy:
     default_per_minute: int = 60
 
 
-def spacing_of(limit: Mapping[str, Any] | None, level: int, policy: DeferralPolicy) -> float:
+def spacing_of(limit: Mapping[str, Any] | None, level: int, policy: ThrottlePolicy) -> float:
     """Seconds between two sends to a group with `limit` ({per_minute, per_hour}) at deferral `level`."""
     spacing = 0.0
     if limit:
@@ -62,7 +62,7 @@ class DomainThrottles:
         deferrals: Mapping[str, Any] | None,
         interleave: bool,
         now: float,
-        policy: DeferralPolicy,
+        policy: ThrottlePolicy,
     ) -> None:
         """The service's limits and live deferrals (at every reload of the service)."""
         self.interleave = interleave
