@@ -13,11 +13,14 @@ import pytest
 from core.clock import utc_day
 from core.dispatch.dispatcher import StopReason
 from core.planning.routing import user_capacities, waiting_reason
+from core.service_health import HealthDeps, check_service
 from core.settings import Settings
 from core.storage.models import EmailServiceModel, ServiceUsageModel, SubtaskModel, UserModel
 from tests.conftest import ApiClient, FakeClock
 from tests.integration.given import assert_rejected, given_service
+from tests.integration.test_health import moto_clients
 from tests.support.dispatching import World, sent_subtasks, start_scheduler, task
+from tests.support.planning import seed_service
 
 DAY = 86_400
 TICK = 60.0
@@ -200,3 +203,18 @@ def test_bad_ramps_are_refused_naming_the_field_and_change_nothing(api: ApiClien
     svc = given_service(api, warmup={"preset": "standard"})
     assert_rejected(api.patch(f"/api/services/{svc}", {"warmup": warmup}), field)
     assert EmailServiceModel.get(svc).warmup.as_dict()["preset"] == "standard"
+
+
+def test_the_health_check_compares_todays_quota_with_what_the_account_gives(aws: Settings, clock: FakeClock) -> None:
+    # moto's sandbox account gives 200 a day: a service of 1,000 warns, unless its ramp allows 50 today
+    seed_service("svc-warm", clock.now(), sending_rate=1.0, daily_quota=1000)
+    seed_service("svc-cold", clock.now(), sending_rate=1.0, daily_quota=1000)
+    ramp = {"preset": "standard", "first_day": 50, "growth": 1.5, "start_day": utc_day(clock.now())}
+    EmailServiceModel("svc-warm").update(actions=[EmailServiceModel.warmup.set(ramp)])
+    deps = HealthDeps(clock=clock, clients=moto_clients())
+
+    assert check_service("svc-warm", deps).health_warnings == []
+    assert check_service("svc-cold", deps).health_warnings == ["daily_quota_above_account_max:1000>200"]
+    # Day 4 of the ramp allows 168, day 5 253: above what the account gives, so it warns again
+    clock.advance(4 * DAY)
+    assert check_service("svc-warm", deps).health_warnings == ["daily_quota_above_account_max:253>200"]
