@@ -23,7 +23,7 @@ What it makes of them (`assess`, the rules in one place):
 | `from_domain` not verified (or unknown to SES) | unhealthy | `identity_not_verified:<domain>` |
 | an account-level error (send_errors' ACCOUNT class) | unhealthy | `account_error:<code>` |
 | `1 / sending_rate` above `MaxSendRate` | healthy | `sending_rate_above_account_max:<r>/s><max>/s` |
-| `daily_quota` above `Max24HourSend` (-1: none) | healthy | `daily_quota_above_account_max:<q>><max>` |
+| today's `daily_quota` (warm-up applied) > `Max24HourSend` | healthy | `daily_quota_above_account_max:<q>><max>` |
 | a read fails otherwise (throttled, SES-side, denied) | as it was | `check_failed:<operation>:<code>` |
 
 Several reasons are joined with ", ". Each check writes `last_health_check` and what it read on the
@@ -53,6 +53,7 @@ from core.dispatch.control import control_changed
 from core.dispatch.schedules import SCHEDULER_STATE_KEY, scheduler_running
 from core.dispatch.send_errors import SendErrorClass, classify_send_error
 from core.dispatch.wakeups import WakeQueue, WakeReason
+from core.dispatch.warmup import service_day_quota
 from core.errors import NotFound
 from core.storage.models import EmailServiceModel, SchedulerStateModel, update_if
 
@@ -368,7 +369,7 @@ def assess(
     return Assessment(healthy=healthy, reasons=tuple(reasons), warnings=tuple(warnings), account=account)
 
 
-def _assess_service(service: EmailServiceModel, reads: _Reads) -> Assessment:
+def _assess_service(service: EmailServiceModel, reads: _Reads, now: float) -> Assessment:
     account: AccountReading | None = None
     account_error: str | None = None
     verified: bool | None = None
@@ -388,7 +389,8 @@ def _assess_service(service: EmailServiceModel, reads: _Reads) -> Assessment:
             failures.append(error.warning)
     return assess(
         sending_rate=float(service.sending_rate),
-        daily_quota=int(service.daily_quota),
+        # Today's quota: a warm-up ramp below SES's 24-hour maximum is no reason to warn.
+        daily_quota=service_day_quota(service, now).effective,
         from_domain=service.from_domain,
         account=account,
         identity_verified=verified,
@@ -452,8 +454,9 @@ def _announce(service: EmailServiceModel, before: bool, deps: HealthDeps) -> Non
 
 
 def _check(service: EmailServiceModel, reads: _Reads, deps: HealthDeps) -> ServiceHealthOut | None:
-    assessment = _assess_service(service, reads)
-    before = _record(service, assessment, deps.clock.now())
+    now = deps.clock.now()
+    assessment = _assess_service(service, reads, now)
+    before = _record(service, assessment, now)
     if before is None:
         return None
     _announce(service, before, deps)

@@ -16,12 +16,12 @@ from pynamodb.expressions.update import Action
 from core.api.auth import Caller
 from core.api.ownership import load_services
 from core.api.schemas import ServiceIn, ServiceList, ServiceOut, ServicePatch, is_identifier
-from core.api.sending_rules_schemas import DeferralOut, WarmupOut, stored_domain_limits
+from core.api.sending_rules_schemas import DeferralOut, stored_domain_limits, warmup_out
 from core.clock import Clock, iso, to_datetime, utc_day
 from core.dispatch.control import control_changed
 from core.dispatch.schedules import ScheduleConfig, delete_service_schedule, scheduler_running, sync_service_schedule
 from core.dispatch.wakeups import WakeQueue, WakeReason
-from core.dispatch.warmup import Ramp, effective_daily_quota
+from core.dispatch.warmup import service_day_quota
 from core.errors import NotFound
 from core.service_health import RegionalClients
 from core.storage.ids import new_id
@@ -174,16 +174,16 @@ def _used_today(service_ids: list[str], clock: Clock) -> dict[str, int]:
 
 
 def service_out(service: EmailServiceModel, used_today: int, now: float) -> ServiceOut:
-    daily_quota = effective_daily_quota(int(service.daily_quota), _as_dict(service.warmup), now)
-    remaining = max(daily_quota - used_today, 0)
+    quota = service_day_quota(service, now)  # today's: the daily quota, capped by a warm-up ramp
+    remaining = max(quota.effective - used_today, 0)
     # A service with a zero quota can send nothing today: it reads as fully used.
-    percentage = round(100.0 * used_today / daily_quota, 2) if daily_quota else 100.0
+    percentage = round(100.0 * used_today / quota.effective, 2) if quota.effective else 100.0
     return ServiceOut(
         service_id=service.service_id,
         name=service.name,
         region=service.region,
         sending_rate=float(service.sending_rate),
-        daily_quota=daily_quota,
+        daily_quota=int(service.daily_quota),
         from_domain=service.from_domain,
         configuration_set=service.configuration_set,
         enabled=bool(service.enabled),
@@ -198,7 +198,7 @@ def service_out(service: EmailServiceModel, used_today: int, now: float) -> Serv
         domain_limits=_as_dict(service.domain_limits) or {},
         interleave_domains=service.interleave_domains is not False,
         domain_deferrals=deferrals_out(_as_dict(service.domain_deferrals), now),
-        warmup=warmup_out(int(service.daily_quota), _as_dict(service.warmup), now),
+        warmup=warmup_out(quota),
     )
 
 
@@ -216,21 +216,3 @@ def deferrals_out(deferrals: dict[str, Any] | None, now: float) -> dict[str, Def
         for group, entry in sorted((deferrals or {}).items())
         if float(entry.get("until", 0)) > now
     }
-
-
-def warmup_out(daily_quota: int, warmup: dict[str, Any] | None, now: float) -> WarmupOut | None:
-    if not warmup:
-        return None
-    ramp = Ramp.from_item(warmup)
-    day = ramp.day(now)
-    allowance = ramp.allowance(day)
-    return WarmupOut(
-        preset=ramp.preset,
-        start_day=ramp.start_day.isoformat(),
-        first_day=None if ramp.schedule else ramp.first_day,
-        growth=None if ramp.schedule else ramp.growth,
-        schedule=list(ramp.schedule) or None,
-        day=day,
-        allowance_today=allowance,
-        effective_daily_quota=daily_quota if allowance is None else min(daily_quota, allowance),
-    )

@@ -22,10 +22,12 @@ from pydantic import BaseModel
 from core.api.auth import Caller
 from core.api.ownership import load_services, tenant_user
 from core.api.schemas import TaskCountsOut
+from core.api.sending_rules_schemas import WarmupOut, warmup_out
 from core.clock import Clock, iso, utc_day
 from core.dispatch import rates
 from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.dispatch.send_windows import waiting_for_window
+from core.dispatch.warmup import DayQuota, service_day_quota
 from core.states import DISPATCHABLE, TaskStatus
 from core.storage.models import EmailServiceModel, SchedulerStateModel, ServiceUsageModel, TaskModel, UserModel
 from core.task_transitions import ACTIVE_PARTITION, HELD_PARTITION, finished_partition
@@ -62,10 +64,13 @@ class ServiceStatsOut(BaseModel):
     name: str
     enabled: bool
     is_healthy: bool
-    reason: str | None  # why it does not send (unhealthy, disabled, reputation_hold:<why>, out of quota today)
-    daily_quota: int
+    # why it does not send (unhealthy, disabled, reputation_hold:<why>, out of quota today:
+    # daily_quota_exhausted:<id>, or warmup_allowance:<id> when its warm-up ramp caps the day)
+    reason: str | None
+    daily_quota: int  # as configured
+    effective_daily_quota: int  # today's: the daily quota, capped by the warm-up ramp's allowance
     used_today: int
-    remaining_quota: int
+    remaining_quota: int  # of the effective daily quota
     usage_percentage: float
     last_sent: str | None
     last_health_check: str | None
@@ -75,6 +80,7 @@ class ServiceStatsOut(BaseModel):
     # The reputation guard's hold (core.deliverability.holds): why, and since when; None while it may send.
     sending_hold: str | None = None
     sending_hold_at: str | None = None
+    warmup: WarmupOut | None = None  # the warm-up ramp, its day and today's allowance (docs/warmup.md)
 
 
 class HeldUserOut(BaseModel):
@@ -175,7 +181,7 @@ def scheduler_status(caller: Caller, clock: Clock) -> StatusOut:
 # ---------------------------------------------------------------- stats
 
 
-def _service_reason(service: EmailServiceModel, remaining: int) -> str | None:
+def _service_reason(service: EmailServiceModel, remaining: int, quota: DayQuota | None = None) -> str | None:
     if not service.enabled:
         return "disabled"
     if not service.is_healthy:
@@ -183,7 +189,7 @@ def _service_reason(service: EmailServiceModel, remaining: int) -> str | None:
     if service.sending_hold:
         return f"reputation_hold:{service.sending_hold}"
     if remaining <= 0:
-        return f"daily_quota_exhausted:{service.service_id}"
+        return quota.exhausted_reason(service.service_id) if quota else f"daily_quota_exhausted:{service.service_id}"
     return None
 
 
@@ -230,7 +236,8 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
     if missing:
         services.update(load_services(missing))
         used.update(_usage_today([services[i] for i in missing if i in services], now))
-    remaining = {sid: max(0, int(s.daily_quota) - used.get(sid, 0)) for sid, s in services.items()}
+    quotas = {sid: service_day_quota(s, now) for sid, s in services.items()}  # warm-up ramps applied
+    remaining = {sid: max(0, quotas[sid].effective - used.get(sid, 0)) for sid in services}
     # Who shares each service's pace: users with a task that may send there, and how many tasks each.
     sharing: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for task in scope.tasks:
@@ -254,7 +261,7 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
     ]
     service_stats = []
     for service in scope.services:
-        quota = int(service.daily_quota)
+        quota = quotas[service.service_id]
         used_today = used.get(service.service_id, 0)
         left = remaining[service.service_id]
         service_stats.append(
@@ -263,11 +270,12 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
                 name=service.name,
                 enabled=bool(service.enabled),
                 is_healthy=bool(service.is_healthy),
-                reason=_service_reason(service, left),
-                daily_quota=quota,
+                reason=_service_reason(service, left, quota),
+                daily_quota=quota.daily_quota,
+                effective_daily_quota=quota.effective,
                 used_today=used_today,
                 remaining_quota=left,
-                usage_percentage=round(100.0 * used_today / quota, 1) if quota else 100.0,
+                usage_percentage=round(100.0 * used_today / quota.effective, 1) if quota.effective else 100.0,
                 last_sent=iso(service.last_sent) if service.last_sent is not None else None,
                 last_health_check=iso(service.last_health_check) if service.last_health_check is not None else None,
                 configured_rate_per_minute=round(60.0 / float(service.sending_rate), 2),
@@ -275,6 +283,7 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
                 warnings=list(service.health_warnings or []),
                 sending_hold=service.sending_hold,
                 sending_hold_at=iso(service.sending_hold_at) if service.sending_hold_at is not None else None,
+                warmup=warmup_out(quota),
             )
         )
     return StatsOut(generated_at=iso(now), tasks=tasks, services=service_stats, held_users=_held_users(scope))

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.dispatch.warmup import PRESETS
+from core.dispatch.warmup import PRESETS, DayQuota
 from core.mail.providers import PROVIDERS, group_of_domain
 
 MAX_DOMAIN_LIMITS = 100
@@ -120,6 +120,23 @@ class WarmupOut(BaseModel):
     day: int  # the ramp's day today (1 on start_day)
     allowance_today: int | None  # None once the ramp is over
     effective_daily_quota: int  # min(daily_quota, allowance_today)
+
+
+def warmup_out(quota: DayQuota) -> WarmupOut | None:
+    """A service's ramp as the API shows it, on the day `quota` is for (None: no ramp)."""
+    ramp = quota.ramp
+    if ramp is None or quota.day is None:
+        return None
+    return WarmupOut(
+        preset=ramp.preset,
+        start_day=ramp.start_day.isoformat(),
+        first_day=None if ramp.schedule else ramp.first_day,
+        growth=None if ramp.schedule else ramp.growth,
+        schedule=list(ramp.schedule) or None,
+        day=quota.day,
+        allowance_today=quota.allowance,
+        effective_daily_quota=quota.effective,
+    )
 
 
 # ---------------------------------------------------------------- send windows (tasks)

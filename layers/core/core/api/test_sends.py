@@ -28,6 +28,7 @@ from core.dispatch.outcomes import outcome_of
 from core.dispatch.send_errors import SendError, SendErrorClass, classify_send_error
 from core.dispatch.sender import ses_request
 from core.dispatch.service_quota import release, reserve_block
+from core.dispatch.warmup import service_day_quota
 from core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, TooManyRequests
 from core.mail.mime import build_campaign_message
 from core.mail.rendering import SAMPLE_CONTACT, load_template, render_template
@@ -219,7 +220,7 @@ def _candidate_services(user: UserModel, service_id: str | None) -> list[EmailSe
 def _reserve_one(candidates: list[EmailServiceModel], now: float) -> EmailServiceModel:
     """The first candidate with a unit of today's quota left, that unit reserved."""
     for service in candidates:
-        if reserve_block(service.service_id, int(service.daily_quota), 1, now):
+        if reserve_block(service.service_id, service_day_quota(service, now).effective, 1, now):  # ramp applied
             return service
     retry_after = SECONDS_PER_DAY - int(now) % SECONDS_PER_DAY
     names = ", ".join(service.service_id for service in candidates)

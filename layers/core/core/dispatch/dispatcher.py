@@ -70,6 +70,7 @@ from core.dispatch.send_windows import SendWindow
 from core.dispatch.sender import Completed, SesSender, send_request
 from core.dispatch.tiers import Tier, tier_of
 from core.dispatch.wakeups import WakeQueue, WakeRequest
+from core.dispatch.warmup import service_day_quota
 from core.errors import DomainError
 from core.late_start import expire_if_late
 from core.mail.mime import build_campaign_message
@@ -109,6 +110,7 @@ class StopReason(StrEnum):
     SCHEDULER_STOPPED = "scheduler_stopped"
     SERVICE_UNAVAILABLE = "service_unavailable"
     DAILY_QUOTA = "daily_quota_exhausted"
+    WARMUP_ALLOWANCE = "warmup_allowance"  # today's warm-up allowance is spent (core.dispatch.warmup)
     ACCOUNT_PROBLEM = "account_problem"
     REPUTATION_HOLD = "reputation_hold"  # the reputation guard holds the service (core.deliverability.holds)
 
@@ -119,6 +121,7 @@ _FAILOVER_REASONS = {
     StopReason.SERVICE_UNAVAILABLE: "no_healthy_service",
     StopReason.ACCOUNT_PROBLEM: "no_healthy_service",
     StopReason.DAILY_QUOTA: "daily_quota_exhausted:{service_id}",
+    StopReason.WARMUP_ALLOWANCE: "warmup_allowance:{service_id}",
     StopReason.REPUTATION_HOLD: "reputation_hold:{service_id}",
 }
 
@@ -249,7 +252,7 @@ class Dispatcher:
             float(service.sending_rate),
             state.last_send_at,
             reserve=lambda wanted, now: service_quota.reserve_block(
-                self.service.service_id, int(self.service.daily_quota), wanted, now
+                self.service.service_id, service_day_quota(self.service, now).effective, wanted, now
             ),
             release=lambda units, reserved_at: service_quota.release(self.service.service_id, units, reserved_at),
         )
@@ -511,7 +514,8 @@ class Dispatcher:
         while taken < len(picks) and self.budget.take(now, wanted):
             taken += 1
         if taken == 0:
-            raise _StopSending(StopReason.DAILY_QUOTA)
+            ramp_limits = service_day_quota(self.service, now).ramp_limits
+            raise _StopSending(StopReason.WARMUP_ALLOWANCE if ramp_limits else StopReason.DAILY_QUOTA)
         picks = picks[:taken]  # the rest stay queued; the next pick finds the quota spent
         seen_seq = self.control_seen[0] if self.control_seen else 0
         try:

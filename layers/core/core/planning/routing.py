@@ -1,7 +1,8 @@
 """Routing: which of a user's email services a subtask goes to.
 
 The rule (documented in docs/planning.md): a user's available services are those assigned to them
-that are enabled and healthy, not held by the reputation guard, and still have daily quota today;
+that are enabled and healthy, not held by the reputation guard, and still have daily quota today
+(the effective daily quota: a warm-up ramp caps it, core.dispatch.warmup);
 each gets a share proportional to what it can deliver in the next 24 hours, `min(remaining daily
 quota, 86,400 / sending_rate)`. When none is available, the enabled services share equally and the
 task waits with the reason `waiting_reason` gives; a service that stops being available hands its
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.clock import utc_day
+from core.dispatch.warmup import DayQuota, service_day_quota
 from core.errors import Conflict
 from core.storage.models import EmailServiceModel, ServiceUsageModel, UserModel
 
@@ -35,6 +37,8 @@ class ServiceCapacity:
     sending_rate: float
     remaining_today: int
     held: bool = False  # the reputation guard holds it (sending_hold): it cannot send
+    # What caps its day: the daily quota, or a warm-up ramp's allowance (its reason when used up).
+    quota: DayQuota | None = None
 
     @property
     def deliverable_next_day(self) -> float:
@@ -54,29 +58,39 @@ def user_capacities(user: UserModel, now: float) -> list[ServiceCapacity]:
         usage.service_id: int(usage.used)
         for usage in ServiceUsageModel.batch_get([(s.service_id, day) for s in services])
     }
-    return [
-        ServiceCapacity(
-            service_id=s.service_id,
-            enabled=bool(s.enabled),
-            healthy=bool(s.is_healthy),
-            sending_rate=float(s.sending_rate),
-            remaining_today=max(0, int(s.daily_quota) - used.get(s.service_id, 0)),
-            held=s.sending_hold is not None,
+    capacities = []
+    for s in sorted(services, key=lambda service: service.service_id):
+        quota = service_day_quota(s, now)
+        capacities.append(
+            ServiceCapacity(
+                service_id=s.service_id,
+                enabled=bool(s.enabled),
+                healthy=bool(s.is_healthy),
+                sending_rate=float(s.sending_rate),
+                remaining_today=max(0, quota.effective - used.get(s.service_id, 0)),
+                held=s.sending_hold is not None,
+                quota=quota,
+            )
         )
-        for s in sorted(services, key=lambda service: service.service_id)
-    ]
+    return capacities
 
 
 def waiting_reason(services: list[ServiceCapacity]) -> str | None:
     """Why work for these services cannot move now (None when one of them is available): every
-    healthy one is out of daily quota (`daily_quota_exhausted:<first such service>`), or held by the
+    healthy one is out of daily quota (`daily_quota_exhausted:<first such service>`, or
+    `warmup_allowance:<it>` when a warm-up ramp is what caps its day), or held by the
     reputation guard (`reputation_hold:<first such service>`), or none is enabled and healthy
     (`no_healthy_service`)."""
     if any(s.available for s in services):
         return None
-    exhausted = [s.service_id for s in services if s.enabled and s.healthy and not s.held]
+    exhausted = [s for s in services if s.enabled and s.healthy and not s.held]
     if exhausted:
-        return f"daily_quota_exhausted:{exhausted[0]}"
+        first = exhausted[0]
+        return (
+            first.quota.exhausted_reason(first.service_id)
+            if first.quota
+            else f"daily_quota_exhausted:{first.service_id}"
+        )
     held = [s.service_id for s in services if s.enabled and s.healthy]
     return f"reputation_hold:{held[0]}" if held else "no_healthy_service"
 
