@@ -57,7 +57,7 @@ from core.dispatch.claims import (
 )
 from core.dispatch.control import read_control
 from core.dispatch.failover import fail_over
-from core.dispatch.fairness import Fairness, Pointer, TaskWork
+from core.dispatch.fairness import Fairness, Pointer, TaskWork, user_weights
 from core.dispatch.lease import Release, Saved
 from core.dispatch.outcomes import Move, ServiceEffect, outcome_of
 from core.dispatch.recorder import Recorder, TaskTally
@@ -226,7 +226,7 @@ class Dispatcher:
         # Fast services write their records on a writer thread: a batch write would stall the pace.
         self.recorder = Recorder(deps, self.journal, background=tier_of(float(service.sending_rate)) is Tier.FAST)
         tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
-        self.fairness = Fairness(Pointer(state.pointer_user or "", tasks))
+        self.fairness = Fairness(Pointer(state.pointer_user or "", tasks, int(state.pointer_turn or 0)))
         self.works: dict[str, TaskWork] = {}
         self.budget = SendBudget(
             deps.clock,
@@ -298,7 +298,7 @@ class Dispatcher:
         works.update(_load_works(new))
         self.works = works
         self.recorder.loaded([work.task for work in works.values()], new=[task.task_id for task in new])
-        self.fairness.replace_tasks(works)
+        self.fairness.replace_tasks(works, user_weights(work.task.user_id for work in works.values()))
         self.next_reload = next_due
         # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.
         dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
@@ -656,6 +656,7 @@ class Dispatcher:
                 dict(self.fairness.pointer.tasks),
                 self.budget.last_send_at,
                 tuple(self.journal.settled_batches()),
+                pointer_turn=self.fairness.pointer.turn_left,
             )
             released = lease.release(
                 self.service.service_id,

@@ -48,6 +48,7 @@ class Saved:
     # Claim batches of the holder's in-flight journal that are fully recorded (core.dispatch.claims);
     # batches with a failed record stay, for the next holder to mark `unknown`.
     settled_batches: tuple[str, ...] = ()
+    pointer_turn: int = 0  # picks pointer_user may still take in its weighted turn (core.dispatch.fairness)
 
 
 def acquire(service_id: str, owner: str, now: float, lease_seconds: float) -> SchedulerStateModel | None:
@@ -121,6 +122,7 @@ def release(service_id: str, owner: str, saved: Saved, now: float, *, unless_wok
         SchedulerStateModel.lease_until.set(0),
         SchedulerStateModel.pointer_user.set(saved.pointer_user),
         SchedulerStateModel.pointer_tasks.set(dict(saved.pointer_tasks)),
+        SchedulerStateModel.pointer_turn.set(saved.pointer_turn),
         SchedulerStateModel.updated_at.set(now),
     ]
     if saved.last_send_at is not None:
