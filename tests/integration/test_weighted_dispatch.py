@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from core.clock import iso
 from core.settings import Settings
 from core.storage.models import SchedulerStateModel, SubtaskModel, TaskModel, UserModel
 from tests.conftest import ApiClient, FakeClock
@@ -146,3 +147,24 @@ def test_a_weight_changed_through_the_api_reaches_a_sending_dispatcher_within_a_
     assert_within_bound(before, {"ann": 1, "ben": 1, "vip": 1})
     assert len(after) > 100
     assert_within_bound(after, {"ann": 1, "ben": 1, "vip": 3})
+
+
+def test_stats_estimate_shares_a_service_by_weight_and_a_users_share_by_priority(
+    world: World, api: ApiClient, clock: FakeClock
+) -> None:
+    # Given one service sending 1 email/s, the VIP (3) with an urgent task of 30 and a normal one
+    # of 60, and ann (1) with a normal task of 40
+    world.service("svc", sending_rate=1.0)
+    vip_normal = world.campaign("vip", 60, ["svc"])
+    weigh("vip", 3)
+    vip_urgent = campaign(world, "vip", 30, priority="urgent")
+    ann = world.campaign("ann", 40, ["svc"])
+
+    stats = {task["task_id"]: task for task in api.get("/api/scheduler/stats").body["tasks"]}
+
+    # Then the VIP's 3/4 of the pace goes to its urgent task first (30 at 0.75/s), then to its
+    # normal one (90 at 0.75/s); ann's 1/4 carries its 40 in 160 s
+    now = clock.now()
+    assert stats[vip_urgent]["estimated_finish"] == iso(now + 40)
+    assert stats[vip_normal]["estimated_finish"] == iso(now + 120)
+    assert stats[ann]["estimated_finish"] == iso(now + 160)
