@@ -1,5 +1,5 @@
 """Fairness: weighted round robin user -> task -> subtask from a pointer the lease holder saves for
-its successor. Its only AWS call is the users' weights, one BatchGetItem per reload (user_weights).
+its successor. Its only AWS call reads the users' weights (one BatchGetItem: user_weights, UserWeights).
 
 Users take turns in id order; a user's turn gives it up to `weight` consecutive picks (null = 1),
 and a user with nothing ready ends its turn early. Within a turn the user's tasks are served by
@@ -69,6 +69,26 @@ def user_weights(user_ids: Iterable[str]) -> dict[str, int]:
         user.user_id: user_weight(user.weight)
         for user in UserModel.batch_get(keys, attributes_to_get=["user_id", "weight"])
     }
+
+
+class UserWeights:
+    """The weights of the users with work, as a dispatcher last read them. Read again after a
+    control change (PATCH /api/users announces one), otherwise only for users not seen before: a
+    steady invocation reads them once, not at every periodic reload."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, int] = {}
+        self.control_seq: int | None = None
+
+    def of(self, user_ids: Iterable[str], control_seq: int) -> dict[str, int]:
+        wanted = set(user_ids)
+        if control_seq != self.control_seq:
+            self.known, self.control_seq = {}, control_seq
+        missing = wanted - self.known.keys()
+        if missing:
+            found = user_weights(missing)
+            self.known.update({user_id: found.get(user_id, 1) for user_id in missing})
+        return {user_id: self.known[user_id] for user_id in wanted}
 
 
 def _next_after(ordered: list[str], last: str) -> list[str]:
