@@ -104,6 +104,7 @@ class Fairness:
         self.pointer = pointer
         # user -> that user's tasks by rank (most urgent first), each rank's in task id order
         self.by_user: dict[str, list[dict[str, TaskWork]]] = {}
+        self.users: list[str] = []  # in id order: the order of turns
         self.weights: dict[str, int] = {}
 
     def replace_tasks(
@@ -119,6 +120,7 @@ class Fairness:
             ]
             for user_id, ranks in ranked.items()
         }
+        self.users = sorted(self.by_user)
         self.weights = {user_id: user_weight((weights or {}).get(user_id)) for user_id in self.by_user}
         # A weight lowered mid-turn shortens the turn in progress to the new weight.
         current = self.weights.get(self.pointer.user)
@@ -135,7 +137,7 @@ class Fairness:
                 return work
             self.pointer.turn_left = 0  # nothing ready: its turn ends early, the next user's begins
             tried = current
-        for user_id in _next_after(sorted(self.by_user), current):
+        for user_id in _next_after(self.users, current):
             work = self._pick_task(user_id, has_ready) if user_id != tried else None
             if work is not None:
                 self.pointer.user = user_id
