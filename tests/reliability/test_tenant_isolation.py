@@ -53,6 +53,10 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
         Probe(lambda w, a, b: ("/api/users", {"user_id": A, "email": "x@b.example", "quota": 9}), 403)
     ],
     ("GET", "/api/users/{user_id}"): [Probe(lambda w, a, b: (f"/api/users/{A}", None), 404)],
+    ("PATCH", "/api/users/{user_id}"): [
+        Probe(lambda w, a, b: (f"/api/users/{A}", {"weight": 100}), 403),
+        Probe(lambda w, a, b: (f"/api/users/{B}", {"weight": 100}), 403),
+    ],
     ("PUT", "/api/users/{user_id}/services"): [
         Probe(lambda w, a, b: (f"/api/users/{A}/services", {"service_ids": []}), 403)
     ],

@@ -13,7 +13,7 @@ So a call costs a number of requests that grows with services and open tasks, ne
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +25,7 @@ from core.api.schemas import TaskCountsOut
 from core.api.sending_rules_schemas import WarmupOut, warmup_out
 from core.clock import Clock, iso, utc_day
 from core.dispatch import rates
+from core.dispatch.fairness import priority_rank, user_weight
 from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.dispatch.send_windows import waiting_for_window
 from core.dispatch.warmup import DayQuota, service_day_quota
@@ -201,26 +202,62 @@ def _estimated_finish(
     task: TaskModel,
     services: dict[str, EmailServiceModel],
     remaining: dict[str, int],
-    sharing: dict[str, dict[str, int]],
+    sharing: _Sharing,
     now: float,
 ) -> str | None:
     """When the task's queued emails are out, at the paces of its services: each service's pace is
-    shared by the users sending on it (one pick per user per round), and a user's share by their
-    tasks on it. None when nothing of it can move now (paused, waiting, no service can send)."""
+    shared by the users sending on it by their weights (core.dispatch.fairness), and a user's share
+    by their tasks of the most urgent priority with work; a less urgent task's emails follow the
+    user's more urgent ones. None when nothing of it can move now (paused, waiting, no service can
+    send)."""
     queued = int(task.counts.queued or 0)
     if queued <= 0 or task.status not in DISPATCHABLE:
         return None
-    per_second = 0.0
+    user_per_second = task_per_second = 0.0
+    rank = priority_rank(task)
     for service_id in dict.fromkeys(task.plan.routing or []):
         service = services.get(service_id)
-        users = sharing.get(service_id, {})
+        users = sharing.tasks.get(service_id, {})
         if service is None or not _can_send(service, remaining.get(service_id, 0)) or task.user_id not in users:
             continue
-        per_second += 1.0 / float(service.sending_rate) / len(users) / users[task.user_id]
-    if per_second <= 0:
+        weight = sharing.weights.get(task.user_id, 1)
+        share = 1.0 / float(service.sending_rate) * weight / sum(sharing.weights.get(u, 1) for u in users)
+        user_per_second += share
+        task_per_second += share / users[task.user_id][rank]
+    if task_per_second <= 0:
         return None
     start = max(now, float(task.scheduled_at or 0))
-    return iso(start + queued / per_second)
+    return iso(start + sharing.ahead(task) / user_per_second + queued / task_per_second)
+
+
+@dataclass
+class _Sharing:
+    """Who shares each service's pace: the users with a task that may send there, their weights,
+    and per user how many of its tasks of each priority rank."""
+
+    weights: dict[str, int]
+    tasks: dict[str, dict[str, Counter[int]]]  # service -> user -> priority rank -> tasks
+    sending: list[TaskModel]
+
+    @classmethod
+    def of(cls, tasks: list[TaskModel], weights: dict[str, int]) -> _Sharing:
+        sending = [t for t in tasks if t.status in DISPATCHABLE and int(t.counts.queued or 0) > 0]
+        by_service: dict[str, dict[str, Counter[int]]] = defaultdict(lambda: defaultdict(Counter))
+        for task in sending:
+            for service_id in dict.fromkeys(task.plan.routing or []):
+                by_service[service_id][task.user_id][priority_rank(task)] += 1
+        return cls(weights, by_service, sending)
+
+    def ahead(self, task: TaskModel) -> int:
+        """Emails of the user's more urgent tasks on any of the same services: they go first."""
+        rank, routing = priority_rank(task), set(task.plan.routing or [])
+        return sum(
+            int(other.counts.queued or 0)
+            for other in self.sending
+            if other.user_id == task.user_id
+            and priority_rank(other) < rank
+            and routing.intersection(other.plan.routing or [])
+        )
 
 
 def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
@@ -238,12 +275,8 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
         used.update(_usage_today([services[i] for i in missing if i in services], now))
     quotas = {sid: service_day_quota(s, now) for sid, s in services.items()}  # warm-up ramps applied
     remaining = {sid: max(0, quotas[sid].effective - used.get(sid, 0)) for sid in services}
-    # Who shares each service's pace: users with a task that may send there, and how many tasks each.
-    sharing: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for task in scope.tasks:
-        if task.status in DISPATCHABLE and int(task.counts.queued or 0) > 0:
-            for service_id in dict.fromkeys(task.plan.routing or []):
-                sharing[service_id][task.user_id] += 1
+    users = _users_in(scope)
+    sharing = _Sharing.of(scope.tasks, {user_id: user_weight(user.weight) for user_id, user in users.items()})
     tasks = [
         TaskStatsOut(
             task_id=task.task_id,
@@ -286,18 +319,28 @@ def scheduler_stats(caller: Caller, clock: Clock) -> StatsOut:
                 warmup=warmup_out(quota),
             )
         )
-    return StatsOut(generated_at=iso(now), tasks=tasks, services=service_stats, held_users=_held_users(scope))
+    return StatsOut(generated_at=iso(now), tasks=tasks, services=service_stats, held_users=_held_users(users))
 
 
-def _held_users(scope: _Scope) -> list[HeldUserOut]:
-    """Held tenants in scope: the caller, or (administrators) the users of the tasks in scope, whose
-    held tasks sit in the `held` partition (BatchGetItems of 100 keys, by users, never by subtasks)."""
+def _users_in(scope: _Scope) -> dict[str, UserModel]:
+    """The caller, or (administrators) the users of the tasks in scope: their holds and weights
+    (BatchGetItems of 100 keys, by users, never by subtasks)."""
     user_ids = sorted({task.user_id for task in scope.tasks} if scope.caller.is_admin else {scope.caller.user_id})
-    held = []
+    users: dict[str, UserModel] = {}
     for start in range(0, len(user_ids), _BATCH_GET_LIMIT):
         keys = user_ids[start : start + _BATCH_GET_LIMIT]
-        for user in UserModel.batch_get(keys, attributes_to_get=["user_id", "sending_hold", "sending_hold_at"]):
-            if user.sending_hold:
-                since = iso(user.sending_hold_at) if user.sending_hold_at is not None else None
-                held.append(HeldUserOut(user_id=user.user_id, reason=user.sending_hold, since=since))
+        for user in UserModel.batch_get(
+            keys, attributes_to_get=["user_id", "sending_hold", "sending_hold_at", "weight"]
+        ):
+            users[user.user_id] = user
+    return users
+
+
+def _held_users(users: dict[str, UserModel]) -> list[HeldUserOut]:
+    """Held tenants among them: their held tasks sit in the `held` partition."""
+    held = []
+    for user in users.values():
+        if user.sending_hold:
+            since = iso(user.sending_hold_at) if user.sending_hold_at is not None else None
+            held.append(HeldUserOut(user_id=user.user_id, reason=user.sending_hold, since=since))
     return sorted(held, key=lambda out: out.user_id)

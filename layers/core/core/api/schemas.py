@@ -119,10 +119,15 @@ class UserIn(StrictModel):
     weight: StrictInt = Field(default=1, ge=1, le=MAX_USER_WEIGHT)
 
 
-class UserPatch(StrictModel):
-    """Admin: only the fields given change."""
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # a PATCH field left out is not changed: the document offers no default
 
-    weight: StrictInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=MAX_USER_WEIGHT)
+
+class UserPatch(StrictModel):
+    """Admin: only the fields given (model_fields_set) change; none may be null. Not a union with
+    None, so a bad value is one error naming the field."""
+
+    weight: StrictInt = Field(default=1, ge=1, le=MAX_USER_WEIGHT, json_schema_extra=_no_default)
 
 
 class UserOut(BaseModel):

@@ -9,9 +9,10 @@ from pynamodb.exceptions import PutError
 
 from core.api.auth import Caller
 from core.api.ownership import load_services
-from core.api.schemas import ServiceAssignment, UserIn, UserOut, is_identifier, unique
+from core.api.schemas import ServiceAssignment, UserIn, UserOut, UserPatch, is_identifier, unique
 from core.api.senders import verify_in_regions
 from core.clock import Clock, iso
+from core.dispatch.control import control_changed
 from core.errors import AlreadyExists, NotFound
 from core.storage.models import SenderModel, UserModel, update_if
 
@@ -62,6 +63,23 @@ def get_user(caller: Caller, user_id: str) -> UserOut:
     if not is_identifier(user_id) or not caller.can_see_user(user_id):
         raise NotFound("user", user_id)
     return user_out(load_user(user_id))
+
+
+def update_user(caller: Caller, user_id: str, request: UserPatch) -> UserOut:
+    """Changes only the fields given (admin only): the weight. Sending dispatchers read weights
+    when they reload, which the control change makes them do within a second
+    (core.dispatch.fairness)."""
+    caller.require_admin()
+    if not is_identifier(user_id):
+        raise NotFound("user", user_id)
+    if "weight" not in request.model_fields_set:  # nothing to change
+        return user_out(load_user(user_id))
+    user = UserModel(user_id)
+    # One conditional UpdateItem: an unknown id is a 404 and never creates an item.
+    if not update_if(user, [UserModel.weight.set(request.weight)], UserModel.user_id.exists()):
+        raise NotFound("user", user_id)
+    control_changed()
+    return user_out(user)
 
 
 def assign_services(

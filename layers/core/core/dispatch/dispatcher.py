@@ -60,7 +60,7 @@ from core.dispatch.claims import (
 from core.dispatch.control import read_control
 from core.dispatch.domain_throttles import DomainThrottles, ThrottlePolicy
 from core.dispatch.failover import fail_over
-from core.dispatch.fairness import Fairness, Pointer, TaskWork
+from core.dispatch.fairness import Fairness, Pointer, TaskWork, UserWeights
 from core.dispatch.lease import Release, Saved
 from core.dispatch.outcomes import Move, ServiceEffect, outcome_of
 from core.dispatch.recorder import Recorder, TaskTally
@@ -245,7 +245,8 @@ class Dispatcher:
         # Fast services write their records on a writer thread: a batch write would stall the pace.
         self.recorder = Recorder(deps, self.journal, background=tier_of(float(service.sending_rate)) is Tier.FAST)
         tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
-        self.fairness = Fairness(Pointer(state.pointer_user or "", tasks))
+        self.fairness = Fairness(Pointer(state.pointer_user or "", tasks, int(state.pointer_turn or 0)))
+        self.weights = UserWeights()
         self.works: dict[str, TaskWork] = {}
         self.budget = SendBudget(
             deps.clock,
@@ -293,8 +294,8 @@ class Dispatcher:
         self.wake_seen = control.wake_seq
         seen = (control.control_seq, control.wake_seq)
         if seen != self.control_seen or now >= self.next_reload:
+            self.control_seen = seen  # first: the reload reads users' weights again when control_seq moved
             self.reload(now)
-            self.control_seen = seen
         self.next_refresh = now + CONTROL_REFRESH_SECONDS
 
     def reload(self, now: float) -> None:
@@ -338,7 +339,8 @@ class Dispatcher:
         works.update(_load_works(new))
         self.works = works
         self.recorder.loaded([work.task for work in works.values()], new=[task.task_id for task in new])
-        self.fairness.replace_tasks(works)
+        users = [work.task.user_id for work in works.values()]
+        self.fairness.replace_tasks(works, self.weights.of(users, self.control_seen[0] if self.control_seen else 0))
         self.next_reload = next_due
         # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.
         dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
@@ -834,6 +836,7 @@ class Dispatcher:
                 self.budget.last_send_at,
                 tuple(self.journal.settled_batches()),
                 domain_sent=self.throttles.saved(self.deps.clock.now()),
+                pointer_turn=self.fairness.pointer.turn_left,
             )
             released = lease.release(
                 self.service.service_id,

@@ -50,6 +50,7 @@ class Saved:
     settled_batches: tuple[str, ...] = ()
     # Recipient group -> its last send, while its spacing still counts (core.dispatch.domain_throttles).
     domain_sent: dict[str, float] | None = None
+    pointer_turn: int = 0  # picks pointer_user may still take in its weighted turn (core.dispatch.fairness)
 
 
 def acquire(service_id: str, owner: str, now: float, lease_seconds: float) -> SchedulerStateModel | None:
@@ -123,6 +124,7 @@ def release(service_id: str, owner: str, saved: Saved, now: float, *, unless_wok
         SchedulerStateModel.lease_until.set(0),
         SchedulerStateModel.pointer_user.set(saved.pointer_user),
         SchedulerStateModel.pointer_tasks.set(dict(saved.pointer_tasks)),
+        SchedulerStateModel.pointer_turn.set(saved.pointer_turn),
         SchedulerStateModel.updated_at.set(now),
     ]
     if saved.last_send_at is not None:

@@ -375,6 +375,7 @@ class SchedulerStateModel(_Base):
     last_send_at = NumberAttribute(null=True)
     pointer_user = UnicodeAttribute(null=True)
     pointer_tasks = MapAttribute[str, Any](null=True)  # user_id -> last task served
+    pointer_turn = NumberAttribute(null=True)  # picks pointer_user may still take in its weighted turn
     paused_reason = UnicodeAttribute(null=True)  # e.g. daily quota exhausted until a UTC day
     updated_at = NumberAttribute(null=True)
     last_health_check = NumberAttribute(null=True)
