@@ -116,3 +116,16 @@ def test_the_expirable_statuses_are_the_transition_tables() -> None:
 )
 def test_the_reason_shows_hours_and_minutes(seconds: float, text: str) -> None:
     assert format_lateness(seconds) == text
+
+
+def test_under_a_send_window_lateness_counts_from_the_first_opening() -> None:
+    friday_evening = 1_797_012_000.0  # 2026-12-11 (a Friday) 18:00 UTC
+    monday_nine = friday_evening + 2 * DAY + 15 * 3600  # 2026-12-14 09:00 UTC
+    window = {"start": "09:00", "end": "17:00", "timezone": "UTC", "quiet_days": ["sat", "sun"]}
+    task = _task(scheduled_at=friday_evening, send_window=window, window_planned={"UTC": 10})
+    assert reference_time(task) == monday_nine
+    assert not should_expire(task, monday_nine + 3600, DAY)  # Monday 10:00: on time for the window
+    assert should_expire(task, monday_nine + DAY + 3600, DAY)  # Tuesday 10:00: a day late
+    # Recipients in an earlier zone open first: Tokyo's Monday 09:00 is Sunday 00:00 UTC.
+    east = _task(scheduled_at=friday_evening, send_window=window, window_planned={"UTC": 5, "Asia/Tokyo": 5})
+    assert reference_time(east) == monday_nine - 9 * 3600

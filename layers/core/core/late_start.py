@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from pynamodb.expressions.condition import Condition
 
+from core.dispatch.send_windows import SendWindow
 from core.errors import InvalidState
 from core.states import TaskStatus
 from core.storage.models import TASK_COUNTS, TaskModel
@@ -58,8 +59,15 @@ class Lateness:
 
 
 def reference_time(task: TaskModel) -> float:
-    """The instant the task was meant to start: its `scheduled_at`, else its creation."""
-    return float(task.scheduled_at if task.scheduled_at is not None else task.created_at)
+    """The instant the task was meant to start: its `scheduled_at`, else its creation; under a send
+    window, the first moment after that when the window opens for one of its recipients' zones (a
+    campaign scheduled on a Friday evening for business hours is not late on Monday morning)."""
+    meant = float(task.scheduled_at if task.scheduled_at is not None else task.created_at)
+    window = SendWindow.from_item(task.send_window.as_dict() if task.send_window else None)
+    if window is None:
+        return meant
+    zones = list(task.window_planned.as_dict()) if task.window_planned else []
+    return min((window.next_open(zone, meant) for zone in zones or [window.default_zone]), default=meant)
 
 
 def lateness_of(task: TaskModel, now: float, default_max_lateness: float) -> Lateness:

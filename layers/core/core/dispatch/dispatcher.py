@@ -376,8 +376,9 @@ class Dispatcher:
         if self.choose(work) and not self.repeats_group(work):
             return True
         now = self.deps.clock.now()
-        if work.chosen is not None:  # the same group again: read on a page for another first
-            if not work.scan_done and now >= work.scan_idle_until:
+        if work.chosen is not None:  # the same group again: read on a page for another first,
+            # once what was read runs low (a one-domain list must not cost a read per pick)
+            if not work.scan_done and now >= work.scan_idle_until and len(work.candidates) < self.deps.batch_size:
                 self.scan(work, now, pages=1)
                 self.choose(work)
             return True
