@@ -6,8 +6,11 @@ The invocation
      the scheduler is stopped or the service is disabled, unhealthy or held (reputation guard);
   2. marks `unknown` whatever a dead predecessor's in-flight journal still lists as `sending`
      (never re-sent automatically: core.dispatch.repair);
-  3. until its time budget is spent, picks work round robin user -> task -> subtask from a pointer
-     persisted in DynamoDB, one email per user per round, tasks of a user in turn;
+  3. until its time budget is spent, picks work weighted round robin user -> task -> subtask from a
+     pointer persisted in DynamoDB (a user's weight in picks per turn, its tasks by priority, in turn:
+     core.dispatch.fairness), skipping without losing their place recipients held back by a domain
+     limit or outside their local send window at the planned moment (core.dispatch.candidates,
+     domain_throttles, send_windows);
   4. claims about one second of pace ahead in one transaction that also journals the batch under
      the lease and checks the controls (core.dispatch.claims; one unit each of a service-quota block
      reserved with a conditional ADD: core.dispatch.budget), renders the batch, then for each email
@@ -396,7 +399,9 @@ class Dispatcher:
                 return True
         if not work.candidates and work.scan_done and not work.candidates.has_overflow():
             work.dry = True  # nothing queued is ready: reads again only once a retry falls due
-            if not work.reconciled:
+            # A queue found empty from its start (not one this invocation emptied: its own counters
+            # are still buffered) may be a task whose counters a killed flush left short.
+            if not work.reconciled and not work.found:
                 work.reconciled = True
                 if int(work.task.counts.queued or 0) > 0:
                     reconcile_if_drained(work.task, now, self.deps.owner)
@@ -425,6 +430,7 @@ class Dispatcher:
             kept = 0
             for subtask in page:
                 if self.readable(work, subtask, now):
+                    work.found += 1
                     kept += work.candidates.add(subtask, self.bucket_of(work, subtask))
             work.scan_key = page.last_evaluated_key
             work.scan_done = work.scan_key is None
