@@ -1062,6 +1062,9 @@ def play(api: Api, outbox: Outbox, deadline: float, out: TextIO) -> bool:
     from local_runner.demo_deliverability import play_deliverability  # it builds on this module
 
     play_deliverability(api, outbox.folder, list(world.service_ids.values()), deadline, say, checks)
+    from local_runner.demo_sending_rules import play_sending_rules
+
+    play_sending_rules(api, outbox.folder, deadline, say, checks)
     print_checks(checks, say)
     say(f"The .eml files are in {outbox.folder}")
     return checks.all_passed
