@@ -27,12 +27,11 @@ import pytest
 from core.dispatch.dispatcher import dispatch_service
 from core.mail.providers import group_of
 from core.settings import Settings
-from core.storage.ids import contact_id_for
-from core.storage.models import ContactModel, EmailServiceModel, SubtaskModel
+from core.storage.models import EmailServiceModel, SubtaskModel
 from local_runner.moto_server import EmbeddedAws
 from tests.concurrency.test_dispatcher_crashes import Clients, _deps
 from tests.support.dispatching import World, plan_now, seed_sender_and_template, start_scheduler
-from tests.support.planning import seed_service, seed_task, seed_user
+from tests.support.planning import seed_addresses, seed_service, seed_task, seed_user
 
 pytestmark = pytest.mark.concurrency
 
@@ -72,21 +71,7 @@ def seed(world: World) -> None:
         seed_sender_and_template(user_id, now)
         addresses = [f"{user_id}{n}@gmail.com" for n in range(gmail)]
         addresses += [f"{user_id}{n}@example{n % 4}.org" for n in range(others)]
-        with ContactModel.batch_write() as batch:
-            for number, email in enumerate(addresses):
-                batch.save(
-                    ContactModel(
-                        user_id,
-                        contact_id_for(email),
-                        email=email,
-                        name=f"P {number}",
-                        tags=["list"],
-                        attributes={"number": number},
-                        status="subscribed",
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+        seed_addresses(user_id, addresses, now)
         plan_now(seed_task(user_id, now, include=["list"]).task_id, world.settings, world.clock)
 
 

@@ -12,11 +12,10 @@ import pytest
 
 from core.mail.providers import group_of
 from core.settings import Settings
-from core.storage.ids import contact_id_for
-from core.storage.models import ContactModel, EmailServiceModel, SchedulerStateModel, SubtaskModel
+from core.storage.models import EmailServiceModel, SchedulerStateModel, SubtaskModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, plan_now, seed_sender_and_template, sent_subtasks, start_scheduler
-from tests.support.planning import seed_service, seed_task, seed_user
+from tests.support.planning import seed_addresses, seed_service, seed_task, seed_user
 
 OTHER_DOMAINS = ["example.org", "example.net", "mail.example.com", "corp.example", "yahoo.com", "outlook.com"]
 
@@ -25,24 +24,6 @@ OTHER_DOMAINS = ["example.org", "example.net", "mail.example.com", "corp.example
 def world(aws: Settings, clock: FakeClock) -> World:
     start_scheduler(clock.now())
     return World(aws, clock)
-
-
-def seed_addresses(user_id: str, addresses: list[str], now: float, tag: str = "list") -> None:
-    with ContactModel.batch_write() as batch:
-        for number, email in enumerate(addresses):
-            batch.save(
-                ContactModel(
-                    user_id,
-                    contact_id_for(email),
-                    email=email,
-                    name=f"Person {number}",
-                    tags=[tag],
-                    attributes={"number": number},
-                    status="subscribed",
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
 
 
 def campaign(world: World, user_id: str, addresses: list[str], service_id: str) -> str:

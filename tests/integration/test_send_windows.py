@@ -12,11 +12,10 @@ import pytest
 
 from core.dispatch.send_windows import waiting_for_window
 from core.settings import Settings
-from core.storage.ids import contact_id_for
-from core.storage.models import ContactModel, ServiceUsageModel, SubtaskModel, TaskModel
+from core.storage.models import ServiceUsageModel, SubtaskModel, TaskModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, plan_now, seed_sender_and_template, sent_subtasks, start_scheduler
-from tests.support.planning import seed_service, seed_task, seed_user
+from tests.support.planning import seed_addresses, seed_service, seed_task, seed_user
 
 DAY = 1_796_083_200.0  # 2026-12-01 00:00 UTC, a Tuesday
 ZONES = {"west": "Etc/GMT+8", "utc": "UTC", "east": "Etc/GMT-8"}  # UTC-8, UTC+0, UTC+8 (POSIX signs)
@@ -34,39 +33,9 @@ def windowed_campaign(world: World, window: dict[str, object], *, no_zone: int =
     now = world.clock.now()
     seed_user("alice", 10_000, ["svc"], now)
     seed_sender_and_template("alice", now)
-    with ContactModel.batch_write() as batch:
-        for name, zone in ZONES.items():
-            for number in range(PER_ZONE):
-                email = f"{name}{number}@example.org"
-                batch.save(
-                    ContactModel(
-                        "alice",
-                        contact_id_for(email),
-                        email=email,
-                        name=f"{name} {number}",
-                        tags=["list"],
-                        attributes={"number": number},
-                        timezone=zone,
-                        status="subscribed",
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-        for number in range(no_zone):  # no zone of their own: the window's default applies
-            email = f"nozone{number}@example.org"
-            batch.save(
-                ContactModel(
-                    "alice",
-                    contact_id_for(email),
-                    email=email,
-                    name=f"no zone {number}",
-                    attributes={"number": number},
-                    tags=["list"],
-                    status="subscribed",
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+    zoned = {f"{name}{number}@example.org": zone for name, zone in ZONES.items() for number in range(PER_ZONE)}
+    unzoned = [f"nozone{number}@example.org" for number in range(no_zone)]  # the window's default applies
+    seed_addresses("alice", [*zoned, *unzoned], now, timezones=zoned)
     task = seed_task("alice", now, include=["list"])
     task.update(
         actions=[

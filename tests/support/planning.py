@@ -75,6 +75,31 @@ def seed_contacts(
     return ids
 
 
+def seed_addresses(
+    user_id: str, addresses: list[str], now: float, *, tag: str = "list", timezones: dict[str, str] | None = None
+) -> list[str]:
+    """Contacts with these exact addresses (and, for some, a time zone), all tagged `tag`."""
+    ids = []
+    with ContactModel.batch_write() as batch:
+        for number, email in enumerate(addresses):
+            ids.append(contact_id_for(email))
+            batch.save(
+                ContactModel(
+                    user_id,
+                    ids[-1],
+                    email=email,
+                    name=f"Person {number}",
+                    tags=[tag],
+                    attributes={"number": number},
+                    timezone=(timezones or {}).get(email),
+                    status="subscribed",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    return ids
+
+
 def seed_task(
     user_id: str,
     now: float,
