@@ -215,7 +215,7 @@ class PickSetup:
 
 def pick_setup(quick: bool) -> PickSetup:
     if quick:
-        return PickSetup(users=10, tasks_per_user=2, per_task=500, picks=2_000, rounds=1)
+        return PickSetup(users=10, tasks_per_user=2, per_task=500, picks=2_000, rounds=3)
     return PickSetup(users=10, tasks_per_user=2, per_task=2_000, picks=8_000, rounds=5)
 
 
