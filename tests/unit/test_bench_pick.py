@@ -76,7 +76,7 @@ def test_half_the_recipients_are_on_gmail() -> None:
 def test_weights_and_targets() -> None:
     assert user_weights(["a", "b", "c"]) == {"a": 3, "b": 1, "c": 1}
     assert requests_ratio_met(0.4, 0.5) and not requests_ratio_met(0.4, 0.51)
-    assert pick_ratio_met(10_000, 2_000) and not pick_ratio_met(10_000, 1_999)
+    assert pick_ratio_met(0.2) and not pick_ratio_met(0.199)
 
 
 def test_the_pick_loop_keeps_the_gmail_limit_the_windows_and_the_weights() -> None:
