@@ -42,6 +42,7 @@ REGISTRY: dict[str, str] = {
     "continuity": "bench.continuity",
     "plan": "bench.plan",
     "fairness": "bench.fairness",
+    "pick": "bench.pick",
     "pacing": "bench.pacing",
     "cost": "bench.cost",
     "contact_import": "bench.contact_import",
