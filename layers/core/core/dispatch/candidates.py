@@ -28,6 +28,7 @@ BucketKey = tuple[str, str]  # (group, zone): zone "" when the task has no send 
 @dataclass
 class Bucket:
     items: deque[SubtaskModel] = field(default_factory=deque)
+    ids: deque[str] = field(default_factory=deque)  # their contact ids (a model attribute read is slow)
     # Subtasks of this bucket queued after this one were not kept: read them from here when drained.
     overflow_after: SubtaskModel | None = None
 
@@ -59,6 +60,7 @@ class Candidates:
                 bucket.overflow_after = bucket.items[-1]
             return False
         bucket.items.append(subtask)
+        bucket.ids.append(subtask.contact_id)
         self.held.add(item_key(subtask))
         self.size += 1
         return True
@@ -69,9 +71,9 @@ class Candidates:
         best: tuple[str, BucketKey] | None = None
         fallback: tuple[str, BucketKey] | None = None
         for key, bucket in self.buckets.items():
-            if not bucket.items:
+            if not bucket.ids:
                 continue
-            head = bucket.items[0].contact_id
+            head = bucket.ids[0]
             if key[0] == avoid_group:
                 if (fallback is None or head < fallback[0]) and allowed(key):
                     fallback = (head, key)
@@ -83,6 +85,7 @@ class Candidates:
     def pop(self, key: BucketKey) -> SubtaskModel:
         bucket = self.buckets[key]
         subtask = bucket.items.popleft()
+        bucket.ids.popleft()
         self.held.discard(item_key(subtask))
         self.size -= 1
         if not bucket.items and bucket.overflow_after is None:
@@ -92,7 +95,9 @@ class Candidates:
     def put_back(self, subtask: SubtaskModel, key: BucketKey) -> None:
         """A pick that was not claimed goes back to the head of its bucket (picks are put back in
         reverse order, so each bucket's order is as before)."""
-        self.buckets.setdefault(key, Bucket()).items.appendleft(subtask)
+        bucket = self.buckets.setdefault(key, Bucket())
+        bucket.items.appendleft(subtask)
+        bucket.ids.appendleft(subtask.contact_id)
         self.held.add(item_key(subtask))
         self.size += 1
 

@@ -499,11 +499,14 @@ class Dispatcher:
         )
         picks: list[tuple[TaskWork, SubtaskModel]] = []
         planned = self.throttles.snapshot()
-        # The claim's sends go out one interval apart from the next pace slot, never earlier: each
-        # pick is checked against domain limits and windows at its own planned moment.
+        # The claim's sends go out at least one interval apart from the next pace slot: each pick is
+        # checked against domain limits and windows at its own planned moment.
+        # Planned at the pace achieved when the loop is slower than the pace (no pacing, a slow SES):
+        # a send that then goes earlier than planned waits for its group at the send (hold_for_gates).
         first_slot = max(now, self.budget.next_slot(now))
+        step = max(self.budget.interval, self.budget.cycle)
         while len(picks) < size:
-            self.pick_at = first_slot + len(picks) * self.budget.interval
+            self.pick_at = first_slot + len(picks) * step
             work = self.fairness.next_work(self.has_ready)
             if work is None or work.chosen is None:
                 break
