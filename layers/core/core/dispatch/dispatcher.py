@@ -379,11 +379,15 @@ class Dispatcher:
         if self.choose(work) and not self.repeats_group(work):
             return True
         now = self.deps.clock.now()
-        if work.chosen is not None:  # the same group again: read on a page for another first,
-            # once what was read runs low (a one-domain list must not cost a read per pick)
-            if not work.scan_done and now >= work.scan_idle_until and len(work.candidates) < self.deps.batch_size:
+        if work.chosen is not None:  # the same group again: read on a page for another first, once
+            # what was read runs low; a page that brings none ends that for the task (a one-domain
+            # list must not cost a read per pick)
+            # Only for a list its reads showed mixed: a one-domain list is read as before.
+            ahead = work.read_ahead and len(work.groups_read) > 1 and len(work.candidates) < self.deps.batch_size
+            if ahead and not work.scan_done and now >= work.scan_idle_until:
                 self.scan(work, now, pages=1)
                 self.choose(work)
+                work.read_ahead = not self.repeats_group(work)
             return True
         if now >= work.recheck_at:  # a retry not due at the last read is due now: read from the start
             work.rescan()
@@ -431,7 +435,10 @@ class Dispatcher:
             for subtask in page:
                 if self.readable(work, subtask, now):
                     work.found += 1
-                    kept += work.candidates.add(subtask, self.bucket_of(work, subtask))
+                    bucket = self.bucket_of(work, subtask)
+                    if len(work.groups_read) < 2:
+                        work.groups_read.add(bucket[0])
+                    kept += work.candidates.add(subtask, bucket)
             work.scan_key = page.last_evaluated_key
             work.scan_done = work.scan_key is None
             if work.scan_done or self.choose(work):

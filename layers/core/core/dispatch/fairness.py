@@ -48,6 +48,8 @@ class TaskWork:
     scan_done: bool = False  # the read reached the queue's end
     scan_idle_until: float = 0.0  # a read that kept nothing: no read before this (everything held back)
     found: int = 0  # subtasks a read found ready since the queue was last read from its start
+    read_ahead: bool = True  # interleaving may read on for another group (off once a read found none)
+    groups_read: set[str] = field(default_factory=set)  # recipient groups its reads found (up to two)
     dry: bool = False  # its queue on this service had nothing ready at the last look
     recheck_at: float = math.inf  # when a retry not due at the read falls due
     reconciled: bool = False  # counters checked against the subtasks in this invocation
@@ -55,6 +57,7 @@ class TaskWork:
     def rescan(self) -> None:
         """Read the queue from its start again (a retry fell due, or work was re-queued)."""
         self.scan_key, self.scan_done, self.scan_idle_until, self.found = None, False, 0.0, 0
+        self.read_ahead = True
         self.dry, self.recheck_at, self.reconciled = False, math.inf, False
 
 
