@@ -12,7 +12,7 @@ googlemail.com, the rest on a mix of other providers and domains.
    `DomainThrottles` and `SendWindow` as the dispatcher configures them. The only stub is the queue
    read: `SubtaskModel.queue.query` answers from an in-memory copy of the sparse `queue` index
    (`MemoryQueue`), counting pages and items. `reload()` reads AWS, so its last lines are repeated
-   (`throttles.configure`, `fairness.replace_tasks`); the loop is `claim_next`'s pick loop (the
+   (`throttles.configure`, `fairness.replace_tasks`); the loop calls `Dispatcher.pick`, what `claim_next` calls (the
    planned moment `pick_at` one interval apart, `next_work`, `pop`, `throttles.picked`), then each
    pick is "sent" at its planned moment (`throttles.sent`, out of the queue) where `claim_next`
    would claim it. 10 users x 2 tasks x 2,000 queued at a planned 10/s; gmail at 60 a minute on;
@@ -306,8 +306,9 @@ class PickRun:
 
 
 def run_picks(dispatcher: Dispatcher, queue: MemoryQueue, wanted: int, interval: float) -> PickRun:
-    """claim_next's pick loop until `wanted` picks: a claim's worth (CLAIM_AHEAD_SECONDS of pace) at a
-    time, each pick checked at its planned moment; then the picks are sent at those moments."""
+    """The dispatcher's own pick (`Dispatcher.pick`, what claim_next calls) until `wanted` picks: a
+    claim's worth (CLAIM_AHEAD_SECONDS of pace) at a time, each pick checked at its planned moment; then
+    the picks are sent at those moments."""
     from core.dispatch.candidates import item_key
     from core.dispatch.claims import CLAIM_AHEAD_SECONDS, CLAIM_BATCH_LIMIT
     from core.mail.providers import group_of
@@ -322,19 +323,8 @@ def run_picks(dispatcher: Dispatcher, queue: MemoryQueue, wanted: int, interval:
     while run.picks < wanted:
         now = clock.now()
         first_slot = max(now, slot)
-        picks: list[tuple[TaskWork, SubtaskModel]] = []
         began = time.perf_counter()
-        while len(picks) < min(size, wanted - run.picks):
-            dispatcher.pick_at = first_slot + len(picks) * interval
-            work = dispatcher.fairness.next_work(dispatcher.has_ready)
-            if work is None or work.chosen is None:
-                break
-            bucket = work.chosen
-            subtask = work.candidates.pop(bucket)
-            dispatcher.throttles.picked(bucket[0], dispatcher.pick_at)
-            dispatcher.picked_key[item_key(subtask)] = bucket
-            dispatcher.taken.add(item_key(subtask))
-            picks.append((work, subtask))
+        picks = dispatcher.pick(min(size, wanted - run.picks), first_slot, interval)
         run.seconds += time.perf_counter() - began
         if not picks:  # the send loop waits for what is held back to open
             run.empty_looks += 1

@@ -504,25 +504,10 @@ class Dispatcher:
             1,
             min(CLAIM_BATCH_LIMIT, math.ceil(CLAIM_AHEAD_SECONDS / interval), self.budget.sends_before(deadline, now)),
         )
-        picks: list[tuple[TaskWork, SubtaskModel]] = []
         planned = self.throttles.snapshot()
-        # The claim's sends go out at least one interval apart from the next pace slot: each pick is
-        # checked against domain limits and windows at its own planned moment.
-        # Planned at the pace achieved when the loop is slower than the pace (no pacing, a slow SES):
+        # Planned at the pace, or at the pace achieved when the loop is slower (no pacing, a slow SES):
         # a send that then goes earlier than planned waits for its group at the send (hold_for_gates).
-        first_slot = max(now, self.budget.next_slot(now))
-        step = max(self.budget.interval, self.budget.cycle)
-        while len(picks) < size:
-            self.pick_at = first_slot + len(picks) * step
-            work = self.fairness.next_work(self.has_ready)
-            if work is None or work.chosen is None:
-                break
-            bucket = work.chosen
-            subtask = work.candidates.pop(bucket)
-            self.throttles.picked(bucket[0], self.pick_at)
-            self.picked_key[item_key(subtask)] = bucket
-            self.taken.add(item_key(subtask))
-            picks.append((work, subtask))
+        picks = self.pick(size, max(now, self.budget.next_slot(now)), max(self.budget.interval, self.budget.cycle))
         if not picks:
             return False
         for _, subtask in picks:
@@ -564,6 +549,23 @@ class Dispatcher:
             self.deps.fault("after_claim", subtask)
         self.render_batch(batch)
         return True
+
+    def pick(self, size: int, first_slot: float, step: float) -> list[tuple[TaskWork, SubtaskModel]]:
+        """Up to `size` subtasks in fair order, the n-th planned to be sent at `first_slot + n * step`:
+        each is checked against domain limits and windows at its own planned moment."""
+        picks: list[tuple[TaskWork, SubtaskModel]] = []
+        while len(picks) < size:
+            self.pick_at = first_slot + len(picks) * step
+            work = self.fairness.next_work(self.has_ready)
+            if work is None or work.chosen is None:
+                break
+            bucket = work.chosen
+            subtask = work.candidates.pop(bucket)
+            self.throttles.picked(bucket[0], self.pick_at)
+            self.picked_key[item_key(subtask)] = bucket
+            self.taken.add(item_key(subtask))
+            picks.append((work, subtask))
+        return picks
 
     def unpick(self, work: TaskWork, subtask: SubtaskModel) -> None:
         """A pick not sent after all goes back to the head of its bucket, to be picked again."""
