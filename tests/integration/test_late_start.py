@@ -292,6 +292,81 @@ def test_a_stale_read_cannot_expire_a_task_that_began_meanwhile(world: World, cl
     assert world.tick("svc-a", budget=10.0).sent == 4  # the next look sends it
 
 
+class _StopAfterClaim(Exception):
+    """A tick that dies between its first claim and its first send (its counters never flushed)."""
+
+
+def test_a_first_claim_marks_the_task_begun_so_a_late_look_elsewhere_cannot_expire_it(
+    world: World, clock: FakeClock
+) -> None:
+    # Given a campaign over two services allowing an hour's delay, read by svc-b's dispatcher
+    world.service("svc-a")
+    world.service("svc-b")
+    task_id = world.campaign("carol", 8, ["svc-a", "svc-b"])
+    TaskModel(task_id).update(actions=[TaskModel.max_lateness.set(3_600)])
+    stale = task(task_id)
+    assert stale.began_at is None
+    # When svc-a's dispatcher claims its first emails 59 minutes after the task's time, then dies
+    # before any send or counter flush
+    clock.advance(59 * 60)
+    claimed_at = clock.now()
+
+    def die(point: str, subtask: SubtaskModel) -> None:
+        if point == "after_claim":
+            raise _StopAfterClaim
+
+    with pytest.raises(_StopAfterClaim):
+        world.tick("svc-a", budget=5.0, fault=die)
+    # Then the task is marked begun at that claim, its counters still show nothing sent
+    begun = task(task_id)
+    assert begun.began_at == claimed_at and begun.counts.sent in (None, 0)
+
+    # When svc-b's dispatcher first looks two minutes later (61 minutes late), fresh or stale
+    clock.advance(120)
+    assert not expire_if_late(begun, clock.now(), DAY)  # a fresh read: begun, not expirable
+    assert expire_if_late(stale, clock.now(), DAY)  # late as read: left out of this look
+    # Then it was not expired (the condition on began_at refused the move) and both services send it
+    assert task(task_id).status == TaskStatus.QUEUED
+    clock.advance(60)  # svc-a's dead tick's lease has expired
+    assert world.tick("svc-b", budget=10.0).sent + world.tick("svc-a", budget=10.0).sent == 8
+    done = task(task_id)
+    assert done.status == TaskStatus.COMPLETED and done.began_at == claimed_at  # the first claim's time stays
+
+
+def test_a_first_claim_after_an_unannounced_expiry_is_refused_and_sends_nothing(
+    world: World, clock: FakeClock
+) -> None:
+    # Given a dispatcher that read a queued task, which another dispatcher then expires; the move
+    # is written but its announcement has not landed when this one claims
+    world.service("svc-a")
+    task_id = world.campaign("carol", 5, ["svc-a"])
+    expired: list[str] = []
+
+    def expire_behind_its_back(point: str, subtask: SubtaskModel) -> None:
+        if point == "before_claim" and not expired:
+            TaskModel(task_id).update(actions=[TaskModel.status.set(TaskStatus.EXPIRED)])
+            expired.append(task_id)
+
+    # When it claims
+    report = world.tick("svc-a", budget=10.0, fault=expire_behind_its_back)
+
+    # Then the claim was refused for the task, which it dropped: nothing claimed, nothing sent
+    assert expired and (report.sent, report.stop_reason) == (0, StopReason.NO_WORK)
+    assert _statuses(task_id) == ["queued"] * 5
+    assert task(task_id).began_at is None
+
+
+def test_the_task_shows_when_sending_began(
+    api: ApiClient, planner: PlannerDriver, world: World, clock: FakeClock, alice: dict[str, Any]
+) -> None:
+    task_id = _planned(api, planner, alice)
+    assert api.get(f"/api/tasks/{task_id}", user="alice").body["began_at"] is None
+    clock.advance(30)
+    began = clock.now()
+    assert world.tick("svc-a", budget=20.0).sent == RECIPIENTS
+    assert api.get(f"/api/tasks/{task_id}", user="alice").body["began_at"] == iso(began)
+
+
 def test_the_dispatcher_function_takes_the_stacks_default_from_its_settings(
     world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

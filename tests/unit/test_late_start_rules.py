@@ -84,6 +84,12 @@ def test_a_task_that_began_is_never_expired(counter: str) -> None:
     assert not should_expire(task, CREATED + 2 * DAY, DAY)
 
 
+def test_a_task_whose_first_claim_was_made_is_never_expired_even_before_its_counters_move() -> None:
+    # Claimed a minute before its limit, nothing recorded yet (counters flush after the sends).
+    task = _task(began_at=CREATED + DAY - 60)
+    assert not should_expire(task, CREATED + 2 * DAY, DAY)
+
+
 def test_suppressed_or_cancelled_recipients_are_not_a_beginning() -> None:
     task = _task(counts={"suppressed": 2, "cancelled": 1})
     assert should_expire(task, CREATED + 2 * DAY, DAY)

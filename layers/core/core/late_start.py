@@ -4,8 +4,11 @@ begin more than its `max_lateness` (or the stack's default, 24 h) after its refe
 reason `late_start:<lateness>` instead of going out late; its user confirms to send it anyway
 (`confirm_late_start`: POST /api/scheduler/tasks/{id}/send-late) or cancels it.
 
-"Would begin": the task may send (scheduled, queued, waiting) and nothing of it was sent, failed or
-left unknown yet. A task that began is never expired, and one its user confirmed never again.
+"Would begin": the task may send (scheduled, queued, waiting), no dispatcher claimed any of it yet
+(`began_at`, set in the first claim's own transaction) and nothing of it was sent, failed or left
+unknown. A task that began is never expired, and one its user confirmed never again: a dispatcher
+that first sees the task late while another's first claim is in flight either finds `began_at` set
+(its expiry is refused) or expired the task first (that claim is refused), never both.
 Dispatchers apply the rule to each task the first time an invocation sees it (core.dispatch's
 reload): one conditional write, so when several dispatchers (one per service of the task) find it
 late at once exactly one moves it, and none sends it. The user's quota reserved for the task stays
@@ -76,6 +79,8 @@ def lateness_of(task: TaskModel, now: float, default_max_lateness: float) -> Lat
 
 
 def has_begun(task: TaskModel) -> bool:
+    if task.began_at is not None:
+        return True
     counts = task.counts
     return any(int(getattr(counts, name, 0) or 0) > 0 for name in BEGUN_COUNTERS)
 
@@ -98,10 +103,12 @@ def format_lateness(seconds: float) -> str:
 
 def _still_not_begun() -> Condition:
     """The write's own guard, so a read that is already stale cannot expire a task that began or was
-    confirmed meanwhile: the condition, not the read, decides."""
-    condition: Condition = TaskModel.late_start_confirmed.does_not_exist() | (
+    confirmed meanwhile: the condition, not the read, decides. `began_at` is what a first claim
+    writes; the counters cover tasks that began before it existed."""
+    not_confirmed: Condition = TaskModel.late_start_confirmed.does_not_exist() | (
         TaskModel.late_start_confirmed == False  # noqa: E712 (a condition, not a comparison)
     )
+    condition: Condition = TaskModel.began_at.does_not_exist() & not_confirmed
     for name in BEGUN_COUNTERS:
         counter = getattr(TASK_COUNTS, name)
         condition &= counter.does_not_exist() | (counter <= 0)

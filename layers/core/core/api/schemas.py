@@ -505,6 +505,7 @@ class TaskOut(BaseModel):
     priority: str = TaskPriority.NORMAL.value
     max_lateness: int | None = None  # null: the stack's default
     late_start_confirmed: bool = False
+    began_at: str | None = None  # when its first email was claimed for sending
     send_window: SendWindowOut | None = None
 
 
@@ -599,5 +600,6 @@ def task_out(task: TaskModel) -> TaskOut:
         priority=task.priority or TaskPriority.NORMAL.value,
         max_lateness=int(task.max_lateness) if task.max_lateness is not None else None,
         late_start_confirmed=bool(task.late_start_confirmed),
+        began_at=iso(task.began_at) if task.began_at is not None else None,
         send_window=SendWindowOut(**task.send_window.as_dict()) if task.send_window else None,
     )

@@ -13,8 +13,9 @@ also the look at the controls: at slow paces a dispatcher makes one request per 
 It also checks that no claimed address is on its tenant's suppression list (one ConditionCheck per
 address, core.suppressions): a subtask whose address was suppressed after it was planned is never
 claimed, even before the list's sweep reaches its task; the caller suppresses and refunds it.
-At most CLAIM_BATCH_LIMIT (25) subtasks: 25 updates, 25 checks, the lease and the control check
-stay under DynamoDB's 100 items a transaction."""
+A task's first claim also sets the task's `began_at` in it (core.late_start: a task that began is
+never expired). At most CLAIM_BATCH_LIMIT (25) subtasks: 25 updates, 25 checks, at most 25 first
+claims, the lease and the control check stay under DynamoDB's 100 items a transaction."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from core.clock import backoff
 from core.dispatch.lease import service_state_key
 from core.dispatch.schedules import SCHEDULER_STATE_KEY
 from core.refunds import refund_quota
-from core.states import SubtaskStatus, TaskStatus
+from core.states import DISPATCHABLE, SubtaskStatus, TaskStatus
 from core.storage.ids import queue_key
 from core.storage.models import (
     TASK_COUNTS,
@@ -60,6 +61,15 @@ class ControlMoved(Exception):
 
 class LeaseLost(Exception):
     """Another invocation holds the service's lease (this one stalled past it): stop."""
+
+
+class TaskLeft(Exception):
+    """A task's first claim found it no longer dispatchable (expired by the late-start guard, paused
+    or cancelled, not yet announced): nothing was claimed; reload the tasks."""
+
+    def __init__(self, task_ids: list[str]) -> None:
+        super().__init__(", ".join(task_ids))
+        self.task_ids = task_ids
 
 
 def journal_key(subtask: SubtaskModel) -> str:
@@ -167,12 +177,26 @@ class Claimed:
     suppressed: list[SubtaskModel] = field(default_factory=list)
 
 
-def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, control_seq: int) -> Claimed:
+def _began(now: float) -> list[Action]:
+    return [TaskModel.began_at.set(TaskModel.began_at | now)]  # the first claim's time stays
+
+
+def claim_subtasks(
+    subtasks: list[SubtaskModel],
+    journal: Journal,
+    now: float,
+    control_seq: int,
+    first_claims: Iterable[str] = (),
+) -> Claimed:
     """`queued -> sending` for each subtask still queued and due whose address is not suppressed,
     journalled under the lease, in one TransactWriteItems that also checks the controls; returns the
     journal keys claimed (and sets on each object what the claim wrote) and the subtasks refused for
     their address. A subtask whose condition fails (a canceller, an unsubscribe moved it first) is
-    left out and the rest retried. Raises ControlMoved or LeaseLost."""
+    left out and the rest retried. `first_claims`: tasks not known to have begun; the same
+    transaction sets their `began_at` if they are still dispatchable, which the late-start guard's
+    expiry is conditional on. Raises ControlMoved, LeaseLost or TaskLeft."""
+    first = set(first_claims)
+    dispatchable = TaskModel.status.is_in(*DISPATCHABLE)
     pending = list(subtasks)
     suppressed: list[SubtaskModel] = []
     # Still queued on this service: a failover may have moved it to another since it was read.
@@ -193,6 +217,7 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
         # One check per address (a transaction names an item once; one address may be queued in
         # several tasks of its tenant).
         addresses = list(dict.fromkeys((subtask.user_id, subtask.contact_id) for subtask in pending))
+        beginning = [task_id for task_id in dict.fromkeys(s.task_id for s in pending) if task_id in first]
         try:
             with TransactWrite(connection=transaction_connection()) as transaction:
                 transaction.condition_check(
@@ -202,6 +227,8 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
                     transaction.condition_check(SuppressionModel, user_id, contact_id, condition=NOT_SUPPRESSED)
                 for subtask in pending:
                     transaction.update(subtask, actions=actions, condition=condition)
+                for task_id in beginning:
+                    transaction.update(TaskModel(task_id), actions=_began(now), condition=dispatchable)
                 transaction.update(
                     SchedulerStateModel(service_state_key(journal.service_id)),
                     actions=journalled,
@@ -210,18 +237,23 @@ def claim_subtasks(subtasks: list[SubtaskModel], journal: Journal, now: float, c
         except TransactWriteError as error:
             # PynamoDB sends condition checks first (in the order added), then the updates in order.
             codes = _cancellation_codes(error)
-            if len(codes) != 1 + len(addresses) + len(pending) + 1:
+            if len(codes) != 1 + len(addresses) + len(pending) + len(beginning) + 1:
                 raise
-            control, checks, claims, lease = (
+            claims_end = 1 + len(addresses) + len(pending)
+            control, checks, claims, tasks, lease = (
                 codes[0],
                 codes[1 : 1 + len(addresses)],
-                codes[1 + len(addresses) : -1],
+                codes[1 + len(addresses) : claims_end],
+                codes[claims_end:-1],
                 codes[-1],
             )
             if control == _REFUSED:
                 raise ControlMoved from error
             if lease == _REFUSED:
                 raise LeaseLost from error
+            left = [task_id for task_id, code in zip(beginning, tasks, strict=True) if code == _REFUSED]
+            if left:
+                raise TaskLeft(left) from error
             listed = {address for address, code in zip(addresses, checks, strict=True) if code == _REFUSED}
             suppressed += [s for s in pending if (s.user_id, s.contact_id) in listed]
             pending = [

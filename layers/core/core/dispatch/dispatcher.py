@@ -55,6 +55,7 @@ from core.dispatch.claims import (
     ControlMoved,
     Journal,
     LeaseLost,
+    TaskLeft,
     batch_owner,
     claim_subtasks,
     journal_key,
@@ -522,14 +523,19 @@ class Dispatcher:
             raise _StopSending(StopReason.WARMUP_ALLOWANCE if ramp_limits else StopReason.DAILY_QUOTA)
         picks = picks[:taken]  # the rest stay queued; the next pick finds the quota spent
         seen_seq = self.control_seen[0] if self.control_seen else 0
+        # Tasks not known to have begun: their first claim marks them begun (core.late_start).
+        first_claims = {work.task.task_id for work, _ in picks if work.task.began_at is None}
         try:
-            claimed = claim_subtasks([subtask for _, subtask in picks], self.journal, now, seen_seq)
-        except ControlMoved:  # a control change since the last look: nothing was claimed
+            claimed = claim_subtasks([subtask for _, subtask in picks], self.journal, now, seen_seq, first_claims)
+        except (ControlMoved, TaskLeft) as moved:  # a control change since the last look: nothing was claimed
             self.budget.give_back(len(picks))
             self.throttles.restore(planned)
             for work, subtask in reversed(picks):  # picked again, in the same order, if still allowed
                 self.unpick(work, subtask)
-            self.refresh(now)
+            if isinstance(moved, TaskLeft):
+                self.reload(now)  # the task left before its move was announced: drop it now
+            else:
+                self.refresh(now)
             return True
         except LeaseLost as lost:
             self.budget.give_back(len(picks))
@@ -537,6 +543,9 @@ class Dispatcher:
         # The claim was also the look at the controls.
         self.next_refresh = max(self.next_refresh, now + CONTROL_REFRESH_SECONDS)
         batch = [(work, subtask) for work, subtask in picks if journal_key(subtask) in claimed.keys]
+        for work, _ in batch:
+            if work.task.began_at is None:
+                work.task.began_at = now
         for _, subtask in picks:
             if journal_key(subtask) not in claimed.keys:
                 self.picked_key.pop(item_key(subtask), None)

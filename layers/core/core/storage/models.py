@@ -276,6 +276,9 @@ class TaskModel(_Base):
     priority = UnicodeAttribute(null=True)  # urgent | normal | bulk (null = normal): order within its user
     max_lateness = NumberAttribute(null=True)  # seconds; null = the stack default (core.late_start)
     late_start_confirmed = BooleanAttribute(null=True)  # the user said: send even though it is late
+    # When its first claim was made: set in that claim's transaction, so the late-start guard's
+    # conditional expiry and a first claim exclude each other (core.late_start, core.dispatch.claims).
+    began_at = NumberAttribute(null=True)
     # {"start": "HH:MM", "end": "HH:MM", "timezone": default IANA zone, "quiet_days": ["sat", ...]}
     send_window = MapAttribute[str, Any](null=True)
     # Queued recipients per time zone as planned, and those that left the queue since (sent, failed,
