@@ -333,9 +333,7 @@ def test_a_first_claim_marks_the_task_begun_so_a_late_look_elsewhere_cannot_expi
     assert done.status == TaskStatus.COMPLETED and done.began_at == claimed_at  # the first claim's time stays
 
 
-def test_a_first_claim_after_an_unannounced_expiry_is_refused_and_sends_nothing(
-    world: World, clock: FakeClock
-) -> None:
+def test_a_first_claim_after_an_unannounced_expiry_is_refused_and_sends_nothing(world: World, clock: FakeClock) -> None:
     # Given a dispatcher that read a queued task, which another dispatcher then expires; the move
     # is written but its announcement has not landed when this one claims
     world.service("svc-a")
