@@ -88,7 +88,8 @@ lint: venv
 # on a two-core machine slows below. The slow tests run one at a time too: they use the real clock
 # and kill processes, and want the machine to themselves.
 WORKERS ?= auto
-PYTEST  := $(BIN)/python -m pytest
+# pytest, ending without the interpreter's teardown (tests/run.py says why).
+PYTEST  := $(BIN)/python -m tests.run
 
 test: venv lint
 	$(call say,pytest -m 'not slow and not e2e' -n $(WORKERS))

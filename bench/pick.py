@@ -12,7 +12,7 @@ googlemail.com, the rest on a mix of other providers and domains.
    `DomainThrottles` and `SendWindow` as the dispatcher configures them. The only stub is the queue
    read: `SubtaskModel.queue.query` answers from an in-memory copy of the sparse `queue` index
    (`MemoryQueue`), counting pages and items. `reload()` reads AWS, so its last lines are repeated
-   (`throttles.configure`, `fairness.replace_tasks`); the loop calls `Dispatcher.pick`, what `claim_next` calls (the
+   (`throttles.configure`, `fairness.replace_tasks`); the loop calls its `picker.pick`, what `claim_next` calls (the
    planned moment `pick_at` one interval apart, `next_work`, `pop`, `throttles.picked`), then each
    pick is "sent" at its planned moment (`throttles.sent`, out of the queue) where `claim_next`
    would claim it. 10 users x 2 tasks x 2,000 queued at a planned 10/s; gmail at 60 a minute on;
@@ -288,8 +288,8 @@ def pick_dispatcher(setup: PickSetup, on: bool, queue: MemoryQueue) -> Dispatche
                         seq=number,
                     ),
                 )
-    dispatcher.works = works
-    dispatcher.fairness.replace_tasks(works, user_weights(users) if on else None)
+    dispatcher.picker.works = works
+    dispatcher.picker.fairness.replace_tasks(works, user_weights(users) if on else None)
     return dispatcher
 
 
@@ -306,7 +306,7 @@ class PickRun:
 
 
 def run_picks(dispatcher: Dispatcher, queue: MemoryQueue, wanted: int, interval: float) -> PickRun:
-    """The dispatcher's own pick (`Dispatcher.pick`, what claim_next calls) until `wanted` picks: a
+    """The dispatcher's own pick (`Picker.pick`, what the dispatcher's claim_next calls) until `wanted` picks: a
     claim's worth (CLAIM_AHEAD_SECONDS of pace) at a time, each pick checked at its planned moment; then
     the picks are sent at those moments."""
     from core.dispatch.candidates import item_key
@@ -324,18 +324,18 @@ def run_picks(dispatcher: Dispatcher, queue: MemoryQueue, wanted: int, interval:
         now = clock.now()
         first_slot = max(now, slot)
         began = time.perf_counter()
-        picks = dispatcher.pick(min(size, wanted - run.picks), first_slot, interval)
+        picks = dispatcher.picker.pick(min(size, wanted - run.picks), first_slot, interval)
         run.seconds += time.perf_counter() - began
         if not picks:  # the send loop waits for what is held back to open
             run.empty_looks += 1
-            opens = dispatcher.gated_until(now)
+            opens = dispatcher.picker.gated_until(now)
             if opens - now > 3600:
                 break  # nothing left to pick within the hour
             clock.at = max(opens, now + 0.01)
             continue
         for index, (work, subtask) in enumerate(picks):  # claimed, then sent at the planned moments
             at = first_slot + index * interval
-            group = dispatcher.picked_key.pop(item_key(subtask))[0] or group_of(subtask.email)
+            group = dispatcher.picker.picked_key.pop(item_key(subtask))[0] or group_of(subtask.email)
             dispatcher.throttles.sent(group, at)
             queue.remove(queue_key(SERVICE_ID, work.task.task_id), subtask)
             run.by_group["gmail" if group_of(subtask.email) == "gmail" else "other"] += 1

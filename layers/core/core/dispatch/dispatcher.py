@@ -9,8 +9,8 @@ The invocation
   3. until its time budget is spent, picks work weighted round robin user -> task -> subtask from a
      pointer persisted in DynamoDB (a user's weight in picks per turn, its tasks by priority, in turn:
      core.dispatch.fairness), skipping without losing their place recipients held back by a domain
-     limit or outside their local send window at the planned moment (core.dispatch.candidates,
-     domain_throttles, send_windows);
+     limit or outside their local send window at the planned moment (core.dispatch.pick, over
+     candidates, domain_throttles and send_windows);
   4. claims about one second of pace ahead in one transaction that also journals the batch under
      the lease and checks the controls (core.dispatch.claims; one unit each of a service-quota block
      reserved with a conditional ADD: core.dispatch.budget), renders the batch, then for each email
@@ -48,7 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from core.clock import Clock
 from core.dispatch import lease, service_quota
 from core.dispatch.budget import SendBudget
-from core.dispatch.candidates import BucketKey, item_key
+from core.dispatch.candidates import item_key
 from core.dispatch.claims import (
     CLAIM_AHEAD_SECONDS,
     CLAIM_BATCH_LIMIT,
@@ -64,11 +64,12 @@ from core.dispatch.claims import (
 from core.dispatch.control import read_control
 from core.dispatch.domain_throttles import DomainThrottles, ThrottlePolicy
 from core.dispatch.failover import fail_over
-from core.dispatch.fairness import Fairness, Pointer, TaskWork, UserWeights
+from core.dispatch.fairness import Pointer, TaskWork, UserWeights
 from core.dispatch.lease import Release, Saved
 from core.dispatch.outcomes import Move, ServiceEffect, outcome_of
+from core.dispatch.pick import Picker
 from core.dispatch.recorder import Recorder, TaskTally
-from core.dispatch.repair import reconcile_if_drained, recover_in_flight
+from core.dispatch.repair import recover_in_flight
 from core.dispatch.send_errors import classify_send_error
 from core.dispatch.send_windows import SendWindow
 from core.dispatch.sender import Completed, SesSender, send_request
@@ -78,7 +79,6 @@ from core.dispatch.warmup import service_day_quota
 from core.errors import DomainError
 from core.late_start import expire_if_late
 from core.mail.mime import build_campaign_message
-from core.mail.providers import group_of
 from core.mail.rendering import DEFAULT_RENDER_BUDGET, RenderedMessage, RenderTimeout, render_many, render_template
 from core.mail.unsubscribe import sign_unsubscribe, unsubscribe_url
 from core.states import DISPATCHABLE, SubtaskStatus
@@ -92,18 +92,12 @@ from core.storage.models import (
     TemplateModel,
 )
 from core.suppressions import suppress_at_claim
-from core.task_transitions import complete_if_done
 
 CONTROL_REFRESH_SECONDS = 1.0  # pause/cancel/stop take effect within this much sending time
 # Tasks and the service are reloaded at least this often even when no control change was announced.
 FULL_RELOAD_SECONDS = 30.0
 # Slower services are not handed off: their next send is at most one watchdog tick away anyway.
 HANDOFF_MAX_INTERVAL_SECONDS = 60.0
-# A task's queue is read at most this many pages per look; a read that keeps nothing (everything held
-# back by a domain limit or a send window) is not repeated for this long.
-SCAN_PAGES_PER_LOOK = 8
-SCAN_IDLE_SECONDS = 1.0
-REFILL_PAGES_PER_LOOK = 8
 
 
 class StopReason(StrEnum):
@@ -248,10 +242,7 @@ class Dispatcher:
         self.journal = Journal(service.service_id, deps.owner)
         # Fast services write their records on a writer thread: a batch write would stall the pace.
         self.recorder = Recorder(deps, self.journal, background=tier_of(float(service.sending_rate)) is Tier.FAST)
-        tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
-        self.fairness = Fairness(Pointer(state.pointer_user or "", tasks, int(state.pointer_turn or 0)))
         self.weights = UserWeights()
-        self.works: dict[str, TaskWork] = {}
         self.budget = SendBudget(
             deps.clock,
             float(service.sending_rate),
@@ -268,22 +259,23 @@ class Dispatcher:
         ses = deps.ses_for_region(service.region) if deps.ses_for_region else deps.ses
         self.sender = SesSender(ses, deps.max_in_flight)
         self.claimed: deque[tuple[TaskWork, SubtaskModel]] = deque()  # claimed, in send order, not sent yet
-        self.taken: set[tuple[str, str]] = set()  # keys picked by this invocation (not to be picked again)
         # Claimed emails rendered with their batch (one render-worker round trip per template).
         # (its result, its unsubscribe link), by subtask key: the link is signed once per email.
         self.rendered: dict[tuple[str, str], tuple[RenderedMessage | DomainError, str]] = {}
         # Recipient-domain limits and interleaving (core.dispatch.domain_throttles). A journal still
         # listing another invocation's batches means it died holding the lease: it may have sent later
         # than the last sends it saved.
-        self.throttles = DomainThrottles()
+        throttles = DomainThrottles()
         inflight = state.inflight.as_dict() if state.inflight else {}
-        self.throttles.load(
+        throttles.load(
             state.domain_sent.as_dict() if state.domain_sent else None,
             deps.clock.now(),
             after_crash=any(batch_owner(batch_id) != deps.owner for batch_id in inflight),
         )
-        self.pick_at = 0.0  # the moment the pick being made is planned to be sent at
-        self.picked_key: dict[tuple[str, str], BucketKey] = {}  # claimed subtask -> its bucket
+        tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
+        pointer = Pointer(state.pointer_user or "", tasks, int(state.pointer_turn or 0))
+        self.picker = Picker(service.service_id, deps.clock, deps.batch_size, deps.owner, pointer, throttles)
+        self.throttles = throttles  # the picker's: also gates the sends (hold_for_gates) and is saved at release
 
     # ---------------------------------------------------------------- control
 
@@ -327,7 +319,7 @@ class Dispatcher:
             if (task.scheduled_at or 0) > now:
                 next_due = min(next_due, float(task.scheduled_at))
                 continue
-            known = self.works.get(task.task_id)
+            known = self.picker.works.get(task.task_id)
             if known is None:
                 if expire_if_late(task, now, self.deps.default_max_lateness):
                     continue  # not sent late: expired until its user confirms (core.late_start)
@@ -341,10 +333,12 @@ class Dispatcher:
             known.task = task
             works[task.task_id] = known
         works.update(_load_works(new))
-        self.works = works
+        self.picker.works = works
         self.recorder.loaded([work.task for work in works.values()], new=[task.task_id for task in new])
         users = [work.task.user_id for work in works.values()]
-        self.fairness.replace_tasks(works, self.weights.of(users, self.control_seen[0] if self.control_seen else 0))
+        self.picker.fairness.replace_tasks(
+            works, self.weights.of(users, self.control_seen[0] if self.control_seen else 0)
+        )
         self.next_reload = next_due
         # Claimed but unsent emails of a task paused or cancelled meanwhile are not sent.
         dropped = [subtask for _, subtask in self.claimed if subtask.task_id not in works]
@@ -353,144 +347,6 @@ class Dispatcher:
             for subtask in dropped:
                 self.rendered.pop((subtask.partition, subtask.contact_id), None)
             self.budget.give_back(release_claims(dropped, self.journal, now))
-
-    # ---------------------------------------------------------------- the pick
-
-    def bucket_of(self, work: TaskWork, subtask: SubtaskModel) -> BucketKey:
-        """What may hold the subtask back: its recipient's group and, under a send window, zone."""
-        group = group_of(subtask.email) if self.throttles.active else ""
-        return group, (subtask.timezone or "") if work.window is not None else ""
-
-    def allows(self, work: TaskWork, key: BucketKey, at: float) -> bool:
-        """Whether a send at `at` to a recipient of bucket `key` keeps its group's limit and window."""
-        if self.throttles.earliest(key[0]) > at:
-            return False
-        return work.window is None or work.window.is_open(key[1] or None, at)
-
-    def choose(self, work: TaskWork) -> bool:
-        at = self.pick_at
-        avoid = self.throttles.last_group if self.throttles.interleave else None
-        work.chosen = work.candidates.choose(lambda key: self.allows(work, key, at), avoid)
-        return work.chosen is not None
-
-    def has_ready(self, work: TaskWork) -> bool:
-        """Whether the task has a subtask the pick may take at its planned moment (`pick_at`),
-        reading more of its queue when what was read is used up or held back (or, interleaving, holds
-        only the last pick's group while more of the queue is unread)."""
-        if self.choose(work) and not self.repeats_group(work):
-            return True
-        now = self.deps.clock.now()
-        if work.chosen is not None:  # the same group again: read on a page for another first, once
-            # what was read runs low; a page that brings none ends that for the task (a one-domain
-            # list must not cost a read per pick)
-            # Only for a list its reads showed mixed: a one-domain list is read as before.
-            ahead = work.read_ahead and len(work.groups_read) > 1 and len(work.candidates) < self.deps.batch_size
-            if ahead and not work.scan_done and now >= work.scan_idle_until:
-                self.scan(work, now, pages=1)
-                self.choose(work)
-                work.read_ahead = not self.repeats_group(work)
-            return True
-        if now >= work.recheck_at:  # a retry not due at the last read is due now: read from the start
-            work.rescan()
-        at = self.pick_at
-        for key, after in list(work.candidates.drained_overflows(lambda key: self.allows(work, key, at))):
-            self.refill(work, key, after, now)
-        if self.choose(work):
-            return True
-        if not work.scan_done and now >= work.scan_idle_until:
-            self.scan(work, now)
-            if self.choose(work):
-                work.dry = False
-                return True
-        if not work.candidates and work.scan_done and not work.candidates.has_overflow():
-            work.dry = True  # nothing queued is ready: reads again only once a retry falls due
-            # A queue found empty from its start (not one this invocation emptied: its own counters
-            # are still buffered) may be a task whose counters a killed flush left short.
-            if not work.reconciled and not work.found:
-                work.reconciled = True
-                if int(work.task.counts.queued or 0) > 0:
-                    reconcile_if_drained(work.task, now, self.deps.owner)
-                else:  # e.g. its last queued recipient unsubscribed while the task was paused
-                    complete_if_done(work.task.task_id, now)
-        return False
-
-    def readable(self, work: TaskWork, subtask: SubtaskModel, now: float) -> bool:
-        """A subtask read from the queue that a pick may take (once allowed): due, not picked yet (picked
-        ones stay `queued` until their batch is claimed, and an index read may lag), not kept already."""
-        if float(subtask.next_attempt_at or 0) > now:
-            work.recheck_at = min(work.recheck_at, float(subtask.next_attempt_at))
-            return False
-        return item_key(subtask) not in self.taken and subtask not in work.candidates
-
-    def repeats_group(self, work: TaskWork) -> bool:
-        """Whether the chosen pick is of the last pick's group (interleaving found no other)."""
-        return self.throttles.interleave and work.chosen is not None and work.chosen[0] == self.throttles.last_group
-
-    def scan(self, work: TaskWork, now: float, pages: int = SCAN_PAGES_PER_LOOK) -> None:
-        """Reads on in the task's queue (from where the last read stopped) until a pick may take
-        something, the queue ends, or `pages` pages were read."""
-        key = queue_key(self.service.service_id, work.task.task_id)
-        for _ in range(pages):
-            page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=work.scan_key)
-            kept = 0
-            for subtask in page:
-                if self.readable(work, subtask, now):
-                    work.found += 1
-                    bucket = self.bucket_of(work, subtask)
-                    if len(work.groups_read) < 2:
-                        work.groups_read.add(bucket[0])
-                    kept += work.candidates.add(subtask, bucket)
-            work.scan_key = page.last_evaluated_key
-            work.scan_done = work.scan_key is None
-            if work.scan_done or self.choose(work):
-                return
-            if not kept:  # all held back behind full buckets: read on a little later
-                work.scan_idle_until = now + SCAN_IDLE_SECONDS
-                return
-
-    def refill(self, work: TaskWork, bucket: BucketKey, after: SubtaskModel, now: float) -> None:
-        """Refills a drained bucket whose further subtasks were not kept, reading the queue from the
-        last one it kept up to where the main read stands (core.dispatch.candidates)."""
-        key = queue_key(self.service.service_id, work.task.task_id)
-        # Subtasks up to `position` were read by the main read; after it, that read keeps them.
-        position = work.scan_key["contact_id"]["S"] if work.scan_key else (None if work.scan_done else "")
-        start: dict[str, Any] | None = {
-            "queue_key": {"S": key},
-            "contact_id": {"S": after.contact_id},
-            "partition": {"S": after.partition},
-        }
-        work.candidates.begin_refill(bucket)
-        last_read = after
-        for _ in range(REFILL_PAGES_PER_LOOK):
-            page = SubtaskModel.queue.query(key, limit=self.deps.batch_size, last_evaluated_key=start)
-            for subtask in page:
-                if position is not None and subtask.contact_id > position:
-                    work.candidates.end_refill(bucket)
-                    return
-                last_read = subtask
-                if self.bucket_of(work, subtask) != bucket or not self.readable(work, subtask, now):
-                    continue
-                if not work.candidates.add(subtask, bucket):
-                    return  # full again: it remembers its last kept subtask
-            start = page.last_evaluated_key
-            if start is None:
-                work.candidates.end_refill(bucket)
-                return
-        work.candidates.pause_refill(bucket, last_read)
-
-    def gated_until(self, now: float) -> float:
-        """When something read but held back (a group at its limit, a closed window) may next be
-        picked, or a read held back may go on; inf when nothing is held back."""
-        earliest = math.inf
-        for work in self.works.values():
-            if not work.scan_done and work.scan_idle_until > now:
-                earliest = min(earliest, work.scan_idle_until)
-            for group, zone in work.candidates.buckets:
-                at = max(now, self.throttles.earliest(group))
-                if work.window is not None:
-                    at = work.window.next_open(zone or None, at)
-                earliest = min(earliest, at)
-        return earliest
 
     # ---------------------------------------------------------------- per email
 
@@ -508,7 +364,9 @@ class Dispatcher:
         planned = self.throttles.snapshot()
         # Planned at the pace, or at the pace achieved when the loop is slower (no pacing, a slow SES):
         # a send that then goes earlier than planned waits for its group at the send (hold_for_gates).
-        picks = self.pick(size, max(now, self.budget.next_slot(now)), max(self.budget.interval, self.budget.cycle))
+        picks = self.picker.pick(
+            size, max(now, self.budget.next_slot(now)), max(self.budget.interval, self.budget.cycle)
+        )
         if not picks:
             return False
         for _, subtask in picks:
@@ -531,7 +389,7 @@ class Dispatcher:
             self.budget.give_back(len(picks))
             self.throttles.restore(planned)
             for work, subtask in reversed(picks):  # picked again, in the same order, if still allowed
-                self.unpick(work, subtask)
+                self.picker.unpick(work, subtask)
             if isinstance(moved, TaskLeft):
                 self.reload(now)  # the task left before its move was announced: drop it now
             else:
@@ -548,7 +406,7 @@ class Dispatcher:
                 work.task.began_at = now
         for _, subtask in picks:
             if journal_key(subtask) not in claimed.keys:
-                self.picked_key.pop(item_key(subtask), None)
+                self.picker.picked_key.pop(item_key(subtask), None)
         self.budget.give_back(len(picks) - len(batch))  # cancelled, suppressed or taken meanwhile
         self.claimed.extend(batch)  # tracked before anything else can fail: finish() releases them
         # Addresses suppressed since planning: moved to `suppressed` and refunded here (or by the
@@ -559,35 +417,11 @@ class Dispatcher:
         self.render_batch(batch)
         return True
 
-    def pick(self, size: int, first_slot: float, step: float) -> list[tuple[TaskWork, SubtaskModel]]:
-        """Up to `size` subtasks in fair order, the n-th planned to be sent at `first_slot + n * step`:
-        each is checked against domain limits and windows at its own planned moment."""
-        picks: list[tuple[TaskWork, SubtaskModel]] = []
-        while len(picks) < size:
-            self.pick_at = first_slot + len(picks) * step
-            work = self.fairness.next_work(self.has_ready)
-            if work is None or work.chosen is None:
-                break
-            bucket = work.chosen
-            subtask = work.candidates.pop(bucket)
-            self.throttles.picked(bucket[0], self.pick_at)
-            self.picked_key[item_key(subtask)] = bucket
-            self.taken.add(item_key(subtask))
-            picks.append((work, subtask))
-        return picks
-
-    def unpick(self, work: TaskWork, subtask: SubtaskModel) -> None:
-        """A pick not sent after all goes back to the head of its bucket, to be picked again."""
-        self.taken.discard(item_key(subtask))
-        bucket = self.picked_key.pop(item_key(subtask), None) or self.bucket_of(work, subtask)
-        work.candidates.put_back(subtask, bucket)
-        work.dry = False
-
     def hold_for_gates(self, work: TaskWork, subtask: SubtaskModel, now: float, deadline: float) -> float | None:
         """The moment a claimed email may go: its group's spacing counted from the sends actually made
         (a send late for its plan may wait a little), inside its recipient's window. None when it
         cannot go in this invocation, or its window closed meanwhile: the claim goes back."""
-        gate = self.throttles.send_gate(self.picked_key.get(item_key(subtask), ("", ""))[0])
+        gate = self.throttles.send_gate(self.picker.picked_key.get(item_key(subtask), ("", ""))[0])
         if now < gate < deadline:
             self.deps.clock.sleep(gate - now)
             now = self.deps.clock.now()
@@ -595,7 +429,7 @@ class Dispatcher:
         if now < gate or window_shut:
             self.rendered.pop(item_key(subtask), None)
             self.budget.give_back(release_claims([subtask], self.journal, now))
-            self.unpick(work, subtask)
+            self.picker.unpick(work, subtask)
             return None
         return now
 
@@ -667,7 +501,7 @@ class Dispatcher:
             self.fail(subtask, "message", str(error))
             return
         self.budget.sent(now)
-        self.throttles.sent(self.picked_key.pop(item_key(subtask), ("", ""))[0], now)
+        self.throttles.sent(self.picker.picked_key.pop(item_key(subtask), ("", ""))[0], now)
         self.report.send_times.append(now)
         request = send_request(work.sender.email, subtask, raw, self.service.configuration_set)
         for completed in self.sender.submit(subtask, request, now, float(self.service.sending_rate)):
@@ -738,8 +572,8 @@ class Dispatcher:
         subtask.error = message[:500]
         if spend_attempt:
             subtask.attempts = int(subtask.attempts or 0) + 1
-        self.taken.discard((subtask.partition, subtask.contact_id))  # may be picked again when due
-        work = self.works.get(subtask.task_id)
+        self.picker.taken.discard((subtask.partition, subtask.contact_id))  # may be picked again when due
+        work = self.picker.works.get(subtask.task_id)
         if work is not None:  # its queue is looked at again once the retry is due (and recorded)
             work.recheck_at = min(work.recheck_at, max(retry_at, self.deps.clock.now() + 1.0))
         self.report.requeued += 1
@@ -805,7 +639,7 @@ class Dispatcher:
                     if now >= self.next_refresh:  # nothing to pick in a view older than a second
                         self.refresh(now)
                         continue
-                    opens = self.gated_until(now)
+                    opens = self.picker.gated_until(now)
                     if opens >= deadline:
                         return StopReason.NO_WORK
                     # Work is held back by a domain limit or a window that opens within this
@@ -859,12 +693,12 @@ class Dispatcher:
                     actions=[EmailServiceModel.last_sent.set(self.report.send_times[-1])]
                 )
             saved = Saved(
-                self.fairness.pointer.user,
-                dict(self.fairness.pointer.tasks),
+                self.picker.fairness.pointer.user,
+                dict(self.picker.fairness.pointer.tasks),
                 self.budget.last_send_at,
                 tuple(self.journal.settled_batches()),
                 domain_sent=self.throttles.saved(self.deps.clock.now()),
-                pointer_turn=self.fairness.pointer.turn_left,
+                pointer_turn=self.picker.fairness.pointer.turn_left,
             )
             released = lease.release(
                 self.service.service_id,
