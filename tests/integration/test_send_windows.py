@@ -10,10 +10,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from core.api.auth import Caller
+from core.api.failures import RetryDeps, retry_failed
 from core.dispatch.send_windows import waiting_for_window
 from core.settings import Settings
-from core.storage.models import ServiceUsageModel, SubtaskModel, TaskModel
+from core.states import SuppressionReason
+from core.storage.ids import contact_id_for
+from core.storage.models import ServiceUsageModel, SubtaskModel, SuppressionModel, TaskModel
+from core.suppressions import suppress_many
 from tests.conftest import FakeClock
+from tests.integration.test_failures_api import ScriptedSes
 from tests.support.dispatching import World, plan_now, seed_sender_and_template, sent_subtasks, start_scheduler
 from tests.support.planning import seed_addresses, seed_service, seed_task, seed_user
 
@@ -112,3 +118,42 @@ def test_a_closed_window_keeps_places_and_other_zones_send(world: World, clock: 
     waiting = [s for s in SubtaskModel.scan() if s.status == "queued"]
     assert len(waiting) == 2 * PER_ZONE
     assert waiting_for_window(TaskModel.get(task_id), clock.now()) == 2 * PER_ZONE
+
+
+def test_waiting_for_window_follows_unsubscribes_suppressions_at_send_time_and_retried_failures(
+    world: World, clock: FakeClock
+) -> None:
+    # Given 10:00 UTC: the UTC zone open and partly sent; UTC-8 and UTC+8 waiting
+    seed_service("svc", clock.now(), sending_rate=0.5, daily_quota=10_000)
+    window = {"start": "09:00", "end": "17:00", "timezone": "UTC", "quiet_days": []}
+    task_id = windowed_campaign(world, window)
+    ses = ScriptedSes(rejected={"utc3@example.org"})
+    clock.current = DAY + 10 * 3600
+    world.tick("svc", budget=4.0, ses=ses)
+    assert 0 < len(sent_subtasks(task_id)) < PER_ZONE - 1  # UTC recipients still queued, their zone open
+    assert waiting_for_window(TaskModel.get(task_id), clock.now()) == 2 * PER_ZONE
+
+    # When two waiting recipients unsubscribe (the list's sweep suppresses their subtasks)
+    suppress_many("alice", ["west1@example.org", "east2@example.org"], SuppressionReason.UNSUBSCRIBED, clock.now())
+    # Then they no longer wait
+    assert waiting_for_window(TaskModel.get(task_id), clock.now()) == 2 * PER_ZONE - 2
+    world.tick("svc", budget=30.0, ses=ses)  # the rest of UTC: one rejected by SES
+    assert Counter(s.status for s in SubtaskModel.scan() if s.timezone == "UTC") == {"sent": 19, "failed": 1}
+
+    # When one more is listed without a sweep reaching it, and its window opens (02:00 UTC the next
+    # day: 10:00 in UTC+8), its claim refuses it
+    listed = SuppressionModel("alice", contact_id_for("east3@example.org"), email="east3@example.org")
+    listed.reason, listed.created_at = "unsubscribed", clock.now()
+    listed.save()
+    clock.current = DAY + 86_400 + 2 * 3600
+    world.tick("svc", budget=59.0)
+    east = Counter(s.status for s in SubtaskModel.scan() if s.timezone == "Etc/GMT-8")
+    assert east == {"sent": PER_ZONE - 2, "suppressed": 2}
+    # Then at 17:00 UTC (09:00 in UTC-8: its 19 recipients may go) nothing waits for its window
+    clock.current = DAY + 86_400 + 17 * 3600
+    assert waiting_for_window(TaskModel.get(task_id), clock.now()) == 0
+
+    # When the rejected UTC recipient is retried while UTC is shut, it waits for its window again
+    retried = retry_failed(Caller("alice", frozenset()), task_id, RetryDeps(clock=clock))
+    assert retried.requeued == 1
+    assert waiting_for_window(TaskModel.get(task_id), clock.now()) == 1

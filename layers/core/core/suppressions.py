@@ -23,7 +23,8 @@ best effort: that list is the account's, shared by every tenant, so an entry rem
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.expressions.condition import Condition
 
+from core.dispatch.send_windows import window_done_actions
 from core.errors import Conflict
 from core.refunds import refund_quota
 from core.states import CONTACT_STATUS_OF_REASON, ContactStatus, SubtaskStatus, SuppressionReason
@@ -170,9 +172,12 @@ def _suppressed_now(subtask: SubtaskModel, note: str) -> bool:
     )
 
 
-def _refund_suppressed(task_id: str, user_id: str, units: int, now: float) -> None:
+def _refund_suppressed(
+    task_id: str, user_id: str, units: int, now: float, by_zone: Mapping[str, int] | None = None
+) -> None:
     """The quota of `units` subtasks this caller moved to `suppressed` goes back, with the task's
-    counters, in one transaction; then the task completes if that was its last queued work."""
+    counters (and, for a windowed task, its per-zone counts of recipients that left the queue), in
+    one transaction; then the task completes if that was its last queued work."""
     refund_quota(
         task_id=task_id,
         user_id=user_id,
@@ -181,6 +186,7 @@ def _refund_suppressed(task_id: str, user_id: str, units: int, now: float) -> No
             TASK_COUNTS.queued.add(-units),
             TASK_COUNTS.suppressed.add(units),
             TaskModel.updated_at.set(now),
+            *window_done_actions(by_zone or {}),
         ],
     )
     complete_if_done(task_id, now)
@@ -205,12 +211,13 @@ def _sweep(
     queued: list[SubtaskModel] = []
     for start in range(0, len(keys), BATCH_GET_LIMIT):
         batch = keys[start : start + BATCH_GET_LIMIT]
-        attributes = ["partition", "contact_id", "task_id", "status"]
+        attributes = ["partition", "contact_id", "task_id", "status", "timezone"]
         for subtask in SubtaskModel.batch_get(batch, consistent_read=True, attributes_to_get=attributes):
             if subtask.status == SubtaskStatus.QUEUED:
                 queued.append(subtask)
     by_contact: dict[str, int] = dict.fromkeys(notes, 0)
     by_task: dict[str, int] = {}
+    by_zone: dict[str, Counter[str]] = {}  # a windowed task's, per recipient zone
 
     def move(subtask: SubtaskModel) -> bool:
         return _suppressed_now(subtask, notes[subtask.contact_id])
@@ -220,8 +227,10 @@ def _sweep(
         if done:
             by_contact[subtask.contact_id] += 1
             by_task[subtask.task_id] = by_task.get(subtask.task_id, 0) + 1
+            if subtask.timezone:
+                by_zone.setdefault(subtask.task_id, Counter())[subtask.timezone] += 1
     for task_id, units in by_task.items():
-        _refund_suppressed(task_id, user_id, units, now)
+        _refund_suppressed(task_id, user_id, units, now, by_zone.get(task_id))
     return by_contact
 
 
@@ -294,7 +303,7 @@ def suppress_at_claim(subtask: SubtaskModel, now: float) -> bool:
     refunded and counted, unless the list's sweep (or anyone else) moved it first."""
     if not _suppressed_now(subtask, "address suppressed (found at send time)"):
         return False
-    _refund_suppressed(subtask.task_id, subtask.user_id, 1, now)
+    _refund_suppressed(subtask.task_id, subtask.user_id, 1, now, {subtask.timezone: 1} if subtask.timezone else None)
     return True
 
 

@@ -17,6 +17,7 @@ so each subtask is queued again, and its quota taken, once."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from core.api.schemas import (
 from core.clock import Clock, backoff, iso
 from core.deliverability.holds import pause_if_held, require_not_held
 from core.dispatch.claims import _cancellation_codes as cancellation_codes
+from core.dispatch.send_windows import window_done_actions
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import InsufficientQuota, InvalidInput, InvalidState, NotFound, ServiceUnavailable
 from core.refunds import rereserve_in
@@ -170,7 +172,7 @@ def _failed_subtasks(task_id: str) -> list[SubtaskModel]:
             None,
             SubtaskStatus.FAILED,
             consistent_read=True,
-            attributes_to_get=["partition", "contact_id", "service_id"],
+            attributes_to_get=["partition", "contact_id", "service_id", "timezone"],
         )
         for subtask in matches
     ]
@@ -189,15 +191,20 @@ def _requeue_actions(subtask: SubtaskModel, task_id: str) -> list[Action]:
     ]
 
 
-def _task_update(task: TaskModel, units: int, now: float) -> tuple[TaskStatus | None, list[Action], Condition]:
+def _task_update(
+    task: TaskModel, chunk: list[SubtaskModel], now: float
+) -> tuple[TaskStatus | None, list[Action], Condition]:
     """The task's part of a chunk: counters, and the move back to `queued` for a completed task
     (the target, None when the status stays), under "the status is still what this expects"."""
     # requeue_seq: dispatchers sending the task read its queues again; a drained-task repair that
     # counted before this commit does not overwrite its counters (core.dispatch.repair).
+    units = len(chunk)
+    back_by_zone = Counter(subtask.timezone for subtask in chunk if subtask.timezone)  # a windowed task's
     counters: list[Action] = [
         TASK_COUNTS.failed.add(-units),
         TASK_COUNTS.queued.add(units),
         TaskModel.requeue_seq.add(1),
+        *window_done_actions({zone: -n for zone, n in back_by_zone.items()}),
     ]
     if task.status == TaskStatus.COMPLETED:
         move = task_move(task, TaskStatus.QUEUED, now, sources=[TaskStatus.COMPLETED], actions=counters)
@@ -215,7 +222,7 @@ def _requeue_chunk(task: TaskModel, chunk: list[SubtaskModel], deps: RetryDeps) 
     for attempt in range(_CHUNK_ATTEMPTS):
         if not pending:
             return []
-        target, task_actions, task_condition = _task_update(task, len(pending), deps.clock.now())
+        target, task_actions, task_condition = _task_update(task, pending, deps.clock.now())
         try:
             with TransactWrite(connection=transaction_connection()) as transaction:
                 for subtask in pending:

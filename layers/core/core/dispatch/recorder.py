@@ -7,11 +7,12 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pynamodb.expressions.update import Action
 
 from core.dispatch import rates
+from core.dispatch.send_windows import window_done_actions
 from core.refunds import refund_quota
 from core.states import SubtaskStatus, TaskStatus
 from core.storage.batch_writes import BATCH_WRITE_LIMIT, put_items
@@ -149,7 +150,7 @@ class Recorder:
             TASK_COUNTS.failed.add(tally.failed),
             TASK_COUNTS.unknown.add(tally.unknown),
             *rates.task_minute_actions(tally.sent_by_minute, self.stale_minutes.pop(task_id, ())),
-            *_zone_actions(tally.done_by_zone),
+            *window_done_actions(tally.done_by_zone),
         ]
         moved = False
         if done and self.queued_left.get(task_id) == done:  # the condition, not this guess, decides
@@ -167,9 +168,3 @@ class Recorder:
             complete_if_done(task_id, now)
         if tally.refund:  # never sent: the user's quota comes back
             refund_quota(task_id=task_id, user_id=self.user_of[task_id], units=tally.refund)
-
-
-def _zone_actions(done_by_zone: Counter[str]) -> list[Action]:
-    """A windowed task's recipients that left the queue, per zone (what waits is planned - done)."""
-    done: Any = TaskModel.window_done  # a raw map: its keys are paths
-    return [done[zone].set((done[zone] | 0) + n) for zone, n in sorted(done_by_zone.items()) if n]

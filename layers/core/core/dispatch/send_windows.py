@@ -11,10 +11,15 @@ The dispatcher asks at the moment it plans to send (the pick) and again when it 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pynamodb.expressions.update import Action
+
+from core.storage.models import TaskModel
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SEARCH_DAYS = 8  # a week and a day: every weekday's opening is among them
@@ -111,3 +116,12 @@ def waiting_for_window(task: Any, now: float) -> int:
         max(0, int(count) - int(done.get(name, 0))) for name, count in planned.items() if not window.is_open(name, now)
     )
     return min(waiting, max(0, int(task.counts.queued or 0)))
+
+
+def window_done_actions(by_zone: Mapping[str, int]) -> list[Action]:
+    """A windowed task's recipients that left its queue (+n: sent, failed, suppressed) or came back
+    to it (-n: retry-failed), per zone, on the task item: what waits is planned - done. Only for the
+    subtasks of a task with a window (the only ones carrying a `timezone`; its `window_done` map
+    exists from its creation)."""
+    done: Any = TaskModel.window_done  # a raw map: its keys are paths
+    return [done[name].set((done[name] | 0) + n) for name, n in sorted(by_zone.items()) if n]
