@@ -17,8 +17,10 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,13 +152,14 @@ class Served:
     service_id: str
     sent_task: str
     paused_task: str
+    windowed_task: str
 
 
 def _status(api: Api, user: str, task_id: str) -> str:
     return str(api.call("GET", f"/api/tasks/{task_id}", as_user=user)["status"])
 
 
-def _tenant_campaign(api: Api, user: str, service_id: str, recipients: int, name: str) -> str:
+def _tenant_campaign(api: Api, user: str, service_id: str, recipients: int, name: str, **fields: Any) -> str:
     api.call("POST", "/api/users", {"user_id": user, "email": f"{user}@example.com", "quota": 100})
     api.call("PUT", f"/api/users/{user}/services", {"service_ids": [service_id]})
     sender = api.call("POST", "/api/senders", {"email": f"news@{user}.example.com", "name": user}, as_user=user)
@@ -173,10 +176,17 @@ def _tenant_campaign(api: Api, user: str, service_id: str, recipients: int, name
             "sender_id": sender["sender_id"],
             "templates": [template["template_id"]],
             "recipient_rule": {"type": "tag_based", "include_tags": ["all"], "exclude_tags": []},
+            **fields,
         },
         as_user=user,
     )
     return str(task["task_id"])
+
+
+def _shut_window() -> dict[str, Any]:
+    """A one-hour send window (UTC) that opens two hours from now: shut all through the test."""
+    hour = (datetime.now(UTC).hour + 2) % 24
+    return {"start": f"{hour:02d}:00", "end": f"{(hour + 1) % 24:02d}:00", "timezone": "UTC"}
 
 
 @pytest.fixture(scope="module")
@@ -194,13 +204,24 @@ def served(browser: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 {"name": "dashboard-ses", "region": "us-east-1", "sending_rate": 0.1, "daily_quota": 500},
             )["service_id"]
         )
+        # on a warm-up ramp (day 1 of the standard preset: 50 of its 500 today); carol's campaign waits
+        # for a send window that opens later
+        api.call("PATCH", f"/api/services/{service_id}", {"warmup": {"preset": "standard"}})
         sent_task = _tenant_campaign(api, "alice", service_id, 12, RISKY_NAME)
         paused_task = _tenant_campaign(api, "bob", service_id, 8, "Bob's weekly")
-        until(lambda: _status(api, "alice", sent_task) == _status(api, "bob", paused_task) == "queued", 30, "plans")
+        windowed_task = _tenant_campaign(api, "carol", service_id, 5, "Carol's morning", send_window=_shut_window())
+        until(
+            lambda: (
+                _status(api, "alice", sent_task) == _status(api, "bob", paused_task) == "queued"
+                and _status(api, "carol", windowed_task) == "queued"
+            ),
+            30,
+            "plans",
+        )
         api.call("POST", f"/api/scheduler/tasks/{paused_task}/pause")
         api.call("POST", "/api/scheduler/start")
         until(lambda: _status(api, "alice", sent_task) == "completed", 60, "alice's campaign to be sent")
-        yield Served(browser, api, dashboard_url, service_id, sent_task, paused_task)
+        yield Served(browser, api, dashboard_url, service_id, sent_task, paused_task, windowed_task)
 
 
 # ---------------------------------------------------------------- what the page shows
@@ -231,13 +252,18 @@ def test_the_page_shows_the_schedulers_services_and_tasks_as_the_api_reports_the
     row = services[served.service_id]
     assert row.field("name") == "dashboard-ses"
     assert row.field("health") == "healthy"
-    assert row.field("quota").startswith(f"{shown(service['used_today'])} / {shown(service['daily_quota'])} (")
-    assert service["used_today"] == 12 and service["daily_quota"] == 500
+    # (today's quota is the warm-up ramp's allowance)
+    assert row.field("quota").startswith(
+        f"{shown(service['used_today'])} / {shown(service['effective_daily_quota'])} ("
+    )
+    assert service["used_today"] == 12 and (service["daily_quota"], service["effective_daily_quota"]) == (500, 50)
+    assert row.field("warmup") == "warm-up day 1 of standard"
     assert row.field("pace").endswith(f" / {shown(service['configured_rate_per_minute'])}")
 
     # and a row per task: the sent one complete, the paused one with everything queued
     tasks = rows(dom, "data-task-id")
-    assert set(tasks) == {task["task_id"] for task in stats["tasks"]} == {served.sent_task, served.paused_task}
+    assert set(tasks) == {task["task_id"] for task in stats["tasks"]}
+    assert set(tasks) == {served.sent_task, served.paused_task, served.windowed_task}
     for task in stats["tasks"]:
         row, counts = tasks[task["task_id"]], task["counts"]
         assert row.field("name") == task["name"]
@@ -248,6 +274,10 @@ def test_the_page_shows_the_schedulers_services_and_tasks_as_the_api_reports_the
     assert tasks[served.sent_task].field("progress").startswith("12 sent of 12")
     assert tasks[served.paused_task].field("status") == "paused"
     assert tasks[served.paused_task].field("queued") == "8"
+    # and the windowed one queued, all of it waiting for its recipients' window
+    assert tasks[served.windowed_task].field("status") == "queued"
+    assert tasks[served.windowed_task].field("waiting_for_window") == "5 waiting for their local send window"
+    assert not tasks[served.sent_task].find_all(lambda node: node.attrs.get("data-field") == "waiting_for_window")
     # The tenant's name is text: no element came out of it
     assert tasks[served.sent_task].field("name") == RISKY_NAME
     assert not dom.find_all(lambda node: node.tag == "img")
