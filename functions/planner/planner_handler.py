@@ -17,6 +17,7 @@ from botocore.config import Config
 
 from core.clock import Clock, SystemClock
 from core.dispatch.wakeups import WakeQueue
+from core.mail.mx_groups import MxGroups, dns_resolver
 from core.planning.cancellation import sweep_cancelled_task
 from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
 from core.planning.planner_jobs import PlannerJob, enqueue
@@ -33,6 +34,7 @@ class Runtime:
     clock: Clock
     dynamodb: Any
     sqs: Any
+    mx: MxGroups | None  # kept with the container: a domain is looked up once per container
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +47,7 @@ def runtime() -> Runtime:
         clock=SystemClock(),
         dynamodb=boto3.client("dynamodb", config=config),
         sqs=boto3.client("sqs", config=config),
+        mx=MxGroups(dns_resolver(settings.mx_lookup_seconds)) if settings.mx_grouping else None,
     )
 
 
@@ -60,6 +63,8 @@ def run_job(job: PlannerJob, context: LambdaContext) -> PlanOutcome:
         lease_seconds=rt.settings.planner_lease_seconds,
         page_size=rt.settings.planner_page_size,
         wake=WakeQueue.from_settings(rt.sqs, rt.settings),
+        mx=rt.mx,
+        mx_lookup_seconds=rt.settings.mx_lookup_seconds,
     )
     outcome = plan_task(job.task_id, deps) if job.job == "plan" else sweep_cancelled_task(job.task_id, deps)
     logger.info("planner job finished", extra={"task_id": job.task_id, "job": job.job, "outcome": outcome})

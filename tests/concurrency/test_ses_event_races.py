@@ -53,7 +53,7 @@ def test_racing_copies_of_each_notification_count_once(aws_server: Settings) -> 
         suppress=lambda user_id, email, reason, at, *, detail=None: suppressed.append(reason),
         record=lambda outcomes, at: None,
         guard=lambda users, services, at: None,
-        defer=lambda service_id, address, delay_type, at, *, reported_at: None,
+        defer=lambda service_id, address, delay_type, at, *, reported_at, subtask_key=None: None,
     )
 
     # When WORKERS copies of each notification are applied at once

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from core.mail.mx_groups import MxGroups
 from core.mail.providers import group_of
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from core.storage.models import EmailServiceModel, SchedulerStateModel, SubtaskModel
 from tests.conftest import FakeClock
 from tests.support.dispatching import World, plan_now, seed_sender_and_template, sent_subtasks, start_scheduler
@@ -26,13 +27,13 @@ def world(aws: Settings, clock: FakeClock) -> World:
     return World(aws, clock)
 
 
-def campaign(world: World, user_id: str, addresses: list[str], service_id: str) -> str:
+def campaign(world: World, user_id: str, addresses: list[str], service_id: str, mx: MxGroups | None = None) -> str:
     now = world.clock.now()
     seed_user(user_id, 100_000, [service_id], now)
     seed_sender_and_template(user_id, now)
     seed_addresses(user_id, addresses, now)
     task = seed_task(user_id, now, include=["list"])
-    plan_now(task.task_id, world.settings, world.clock)
+    plan_now(task.task_id, world.settings, world.clock, mx)
     return task.task_id
 
 
@@ -157,3 +158,67 @@ def test_a_deferral_tightens_the_group_for_a_while(world: World, clock: FakeCloc
     world.tick("svc", budget=5.0)
     later = sorted(float(s.sent_at) for s in sent_subtasks(task_id) if float(s.sent_at) > until)
     assert len(later) == 5
+
+
+# What DNS would answer: two companies on Google Workspace, one on Microsoft 365, one self-hosted.
+MX_RECORDS = {
+    "acme.example": ["aspmx.l.google.com", "alt1.aspmx.l.google.com"],
+    "initech.example": ["alt2.aspmx.l.google.com"],
+    "contoso.example": ["contoso-example.mail.protection.outlook.com"],
+    "selfhosted.example": ["mx1.selfhosted.example"],
+}
+
+
+def test_domains_received_by_gmail_by_mx_share_gmails_limit(world: World, clock: FakeClock) -> None:
+    # Given gmail held to 60 a minute, and a list of gmail.com, two companies whose MX is Google's,
+    # one on Microsoft 365 and one self-hosted, planned with MX grouping
+    limited_service("svc", clock.now(), 0.1, {"gmail": {"per_minute": 60}})
+    domains = ["gmail.com", "acme.example", "initech.example", "contoso.example", "selfhosted.example"]
+    addresses = [f"p{n}@{domains[n % len(domains)]}" for n in range(250)]
+    mx = MxGroups(lambda domain: MX_RECORDS.get(domain, []))
+    task_id = campaign(world, "alice", addresses, "svc", mx)
+    groups = {s.email.rpartition("@")[2]: s.group for s in SubtaskModel.scan()}
+    assert groups == {
+        "gmail.com": None,  # a provider's own domain: known without a lookup
+        "acme.example": "gmail",
+        "initech.example": "gmail",
+        "contoso.example": "microsoft",
+        "selfhosted.example": None,
+    }
+    assert mx.lookups == 4
+
+    # When the service sends for two minutes
+    for _ in range(2):
+        world.tick("svc", budget=59.0)
+        clock.advance(1.0)
+
+    # Then gmail.com and the Workspace companies together kept gmail's limit, one a second
+    sent = sent_subtasks(task_id)
+    on_gmail = sorted(float(s.sent_at) for s in sent if (s.group or group_of(s.email)) == "gmail")
+    assert len(on_gmail) >= 100 and max_in_any_window(on_gmail, 60.0) <= 60
+    assert min(b - a for a, b in in_pairs(on_gmail)) >= 1.0 - 1e-9
+    # while the others went at the service's pace, and what waits is gmail's
+    others = [s for s in sent if (s.group or group_of(s.email)) != "gmail"]
+    assert len(others) == 100
+    queued = [s for s in SubtaskModel.scan() if s.status == "queued"]
+    assert queued and {(s.group or group_of(s.email)) for s in queued} == {"gmail"}
+
+
+def test_the_planner_function_groups_by_mx_only_when_the_stack_turns_it_on(
+    aws: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import planner_handler
+
+    def planner_mx() -> MxGroups | None:
+        load_settings.cache_clear()  # settings are read once per cold start: this function starts cold
+        planner_handler.runtime.cache_clear()
+        try:
+            return planner_handler.runtime().mx
+        finally:
+            load_settings.cache_clear()
+            planner_handler.runtime.cache_clear()
+
+    monkeypatch.delenv("MX_GROUPING", raising=False)
+    assert planner_mx() is None  # the default: no DNS lookups
+    monkeypatch.setenv("MX_GROUPING", "true")
+    assert isinstance(planner_mx(), MxGroups)

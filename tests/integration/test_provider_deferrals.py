@@ -92,6 +92,9 @@ def sent(aws: Settings, clock: Any) -> Iterator[Sent]:
     result = Sent(clock)
     addresses = [(f"reader{n}@gmail.com", "svc_s") for n in range(8)]
     addresses += [("reader@googlemail.com", "svc_s"), ("other@gmail.com", "svc_t"), ("someone@yahoo.com", "svc_s")]
+    # A company on Google Workspace (the planner found gmail by MX) and a self-hosted one
+    addresses += [("ceo@acme.example", "svc_s"), ("it@selfhosted.example", "svc_s")]
+    planned_groups = {"ceo@acme.example": "gmail"}
     for number, (address, service_id) in enumerate(addresses):
         contact_id = contact_id_for(address)
         message_id = f"0100019a-{number:04d}-deferral"
@@ -108,6 +111,7 @@ def sent(aws: Settings, clock: Any) -> Iterator[Sent]:
             message_id=message_id,
             sent_at=now,
             created_at=now,
+            group=planned_groups.get(address),
         ).save()
         result.emails[address] = (service_id, message_id)
     yield result
@@ -161,6 +165,18 @@ def test_each_service_and_group_is_tightened_on_its_own(sent: Sent) -> None:
     # Then each is tightened on its own service only
     assert deferrals("svc_t") == {"gmail": {"level": 1, "since": start, "until": start + COOLDOWN}}
     assert deferrals("svc_s") == {"yahoo": {"level": 1, "since": start, "until": start + COOLDOWN}}
+
+
+def test_a_domain_grouped_with_gmail_by_mx_tightens_gmail_and_an_unknown_one_itself(sent: Sent) -> None:
+    start = sent.clock.now()
+    # When mail to a company received by Gmail's servers is delayed
+    sent.delay("ceo@acme.example")
+    # Then gmail is tightened (it is Gmail that throttles)
+    assert deferrals("svc_s") == {"gmail": {"level": 1, "since": start, "until": start + COOLDOWN}}
+    # and a self-hosted domain's delay tightens that domain alone
+    sent.delay("it@selfhosted.example")
+    stored = deferrals("svc_s") or {}
+    assert set(stored) == {"gmail", "selfhosted.example"} and stored["gmail"]["level"] == 1
 
 
 def test_a_repeat_of_the_same_email_counts_once_but_an_sqs_redelivery_asks_again(sent: Sent) -> None:

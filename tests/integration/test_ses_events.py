@@ -49,7 +49,7 @@ class RecordingPorts:
         def guard(user_ids: Any, service_ids: Any, now: float) -> None:
             self.guarded.append((set(user_ids), set(service_ids)))
 
-        def defer(service_id: str, address: str, delay_type: str, now: float, *, reported_at: float) -> None:
+        def defer(service_id: str, address: str, delay_type: str, now: float, *, reported_at: float, **_: Any) -> None:
             self.deferred.append((service_id, address, delay_type))
 
         return EventPorts(suppress=suppress, record=record, guard=guard, defer=defer)

@@ -18,6 +18,7 @@ from core.clock import Clock
 from core.dispatch.dispatcher import DispatcherDeps, DispatchReport, FaultHook, dispatch_service
 from core.dispatch.schedules import SCHEDULER_STATE_KEY as SCHEDULER_KEY
 from core.dispatch.wakeups import WakeQueue, WakeRequest
+from core.mail.mx_groups import MxGroups
 from core.planning.planner import PlannerDeps, PlanOutcome, plan_task
 from core.settings import Settings
 from core.storage.models import SchedulerStateModel, SenderModel, SubtaskModel, TaskModel, TemplateModel
@@ -45,8 +46,8 @@ def seed_sender_and_template(user_id: str, now: float) -> tuple[str, str]:
     return "snd_1", "tpl_1"
 
 
-def planner_deps(settings: Settings, clock: Clock) -> PlannerDeps:
-    """One planner invocation's dependencies, with time to spare."""
+def planner_deps(settings: Settings, clock: Clock, mx: MxGroups | None = None) -> PlannerDeps:
+    """One planner invocation's dependencies, with time to spare (`mx`: MX grouping, None: off)."""
     return PlannerDeps(
         clock=clock,
         dynamodb=boto3.client("dynamodb"),
@@ -54,11 +55,12 @@ def planner_deps(settings: Settings, clock: Clock) -> PlannerDeps:
         seconds_left=lambda: 600.0,
         owner=uuid.uuid4().hex,
         lease_seconds=300.0,
+        mx=mx,
     )
 
 
-def plan_now(task_id: str, settings: Settings, clock: Clock) -> None:
-    assert plan_task(task_id, planner_deps(settings, clock)) is PlanOutcome.DONE
+def plan_now(task_id: str, settings: Settings, clock: Clock, mx: MxGroups | None = None) -> None:
+    assert plan_task(task_id, planner_deps(settings, clock, mx)) is PlanOutcome.DONE
 
 
 @dataclass

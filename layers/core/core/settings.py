@@ -102,6 +102,11 @@ class Settings(BaseSettings):
 
     # The planner stops starting new chunks this many seconds before Lambda's deadline.
     planner_safety_margin_seconds: float = Field(default=20.0, ge=0)
+    # MX grouping (core.mail.mx_groups): the planner groups a domain received by a big provider's
+    # servers (Google Workspace, Microsoft 365, ...) with that provider; each chunk's new domains are
+    # looked up within mx_lookup_seconds. Off by default: it makes DNS lookups.
+    mx_grouping: bool = Field(default=False)
+    mx_lookup_seconds: float = Field(default=2.0, gt=0, le=30)
     # Contacts the planner reads per chunk (one Query each).
     planner_page_size: int = Field(default=2000, ge=1, le=5000)
     # A planner lease outlives the longest possible invocation, so a stale holder is surely dead.

@@ -32,9 +32,9 @@ from typing import Any
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from core.mail.providers import group_of
+from core.mail.providers import group_of, is_provider
 from core.settings import Settings
-from core.storage.models import EmailServiceModel, update_if
+from core.storage.models import EmailServiceModel, SubtaskModel, update_if
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,16 @@ def record_deferral(
     policy: DeferralPolicy,
     *,
     reported_at: float | None = None,
+    subtask_key: tuple[str, str] | None = None,
 ) -> Recorded:
     """Tightens the recipient's group on the service for a throttling DeliveryDelay (see the module
     docstring); `reported_at` is when SES saw the delay (an event older than the cooldown does
-    nothing). Raises only what DynamoDB raises, or RuntimeError after `_ATTEMPTS` lost races."""
+    nothing). `subtask_key`: the email's subtask, whose planned `group` (a provider found by MX,
+    core.mail.mx_groups) is the recipient's group when its domain is not a provider's own. Raises only
+    what DynamoDB raises, or RuntimeError after `_ATTEMPTS` lost races."""
     group = group_of(recipient_address)
+    if is_throttling(delay_type) and subtask_key is not None and not is_provider(group):
+        group = _planned_group(subtask_key) or group
     if not is_throttling(delay_type):
         return Recorded(Change.NOT_THROTTLING, group)
     if reported_at is not None and reported_at + policy.cooldown_seconds <= now:
@@ -244,3 +249,13 @@ def _as_dict(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     return dict(value.as_dict()) if hasattr(value, "as_dict") else dict(value)
+
+
+def _planned_group(subtask_key: tuple[str, str]) -> str | None:
+    """The provider group the planner found by MX for the subtask's recipient (one GetItem of one
+    attribute, only for a throttling delay to a domain that is not a provider's own)."""
+    try:
+        subtask = SubtaskModel.get(*subtask_key, attributes_to_get=["partition", "contact_id", "group"])
+    except SubtaskModel.DoesNotExist:
+        return None
+    return subtask.group

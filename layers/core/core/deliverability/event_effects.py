@@ -71,7 +71,14 @@ class Defer(Protocol):
     recipient's group on the service when its type says the provider is throttling us."""
 
     def __call__(
-        self, service_id: str, recipient_address: str, delay_type: str, now: float, *, reported_at: float
+        self,
+        service_id: str,
+        recipient_address: str,
+        delay_type: str,
+        now: float,
+        *,
+        reported_at: float,
+        subtask_key: tuple[str, str] | None = None,
     ) -> object: ...
 
 
@@ -231,7 +238,8 @@ def _after_write(
     # again, as its first delivery may have failed right after the gate.
     if item.kind is EventKind.DELIVERY_DELAY and delay is not None and (item.counted or item.receive_count > 1):
         try:
-            ports.defer(subtask.service_id, subtask.email, delay.delay_type, now, reported_at=item.at)
+            key = (subtask.partition, subtask.contact_id)  # its group may be a provider's by MX
+            ports.defer(subtask.service_id, subtask.email, delay.delay_type, now, reported_at=item.at, subtask_key=key)
         except Exception as error:  # retried: the redelivery (receive count > 1) asks again
             return error
     reputation = None

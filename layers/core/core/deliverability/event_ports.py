@@ -29,9 +29,23 @@ def event_ports(settings: Settings, account_list: suppressions.AccountSuppressio
     def guard(user_ids: Iterable[str], service_ids: Iterable[str], now: float) -> object:
         return reputation.guard(user_ids, service_ids, now, policy)
 
-    def defer(service_id: str, recipient_address: str, delay_type: str, now: float, *, reported_at: float) -> object:
+    def defer(
+        service_id: str,
+        recipient_address: str,
+        delay_type: str,
+        now: float,
+        *,
+        reported_at: float,
+        subtask_key: tuple[str, str] | None = None,
+    ) -> object:
         return deferrals.record_deferral(
-            service_id, recipient_address, delay_type, now, deferral_policy, reported_at=reported_at
+            service_id,
+            recipient_address,
+            delay_type,
+            now,
+            deferral_policy,
+            reported_at=reported_at,
+            subtask_key=subtask_key,
         )
 
     return EventPorts(suppress=suppress, record=record, guard=guard, defer=defer)

@@ -55,7 +55,7 @@ class Picker:
 
     def bucket_of(self, work: TaskWork, subtask: SubtaskModel) -> BucketKey:
         """What may hold the subtask back: its recipient's group and, under a send window, zone."""
-        group = group_of(subtask.email) if self.throttles.active else ""
+        group = (subtask.group or group_of(subtask.email)) if self.throttles.active else ""
         return group, (subtask.timezone or "") if work.window is not None else ""
 
     def allows(self, work: TaskWork, key: BucketKey, at: float) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,6 +39,8 @@ from core.deliverability.holds import REPUTATION_HOLD, pause_if_held, user_hold
 from core.dispatch.send_windows import zone
 from core.dispatch.wakeups import SQS_MAX_DELAY_SECONDS, WakeQueue, WakeReason
 from core.errors import DomainError
+from core.mail.mx_groups import MxGroups
+from core.mail.providers import domain_of
 from core.planning.routing import NoServiceAvailable, routing_cycle, service_weights, user_capacities, waiting_reason
 from core.refunds import refund_in
 from core.states import DISPATCHABLE, ContactStatus, SubtaskStatus, TaskStatus
@@ -90,6 +92,10 @@ class PlannerDeps:
     remember_bytes: int = 16 << 20
     # Wakes the task's services once it is queued (core.dispatch.wakeups); None sends nothing.
     wake: WakeQueue | None = None
+    # Recipient domains grouped with the provider whose servers receive them (core.mail.mx_groups);
+    # None: no MX grouping. At most `mx_lookup_seconds` of lookups per chunk.
+    mx: MxGroups | None = None
+    mx_lookup_seconds: float = 2.0
 
 
 # ---------------------------------------------------------------- recipients
@@ -379,12 +385,14 @@ def subtask_items(
     first_seq: int,
     planned_at: float,
     window_zone: str | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> list[WireItem]:
     """The queued subtasks of `recipients` from position `first_seq` on, in SubtaskModel's wire
     format, built straight from the contacts' own wire attributes (no model per item). Each item
     depends only on its task, position and contact, so a chunk written again after a crash writes
     the same items. Under a send window (`window_zone`: the window's default zone) each carries its
-    recipient's zone: the contact's, else the default (core.dispatch.send_windows)."""
+    recipient's zone: the contact's, else the default (core.dispatch.send_windows). `groups`: recipient
+    domain -> provider group found by MX (core.mail.mx_groups), carried by those recipients' items."""
     created_at = {"N": json.dumps(planned_at)}  # as NumberAttribute encodes it
     queued = {"S": SubtaskStatus.QUEUED.value}
     items = []
@@ -413,6 +421,9 @@ def subtask_items(
             item["name"] = name
         if window_zone is not None:
             item["timezone"] = {"S": recipient_zone(contact, window_zone)}
+        group = groups.get(domain_of(contact["email"]["S"])) if groups else None
+        if group is not None:
+            item["group"] = {"S": group}
         items.append(item)
     return items
 
@@ -440,6 +451,10 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
     # rewrites its subtasks unchanged.
     planned_at = task.plan.reserved_at if task.plan.reserved_at is not None else deps.clock.now()
     window_zone = str(task.send_window["timezone"] or "UTC") if task.send_window else None
+    groups = None
+    if deps.mx is not None and recipients:
+        domains = {domain_of(contact["email"]["S"]) for contact in recipients}
+        groups = deps.mx.groups(domains, min(deps.mx_lookup_seconds, max(deps.seconds_left(), 0.0)))
     items = subtask_items(
         task.task_id,
         task.user_id,
@@ -449,6 +464,7 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
         written,
         planned_at,
         window_zone,
+        groups,
     )
     put_wire_items(deps.dynamodb, deps.subtasks_table, items, deps.clock, in_flight=deps.write_concurrency)
     actions = [

@@ -340,6 +340,9 @@ class SubtaskModel(_Base):
     error_class = UnicodeAttribute(null=True)
     claim_owner = UnicodeAttribute(null=True)  # the dispatcher invocation that claimed it
     timezone = UnicodeAttribute(null=True)  # the contact's, copied at planning (send windows)
+    # The recipient's provider group when its domain's MX hosts are a provider's (core.mail.mx_groups);
+    # null: core.mail.providers.group_of(email).
+    group = UnicodeAttribute(null=True)
     sent_at = NumberAttribute(null=True)
     failed_at = NumberAttribute(null=True)  # when it became `failed` or `unknown` (the failures ledger)
     created_at = NumberAttribute()
