@@ -166,12 +166,12 @@ def record_deferral(
     core.mail.mx_groups) is the recipient's group when its domain is not a provider's own. Raises only
     what DynamoDB raises, or RuntimeError after `_ATTEMPTS` lost races."""
     group = group_of(recipient_address)
-    if is_throttling(delay_type) and subtask_key is not None and not is_provider(group):
-        group = _planned_group(subtask_key) or group
     if not is_throttling(delay_type):
         return Recorded(Change.NOT_THROTTLING, group)
     if reported_at is not None and reported_at + policy.cooldown_seconds <= now:
         return Recorded(Change.STALE, group)
+    if subtask_key is not None and not is_provider(group):
+        group = _planned_group(subtask_key) or group
     for _ in range(_ATTEMPTS):
         try:
             service = EmailServiceModel.get(
