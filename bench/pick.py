@@ -257,7 +257,7 @@ def pick_dispatcher(setup: PickSetup, on: bool, queue: MemoryQueue) -> Dispatche
         unsubscribe_signing_key="bench",
     )
     dispatcher = Dispatcher(service, deps, SchedulerStateModel(f"service#{SERVICE_ID}"))
-    dispatcher.throttles.configure(limits, None, on, clock.now(), deps.deferral_policy)
+    dispatcher.picker.throttles.configure(limits, None, on, clock.now(), deps.deferral_policy)
     rng = random.Random(12)
     users = [f"user{index:02d}" for index in range(setup.users)]
     works: dict[str, TaskWork] = {}
@@ -336,7 +336,7 @@ def run_picks(dispatcher: Dispatcher, queue: MemoryQueue, wanted: int, interval:
         for index, (work, subtask) in enumerate(picks):  # claimed, then sent at the planned moments
             at = first_slot + index * interval
             group = dispatcher.picker.picked_key.pop(item_key(subtask))[0] or group_of(subtask.email)
-            dispatcher.throttles.sent(group, at)
+            dispatcher.picker.throttles.sent(group, at)
             queue.remove(queue_key(SERVICE_ID, work.task.task_id), subtask)
             run.by_group["gmail" if group_of(subtask.email) == "gmail" else "other"] += 1
             run.by_user[work.task.user_id] += 1

@@ -47,7 +47,9 @@ def runtime() -> Runtime:
         clock=SystemClock(),
         dynamodb=boto3.client("dynamodb", config=config),
         sqs=boto3.client("sqs", config=config),
-        mx=MxGroups(dns_resolver(settings.mx_lookup_seconds)) if settings.mx_grouping else None,
+        mx=MxGroups(dns_resolver(settings.mx_lookup_seconds), budget_seconds=settings.mx_lookup_seconds)
+        if settings.mx_grouping
+        else None,
     )
 
 
@@ -64,7 +66,6 @@ def run_job(job: PlannerJob, context: LambdaContext) -> PlanOutcome:
         page_size=rt.settings.planner_page_size,
         wake=WakeQueue.from_settings(rt.sqs, rt.settings),
         mx=rt.mx,
-        mx_lookup_seconds=rt.settings.mx_lookup_seconds,
     )
     outcome = plan_task(job.task_id, deps) if job.job == "plan" else sweep_cancelled_task(job.task_id, deps)
     logger.info("planner job finished", extra={"task_id": job.task_id, "job": job.job, "outcome": outcome})

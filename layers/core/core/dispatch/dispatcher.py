@@ -275,7 +275,6 @@ class Dispatcher:
         tasks = state.pointer_tasks.as_dict() if state.pointer_tasks else {}
         pointer = Pointer(state.pointer_user or "", tasks, int(state.pointer_turn or 0))
         self.picker = Picker(service.service_id, deps.clock, deps.batch_size, deps.owner, pointer, throttles)
-        self.throttles = throttles  # the picker's: also gates the sends (hold_for_gates) and is saved at release
 
     # ---------------------------------------------------------------- control
 
@@ -303,7 +302,7 @@ class Dispatcher:
             raise _StopSending(StopReason.REPUTATION_HOLD)
         self.service = service
         self.budget.interval = self.report.interval = float(service.sending_rate)
-        self.throttles.configure(
+        self.picker.throttles.configure(
             service.domain_limits.as_dict() if service.domain_limits else None,
             service.domain_deferrals.as_dict() if service.domain_deferrals else None,
             service.interleave_domains is not False,
@@ -361,7 +360,7 @@ class Dispatcher:
             1,
             min(CLAIM_BATCH_LIMIT, math.ceil(CLAIM_AHEAD_SECONDS / interval), self.budget.sends_before(deadline, now)),
         )
-        planned = self.throttles.snapshot()
+        planned = self.picker.throttles.snapshot()
         # Planned at the pace, or at the pace achieved when the loop is slower (no pacing, a slow SES):
         # a send that then goes earlier than planned waits for its group at the send (hold_for_gates).
         picks = self.picker.pick(
@@ -387,7 +386,7 @@ class Dispatcher:
             claimed = claim_subtasks([subtask for _, subtask in picks], self.journal, now, seen_seq, first_claims)
         except (ControlMoved, TaskLeft) as moved:  # a control change since the last look: nothing was claimed
             self.budget.give_back(len(picks))
-            self.throttles.restore(planned)
+            self.picker.throttles.restore(planned)
             for work, subtask in reversed(picks):  # picked again, in the same order, if still allowed
                 self.picker.unpick(work, subtask)
             if isinstance(moved, TaskLeft):
@@ -421,7 +420,7 @@ class Dispatcher:
         """The moment a claimed email may go: its group's spacing counted from the sends actually made
         (a send late for its plan may wait a little), inside its recipient's window. None when it
         cannot go in this invocation, or its window closed meanwhile: the claim goes back."""
-        gate = self.throttles.send_gate(self.picker.picked_key.get(item_key(subtask), ("", ""))[0])
+        gate = self.picker.throttles.send_gate(self.picker.picked_key.get(item_key(subtask), ("", ""))[0])
         if now < gate < deadline:
             self.deps.clock.sleep(gate - now)
             now = self.deps.clock.now()
@@ -501,7 +500,7 @@ class Dispatcher:
             self.fail(subtask, "message", str(error))
             return
         self.budget.sent(now)
-        self.throttles.sent(self.picker.picked_key.pop(item_key(subtask), ("", ""))[0], now)
+        self.picker.throttles.sent(self.picker.picked_key.pop(item_key(subtask), ("", ""))[0], now)
         self.report.send_times.append(now)
         request = send_request(work.sender.email, subtask, raw, self.service.configuration_set)
         for completed in self.sender.submit(subtask, request, now, float(self.service.sending_rate)):
@@ -697,7 +696,7 @@ class Dispatcher:
                 dict(self.picker.fairness.pointer.tasks),
                 self.budget.last_send_at,
                 tuple(self.journal.settled_batches()),
-                domain_sent=self.throttles.saved(self.deps.clock.now()),
+                domain_sent=self.picker.throttles.saved(self.deps.clock.now()),
                 pointer_turn=self.picker.fairness.pointer.turn_left,
             )
             released = lease.release(

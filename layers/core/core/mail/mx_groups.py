@@ -62,18 +62,22 @@ class MxGroups:
     """The provider groups of domains by their MX hosts, remembered (a lookup that failed too, so a
     domain without DNS is asked once). Thread-safe."""
 
-    def __init__(self, resolve: Resolver, *, workers: int = 8, remember: int = 100_000) -> None:
+    def __init__(
+        self, resolve: Resolver, *, budget_seconds: float = 2.0, workers: int = 8, remember: int = 100_000
+    ) -> None:
         self.resolve = resolve
+        self.budget_seconds = budget_seconds  # at most this long of lookups per call (a planned chunk)
         self.workers = workers
         self.remember = remember
         self._known: dict[str, str | None] = {}
         self._lock = Lock()
         self.lookups = 0  # made so far (for tests and logs)
 
-    def groups(self, domains: Iterable[str], budget_seconds: float) -> dict[str, str]:
+    def groups(self, domains: Iterable[str], time_left: float) -> dict[str, str]:
         """domain -> provider for those of `domains` received by a provider's servers, looking up
-        (in parallel, for at most `budget_seconds`) the ones not seen yet. A domain of the
-        providers' own table is not looked up: its group is known."""
+        (in parallel, for at most `budget_seconds`, and never past `time_left`) the ones not seen
+        yet. A domain of the providers' own table is not looked up: its group is known."""
+        budget_seconds = min(self.budget_seconds, time_left)
         wanted = {domain.casefold().rstrip(".") for domain in domains}
         wanted = {domain for domain in wanted if domain and group_of_domain(domain) == domain}
         with self._lock:

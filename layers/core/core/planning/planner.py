@@ -93,9 +93,8 @@ class PlannerDeps:
     # Wakes the task's services once it is queued (core.dispatch.wakeups); None sends nothing.
     wake: WakeQueue | None = None
     # Recipient domains grouped with the provider whose servers receive them (core.mail.mx_groups);
-    # None: no MX grouping. At most `mx_lookup_seconds` of lookups per chunk.
+    # None: no MX grouping.
     mx: MxGroups | None = None
-    mx_lookup_seconds: float = 2.0
 
 
 # ---------------------------------------------------------------- recipients
@@ -454,7 +453,7 @@ def _write_chunk(task: TaskModel, deps: PlannerDeps, audience: Audience, remembe
     groups = None
     if deps.mx is not None and recipients:
         domains = {domain_of(contact["email"]["S"]) for contact in recipients}
-        groups = deps.mx.groups(domains, min(deps.mx_lookup_seconds, max(deps.seconds_left(), 0.0)))
+        groups = deps.mx.groups(domains, max(deps.seconds_left(), 0.0))
     items = subtask_items(
         task.task_id,
         task.user_id,
